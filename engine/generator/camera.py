@@ -234,12 +234,14 @@ def mirror_camera(c: Tensor) -> Tensor:
 # Camera sets
 # --------------------------------------------------------------------------------------------------
 def cameras_at(
-    yaw: Tensor,
-    pitch: Tensor,
+    yaw: Tensor | float,
+    pitch: Tensor | float,
     config: CameraConfig = CameraConfig(),
     names: tuple[str, ...] | None = None,
 ) -> CameraSet:
-    """A ``CameraSet`` for given yaw/pitch (radians, broadcast to 1-D) around ``config``'s orbit."""
+    """A ``CameraSet`` for given yaw/pitch (radians, floats or tensors, broadcast to 1-D) around ``config``'s orbit."""
+    yaw = torch.as_tensor(yaw, dtype=torch.float32) if not isinstance(yaw, Tensor) else yaw
+    pitch = torch.as_tensor(pitch, dtype=yaw.dtype, device=yaw.device) if not isinstance(pitch, Tensor) else pitch
     yaw, pitch = torch.broadcast_tensors(yaw.reshape(-1), pitch.reshape(-1))
     cam2world = look_at_cam2world(yaw, pitch, config.radius, config.pivot)
     intrinsics = fov_to_intrinsics(config.fov_degrees, device=yaw.device, dtype=yaw.dtype)

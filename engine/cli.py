@@ -1,0 +1,51 @@
+"""Command line of the engine: ``python -m engine <command> …``.
+
+Each command lives in ``engine/commands/<name>.py`` and provides ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs, so ``--help`` stays fast and
+one command's heavy imports (diffusers) never slow another. User errors (:class:`EngineError`) print one
+line on stderr and exit with status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import EngineError
+
+COMMANDS: dict[str, str] = {
+    "generate": "Render multi-view images and a coloured mesh of a generated head.",
+    "stylize": "Fine-tune the generator toward a text style with likelihood distillation.",
+    "render": "Render a (stylized) generator for seeds or W+ latents: views and a 360° turntable.",
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = {}
+    for name, help_text in COMMANDS.items():
+        subparsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+    return parser, subparsers
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, subparsers = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in COMMANDS:
+        module = importlib.import_module(f"engine.commands.{command}")
+        module.add_arguments(subparsers[command])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    try:
+        return int(module.run(args) or 0)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,278 @@
+"""The tri-grid head generator: PanoHead's TriPlaneGenerator, rebuilt on our own layers.
+
+Pipeline for one head: ``z`` and the conditioning camera ``c`` → mapping network → ``ws`` (W+) → StyleGAN2
+synthesis → tri-grid (3 planes × D depth slices × 32 features) → volume rendering of the decoder's
+(σ, features) along camera rays at the neural resolution (64²) → background blend → ToRGB raw image →
+super-resolution to the output resolution.
+
+Attribute names (``backbone``, ``superresolution``, ``decoder``, ``torgb``, ``bcg_synthesis``,
+``t_mapping``) are PanoHead's, so the official ``G_ema`` weights copy over by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PLANE_FEATURES, GeneratorConfig
+from .decoder import OSGDecoder
+from .renderer import ImportanceRenderer, RaySampler
+from .stylegan2 import MappingNetwork, StyleGAN2Backbone, SynthesisNetwork, ToRGBLayer
+from .superresolution import build_superresolution
+
+Background = Literal["model", "none", "white"]
+
+# Layer groups that training code can freeze or unfreeze by name (the paper trains synthesis + SR).
+LAYER_GROUPS = ("mapping", "synthesis", "superresolution", "decoder", "torgb", "background", "t_mapping")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How one call to :meth:`TriPlaneGenerator.render` renders.
+
+    ``background``: ``"model"`` blends PanoHead's background network behind the head, ``"none"`` renders
+    the head over black features (what stylization uses, so the diffusion model sees only the head) and
+    ``"white"`` composites the raw RGB over white using the accumulated opacity (as the official
+    stylization code's ``make_background_white``).
+    """
+
+    neural_resolution: int | None = None  # None → config.rendering.neural_rendering_resolution
+    background: Background = "model"
+    noise_mode: str = "const"
+    return_planes: bool = False
+    run_superresolution: bool = True
+    generator: torch.Generator | None = None  # seeds stratified jitter / importance sampling
+    deterministic_samples: bool = False  # no jitter at all (tests, meshes, turntables)
+
+
+class TriPlaneGenerator(nn.Module):
+    """PanoHead-compatible 3D head generator. All sizes come from :class:`GeneratorConfig`."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        r = config.rendering
+        self.z_dim, self.c_dim, self.w_dim = config.z_dim, config.c_dim, config.w_dim
+        self.img_resolution = config.img_resolution
+        mapping_kwargs = dict(num_layers=config.mapping_layers, lr_multiplier=config.mapping_lr_multiplier)
+        self.backbone = StyleGAN2Backbone(
+            z_dim=config.z_dim,
+            c_dim=config.c_dim,
+            w_dim=config.w_dim,
+            img_resolution=r.triplane_size,
+            img_channels=config.backbone_channels,
+            mapping_kwargs=mapping_kwargs,
+            channel_base=config.channel_base,
+            channel_max=config.channel_max,
+            num_fp16_res=config.num_fp16_res,
+            conv_clamp=config.conv_clamp,
+        )
+        self.superresolution = build_superresolution(config)
+        self.decoder = OSGDecoder(
+            n_features=PLANE_FEATURES,
+            hidden=r.decoder_hidden,
+            output_dim=r.decoder_output_dim,
+            lr_mul=r.decoder_lr_mul,
+            activation=r.decoder_activation,
+        )
+        self.torgb = ToRGBLayer(PLANE_FEATURES, 3, config.w_dim) if r.use_torgb_raw else None
+        self.bcg_synthesis = (
+            SynthesisNetwork(
+                w_dim=config.w_dim,
+                img_resolution=self.superresolution.input_resolution,
+                img_channels=PLANE_FEATURES,
+                channel_base=config.channel_base // 2,
+                channel_max=config.channel_max,
+                num_fp16_res=config.num_fp16_res,
+                conv_clamp=config.conv_clamp,
+            )
+            if r.use_background
+            else None
+        )
+        # PanoHead's self-adaptive camera: a tiny mapping network predicting a translation offset.
+        self.t_mapping = MappingNetwork(
+            z_dim=config.z_dim,
+            c_dim=config.c_dim,
+            w_dim=3,
+            num_ws=1,
+            num_layers=config.mapping_layers,
+            last_activation="linear",
+            lr_multiplier=1.0,
+        )
+        self.renderer = ImportanceRenderer()
+        self.ray_sampler = RaySampler()
+
+    # ------------------------------------------------------------------------------------------ latents
+    @property
+    def num_ws(self) -> int:
+        return self.backbone.num_ws
+
+    def _conditioning(self, c: torch.Tensor) -> torch.Tensor:
+        r = self.config.rendering
+        if r.c_gen_conditioning_zero:
+            c = torch.zeros_like(c)
+        return c * r.c_scale
+
+    def mapping(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        update_emas: bool = False,
+    ) -> torch.Tensor:
+        """z (N, z_dim) and conditioning camera c (N, 25) → ws (N, num_ws, w_dim)."""
+        return self.backbone.mapping(
+            z,
+            self._conditioning(c),
+            truncation_psi=truncation_psi,
+            truncation_cutoff=truncation_cutoff,
+            update_emas=update_emas,
+        )
+
+    def apply_delta_c(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff=None):
+        """PanoHead's learned camera translation offset (entries 3, 7, 11 of the 25-vector)."""
+        delta = self.t_mapping(z, self._conditioning(c), truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        delta = delta.squeeze(1)
+        c_new = c.clone()
+        c_new[:, [3, 7, 11]] = c_new[:, [3, 7, 11]] + delta
+        return c_new, delta
+
+    # ------------------------------------------------------------------------------------------ tri-grid
+    def synthesize_planes(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        """ws → tri-grid of shape (N, 3, D·32, S, S)."""
+        planes = self.backbone.synthesis(ws, noise_mode=noise_mode)
+        n, _, h, w = planes.shape
+        return planes.view(n, 3, PLANE_FEATURES * self.config.rendering.triplane_depth, h, w)
+
+    # ------------------------------------------------------------------------------------------ rendering
+    def render(self, ws: torch.Tensor, c: torch.Tensor, options: RenderOptions = RenderOptions(), planes=None) -> dict:
+        """Render W+ latents ``ws`` from cameras ``c`` (N, 25).
+
+        Returns ``image`` (N, 3, R, R) in about [-1, 1] after super-resolution, ``image_raw`` (N, 3, r, r)
+        the neural render, ``image_depth`` (N, 1, r, r) ray depth, ``image_mask`` (N, 1, r, r) accumulated
+        opacity in [0, 1], ``features`` (N, 32, r, r) and, if asked, ``planes``.
+        ``planes`` may be passed in to reuse a tri-grid across several cameras of the same latent.
+        """
+        r = self.config.rendering
+        res = options.neural_resolution or r.neural_rendering_resolution
+        if planes is None:
+            planes = self.synthesize_planes(ws, noise_mode=options.noise_mode)
+        if planes.shape[0] != c.shape[0]:
+            raise ValueError(f"render: {planes.shape[0]} tri-grids but {c.shape[0]} cameras")
+        cam2world = c[:, :16].view(-1, 4, 4)
+        intrinsics = c[:, 16:25].view(-1, 3, 3)
+        origins, directions = self.ray_sampler(cam2world, intrinsics, res)
+        features, depth, weights = self.renderer(
+            planes,
+            self.decoder,
+            origins,
+            directions,
+            r,
+            generator=options.generator,
+            deterministic=options.deterministic_samples,
+        )
+        n = c.shape[0]
+        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res).contiguous()
+        depth_image = depth.permute(0, 2, 1).reshape(n, 1, res, res)
+        mask = weights.permute(0, 2, 1).reshape(n, 1, res, res)
+        if self.decoder.activation == "sigmoid":
+            feature_image = feature_image * 2 - 1
+
+        if options.background == "model" and self.bcg_synthesis is not None:
+            feature_image = feature_image + (1 - mask) * self._background(ws, res, options.noise_mode)
+
+        if self.torgb is not None:
+            rgb = self.torgb(feature_image, ws[:, -1], fused_modconv=False).float()
+        else:
+            rgb = feature_image[:, :3]
+        if options.background == "white":
+            rgb = rgb * mask + (1 - mask)
+
+        out = {
+            "image_raw": rgb,
+            "image_depth": depth_image,
+            "image_mask": mask.clamp(0, 1),
+            "features": feature_image,
+        }
+        if options.run_superresolution:
+            out["image"] = self.superresolution(rgb, feature_image, ws, noise_mode=r.superresolution_noise_mode)
+        if options.return_planes:
+            out["planes"] = planes
+        return out
+
+    def _background(self, ws: torch.Tensor, res: int, noise_mode: str) -> torch.Tensor:
+        need = self.bcg_synthesis.num_ws
+        ws_bcg = ws[:, :need]
+        if ws_bcg.shape[1] < need:
+            ws_bcg = torch.cat([ws_bcg, ws_bcg[:, -1:].expand(-1, need - ws_bcg.shape[1], -1)], dim=1)
+        bcg = self.bcg_synthesis(ws_bcg, noise_mode=noise_mode)
+        return F.interpolate(bcg, size=(res, res), mode="bilinear", align_corners=False, antialias=self.config.rendering.sr_antialias)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        options: RenderOptions = RenderOptions(),
+    ) -> dict:
+        """Sample heads from z and render them from cameras c (c also conditions the mapping)."""
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        c_render, _ = self.apply_delta_c(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.render(ws, c_render, options)
+
+    # ------------------------------------------------------------------------------------------ 3-D queries
+    def query_points(self, planes: torch.Tensor, points: torch.Tensor) -> dict:
+        """Decoder output at arbitrary points (N, M, 3) in world space: ``sigma`` (N, M, 1), ``rgb`` features."""
+        directions = torch.zeros_like(points)
+        return self.renderer.run_model(planes, self.decoder, points, directions, self.config.rendering)
+
+    def point_colors(self, planes: torch.Tensor, ws: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] at points (N, M, 3): decoder features through the raw ToRGB head (a 1×1 conv, so
+        applying it per point equals applying it per pixel)."""
+        feats = self.query_points(planes, points)["rgb"]  # (N, M, C)
+        if self.decoder.activation == "sigmoid":
+            feats = feats * 2 - 1
+        if self.torgb is not None:
+            img = feats.permute(0, 2, 1).unsqueeze(-1)  # (N, C, M, 1)
+            rgb = self.torgb(img, ws[:, -1], fused_modconv=False).float().squeeze(-1).permute(0, 2, 1)
+        else:
+            rgb = feats[..., :3]
+        return ((rgb + 1) / 2).clamp(0, 1)
+
+    # ------------------------------------------------------------------------------------------ training
+    def layer_group(self, name: str) -> nn.Module | None:
+        groups = {
+            "mapping": self.backbone.mapping,
+            "synthesis": self.backbone.synthesis,
+            "superresolution": self.superresolution,
+            "decoder": self.decoder,
+            "torgb": self.torgb,
+            "background": self.bcg_synthesis,
+            "t_mapping": self.t_mapping,
+        }
+        if name not in groups:
+            raise ValueError(f"unknown layer group {name!r}; choose from {LAYER_GROUPS}")
+        return groups[name]
+
+    def set_trainable(self, groups: Iterable[str], train_biases: bool = False) -> list[str]:
+        """Freeze everything, then unfreeze the named groups (biases stay frozen unless ``train_biases``).
+
+        The paper fine-tunes ``synthesis`` + ``superresolution`` with biases frozen. Returns the names of
+        the parameters left trainable.
+        """
+        self.requires_grad_(False)
+        for name in groups:
+            module = self.layer_group(name)
+            if module is None:
+                continue
+            for pname, p in module.named_parameters():
+                if train_biases or not pname.endswith("bias"):
+                    p.requires_grad_(True)
+        return [n for n, p in self.named_parameters() if p.requires_grad]
