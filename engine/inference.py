@@ -1,0 +1,271 @@
+"""Apply a (stylized) generator to seeds or W+ latents: named views, a before/after sheet, a turntable GIF.
+
+No diffusion model is involved: a stylized generator is an ordinary generator whose synthesis and
+super-resolution weights were fine-tuned, so inference is one render per view (as the official
+``infer_LD.py``). W+ latents come as ``.npz`` files with key ``w`` of shape (1, num_ws, w_dim) or
+(num_ws, w_dim), the format of PanoHead's projector and of the official examples; seeds are mapped with the
+same truncation (ψ 0.75 up to layer 14) and conditioning camera (yaw 0, pitch 0.2) the stylization used.
+
+Cameras look at the origin like the official stylization scripts (PanoHead's own scripts use (0, 0, 0.2)),
+at a pitch of 10° as ``infer_LD.py`` renders its comparison views. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .atomic import write_json, write_with
+from .errors import ConfigError, InputError
+from .events import emit
+from .generator.camera import CameraConfig, cameras_at, named_views, orbit_cameras
+from .generator.triplane import RenderOptions, TriPlaneGenerator
+from .images import image_grid, save_png, to_uint8
+
+BACKGROUNDS = ("none", "white", "model")
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """How heads are sampled and rendered for inspection."""
+
+    truncation_psi: float = 0.75
+    truncation_cutoff: int | None = 14  # clamped to the generator's num_ws
+    conditioning_yaw: float = 0.0
+    conditioning_pitch: float = 0.2
+    camera_pivot: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    view_pitch: float = math.radians(10.0)
+    background: str = "white"
+    turntable_frames: int = 36
+    frame_ms: int = 80
+    chunk: int = 6  # views rendered per batch
+
+    def validate(self) -> "ViewSettings":
+        if self.background not in BACKGROUNDS:
+            raise ConfigError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        if self.turntable_frames < 0:
+            raise ConfigError(f"turntable frames must be ≥ 0, got {self.turntable_frames}")
+        if self.frame_ms < 1:
+            raise ConfigError(f"frame duration must be ≥ 1 ms, got {self.frame_ms}")
+        if self.chunk < 1:
+            raise ConfigError(f"chunk must be ≥ 1, got {self.chunk}")
+        if not 0.0 <= self.truncation_psi <= 1.0:
+            raise ConfigError(f"truncation_psi must be in [0, 1], got {self.truncation_psi}")
+        return self
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One head to render: a name (used as its folder) and its W+ latent (1, num_ws, w_dim)."""
+
+    name: str
+    ws: torch.Tensor
+
+
+@dataclass
+class SubjectResult:
+    name: str
+    folder: Path
+    views: dict[str, Path] = field(default_factory=dict)
+    sheet: Path | None = None
+    compare: Path | None = None
+    turntable: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "folder": str(self.folder),
+            "views": {k: str(v) for k, v in self.views.items()},
+            "sheet": str(self.sheet) if self.sheet else None,
+            "compare": str(self.compare) if self.compare else None,
+            "turntable": str(self.turntable) if self.turntable else None,
+        }
+
+
+# ------------------------------------------------------------------------------------------------
+# Cameras and latents
+# ------------------------------------------------------------------------------------------------
+def camera_config_for(G: TriPlaneGenerator, pivot: Sequence[float]) -> CameraConfig:
+    """The generator's orbit radius and field of view, looking at ``pivot``."""
+    r = G.config.rendering
+    return CameraConfig(radius=r.avg_camera_radius, fov_degrees=r.fov_degrees, pivot=tuple(float(v) for v in pivot))
+
+
+def clamp_cutoff(G: TriPlaneGenerator, cutoff: int | None) -> int | None:
+    """Truncation cutoff limited to the generator's number of W+ layers (14 for PanoHead, fewer for tests)."""
+    return None if cutoff is None else min(int(cutoff), G.num_ws)
+
+
+def map_latents(
+    G: TriPlaneGenerator,
+    z: torch.Tensor,
+    psi: float,
+    cutoff: int | None,
+    yaw: float,
+    pitch: float,
+    pivot: Sequence[float],
+) -> torch.Tensor:
+    """z (N, z_dim) → ws (N, num_ws, w_dim) with truncation, conditioned on the camera at (yaw, pitch)."""
+    device = next(G.parameters()).device
+    c = cameras_at(yaw, pitch, camera_config_for(G, pivot)).c.to(device)
+    with torch.no_grad():
+        return G.mapping(z.to(device), c.expand(z.shape[0], -1), truncation_psi=psi, truncation_cutoff=clamp_cutoff(G, cutoff))
+
+
+def seed_latent(G: TriPlaneGenerator, seed: int, settings: ViewSettings) -> torch.Tensor:
+    """The W+ latent of ``seed``: z ~ N(0, I) from a CPU generator seeded with ``seed`` (device independent)."""
+    z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+    return map_latents(
+        G,
+        z,
+        settings.truncation_psi,
+        settings.truncation_cutoff,
+        settings.conditioning_yaw,
+        settings.conditioning_pitch,
+        settings.camera_pivot,
+    )
+
+
+def load_w_plus(path: str | Path, G: TriPlaneGenerator) -> torch.Tensor:
+    """Read a W+ latent ``.npz`` (key ``w``) and check it fits ``G``; returns (1, num_ws, w_dim) float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: W+ latent file not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "w" not in archive.files:
+                raise InputError(f"{path}: no array named 'w' (found {sorted(archive.files)}); expected a W+ latent .npz")
+            w = np.asarray(archive["w"])
+    except InputError:
+        raise
+    except Exception as exc:  # numpy raises ValueError/OSError/BadZipFile for non-npz files
+        raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    expected = (G.num_ws, G.w_dim)
+    found = tuple(w.shape)
+    if w.ndim == 2:
+        w = w[None]
+    if w.ndim != 3 or w.shape[0] != 1 or tuple(w.shape[1:]) != expected:
+        raise InputError(
+            f"{path}: 'w' has shape {found} but this generator needs "
+            f"(1, {expected[0]}, {expected[1]}) or {expected} (num_ws, w_dim)"
+        )
+    if not np.issubdtype(w.dtype, np.floating) or not np.isfinite(w).all():
+        raise InputError(f"{path}: 'w' must hold finite floating-point numbers (dtype {w.dtype})")
+    return torch.from_numpy(w.astype(np.float32))
+
+
+def latent_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand folders into their ``*.npz`` files (sorted); plain files are kept in order."""
+    files: list[Path] = []
+    for entry in paths:
+        p = Path(entry)
+        if p.is_dir():
+            found = sorted(p.glob("*.npz"))
+            if not found:
+                raise InputError(f"{p}: folder holds no .npz W+ latents")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def render_images(
+    G: TriPlaneGenerator,
+    ws: torch.Tensor,
+    c: torch.Tensor,
+    background: str = "white",
+    chunk: int = 6,
+) -> torch.Tensor:
+    """Render one latent ws (1, num_ws, w_dim) from V cameras c (V, 25) → (V, 3, R, R) in [-1, 1] (CPU).
+
+    The tri-grid is synthesised once and shared by all views; views go through the renderer ``chunk`` at a
+    time. Ray samples are deterministic so that the same call always gives the same pixels.
+    """
+    device = next(G.parameters()).device
+    ws = ws.to(device)
+    planes = G.synthesize_planes(ws)
+    options = RenderOptions(background=background, deterministic_samples=True)
+    out = []
+    for start in range(0, c.shape[0], chunk):
+        cams = c[start : start + chunk].to(device)
+        n = cams.shape[0]
+        result = G.render(ws.expand(n, -1, -1), cams, options, planes=planes.expand(n, *planes.shape[1:]))
+        out.append(result["image"].float().clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def _save_gif(frames: list[np.ndarray], path: Path, frame_ms: int) -> Path:
+    images = [Image.fromarray(f) for f in frames]
+
+    def writer(tmp: Path) -> None:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+
+    return write_with(path, writer)
+
+
+def render_subject(
+    G: TriPlaneGenerator,
+    subject: Subject,
+    out_dir: Path,
+    settings: ViewSettings,
+    base: TriPlaneGenerator | None = None,
+) -> SubjectResult:
+    """Write ``<out>/<name>/``: one PNG per named view, ``views.png``, ``compare.png`` (with ``base``:
+    base row above stylized row) and ``turntable.gif``."""
+    folder = out_dir / subject.name
+    result = SubjectResult(subject.name, folder)
+    cam_config = camera_config_for(G, settings.camera_pivot)
+    views = named_views(settings.view_pitch, cam_config)
+    images = [to_uint8(img) for img in render_images(G, subject.ws, views.c, settings.background, settings.chunk)]
+    for name, image in zip(views.names, images):
+        result.views[name] = save_png(image, folder / f"{name}.png")
+    result.sheet = save_png(image_grid(images, len(images)), folder / "views.png")
+    if base is not None:
+        before = [to_uint8(img) for img in render_images(base, subject.ws, views.c, settings.background, settings.chunk)]
+        result.compare = save_png(image_grid(before + images, len(images)), folder / "compare.png")
+    if settings.turntable_frames > 0:
+        orbit = orbit_cameras(settings.turntable_frames, settings.view_pitch, cam_config)
+        frames = [to_uint8(img) for img in render_images(G, subject.ws, orbit.c, settings.background, settings.chunk)]
+        result.turntable = _save_gif(frames, folder / "turntable.gif", settings.frame_ms)
+    return result
+
+
+def check_compatible(G: TriPlaneGenerator, base: TriPlaneGenerator, base_source: str) -> None:
+    """A before/after sheet needs the same latent space: same W+ layout."""
+    if (base.num_ws, base.w_dim) != (G.num_ws, G.w_dim):
+        raise InputError(
+            f"{base_source}: base generator has W+ of ({base.num_ws}, {base.w_dim}) but the stylized one has "
+            f"({G.num_ws}, {G.w_dim}); they cannot render the same latent"
+        )
+
+
+def render_subjects(
+    G: TriPlaneGenerator,
+    subjects: Sequence[Subject],
+    out_dir: str | Path,
+    settings: ViewSettings = ViewSettings(),
+    base: TriPlaneGenerator | None = None,
+    on_event: Callable[..., None] = emit,
+) -> list[SubjectResult]:
+    """Render every subject (see :func:`render_subject`), emit progress, write ``<out>/render.json``."""
+    settings.validate()
+    out_dir = Path(out_dir)
+    names = [s.name for s in subjects]
+    if len(set(names)) != len(names):
+        raise InputError(f"subject names must be unique (they name the output folders), got {names}")
+    results = []
+    for index, subject in enumerate(subjects, start=1):
+        results.append(render_subject(G, subject, out_dir, settings, base))
+        on_event("progress", step=index, total=len(subjects), subject=subject.name, folder=str(out_dir / subject.name))
+    write_json(out_dir / "render.json", {"subjects": [r.to_dict() for r in results]})
+    return results
