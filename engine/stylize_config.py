@@ -12,13 +12,13 @@ Angles are radians in PanoHead's yaw/pitch convention (see :mod:`engine.generato
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
+from .configs import JsonConfig
 from .distill import DistillConfig
 from .errors import ConfigError
 
@@ -41,11 +41,10 @@ RUNTIME_FIELDS = frozenset(
 )
 
 _RANGE_FIELDS = ("single_yaw_range", "single_pitch_range", "grid_yaw_range", "grid_pitch_range")
-_TUPLE_FIELDS = ("betas", "camera_pivot", *_RANGE_FIELDS)
 
 
 @dataclass(frozen=True)
-class StylizeConfig:
+class StylizeConfig(JsonConfig):
     """Everything one ``stylize`` run needs.
 
     ``generator`` is anything :func:`engine.generator.loading.load_generator` accepts (a preset name, our
@@ -61,6 +60,8 @@ class StylizeConfig:
     origin (PanoHead's own scripts use (0, 0, 0.2)); radius and field of view come from the generator's
     rendering config.
     """
+
+    config_label: ClassVar[str] = "stylize"
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -142,35 +143,6 @@ class StylizeConfig:
         return self
 
     # ----------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["distill"] = self.distill.to_dict()
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StylizeConfig":
-        """Build from a (JSON) dict: lists become tuples, unknown keys are an error, missing keys default."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"a stylize config must be a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown stylize config keys: {sorted(unknown)}")
-        for name in _TUPLE_FIELDS:
-            if name in data:
-                try:
-                    data[name] = tuple(float(v) for v in data[name])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"{name} must be a list of numbers, got {data[name]!r}") from None
-        distill = data.pop("distill", {})
-        if isinstance(distill, dict):
-            distill = DistillConfig.from_dict(distill)
-        return cls(**data, distill=distill).validate()
-
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> "StylizeConfig":
         """From a JSON string or a ``.json`` file."""
@@ -185,9 +157,6 @@ class StylizeConfig:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"stylize config is not valid JSON ({exc})") from None
-
-    def replace(self, **changes: Any) -> "StylizeConfig":
-        return dataclasses.replace(self, **changes).validate()
 
     # ----------------------------------------------------------------------------------------------
     def training_differences(self, other: "StylizeConfig") -> list[str]:

@@ -12,28 +12,18 @@ schedule for both stages.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
+from ..configs import JsonConfig
 from ..errors import ConfigError
 
 METHODS = ("ld", "sds")
 SDS_VARIANTS = ("official", "textbook")
 
-# Fields that JSON turns into lists and that the dataclass keeps as tuples.
-_TUPLE_FIELDS = (
-    "mirror_weights",
-    "rank_weights",
-    "single_step_range",
-    "grid_step_range",
-    "canny_thresholds",
-)
-
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(JsonConfig):
     """Switches and weights of likelihood distillation (LD) or score distillation (SDS).
 
     ``official_compat``: the official code weights the gradient with ``alphas_cumprod[k]`` where ``k`` is
@@ -42,6 +32,8 @@ class DistillConfig:
     (and √(1−ᾱ) ≈ 0.182…0.218 instead of 0.615…0.041), i.e. an almost constant weight. ``False`` (default)
     uses the mathematically intended ᾱ_t; ``True`` reproduces the official numbers exactly.
     """
+
+    config_label: ClassVar[str] = "distill"
 
     method: str = "ld"  # "ld" (likelihood distillation, the paper) or "sds"
     sds_variant: str = "official"  # only for method="sds"; see gradients.sds_gradient
@@ -103,29 +95,3 @@ class DistillConfig:
         if self.grid_size < 2 or self.grid_size % 2:
             raise ConfigError(f"distill.grid_size must be an even number ≥ 2, got {self.grid_size}")
         return self
-
-    # ----------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
-        """Build from a (JSON) dict; lists become tuples, unknown keys are an error, missing keys default."""
-        data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown distill config keys: {sorted(unknown)}")
-        for name in _TUPLE_FIELDS:
-            if name in data:
-                try:
-                    data[name] = tuple(data[name])
-                except TypeError:
-                    raise ConfigError(f"distill.{name} must be a list, got {data[name]!r}") from None
-        return cls(**data).validate()
-
-    def replace(self, **changes: Any) -> "DistillConfig":
-        return dataclasses.replace(self, **changes).validate()

@@ -9,11 +9,10 @@ presets keep exactly the same structure with fewer channels and samples, for tes
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from ..configs import JsonConfig
 from ..errors import ConfigError
 
 # Channels per tri-grid plane slice. Fixed in PanoHead (the decoder reads 32 features).
@@ -21,8 +20,10 @@ PLANE_FEATURES = 32
 
 
 @dataclass(frozen=True)
-class RenderingConfig:
+class RenderingConfig(JsonConfig):
     """Volume-rendering and tri-grid options (PanoHead's ``rendering_kwargs``)."""
+
+    config_label: ClassVar[str] = "rendering"
 
     triplane_size: int = 256  # spatial resolution of each tri-grid plane
     triplane_depth: int = 3  # PanoHead "tri-grid": D slices of 32 features per plane
@@ -53,13 +54,15 @@ class RenderingConfig:
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(JsonConfig):
     """Sizes of every stage of the tri-grid generator.
 
     ``superresolution`` names the SR module by its factor over the neural render: ``"8XDC"`` (64→512, two
     upsampling blocks, PanoHead), ``"4X"`` and ``"2X"`` (the render is resized to img/2, one block keeps
     that size and one upsamples ×2), or ``"none"`` (the raw neural render is the output).
     """
+
+    config_label: ClassVar[str] = "generator"
 
     name: str = "panohead"
     z_dim: int = 512
@@ -107,34 +110,6 @@ class GeneratorConfig:
         if self.c_dim != 25:
             raise ConfigError(f"{self.name}: c_dim must be 25 (16 cam2world + 9 intrinsics), got {self.c_dim}")
         return self
-
-    # ----------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
-        data = dict(data)
-        rendering = dict(data.pop("rendering", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown generator config keys: {sorted(unknown)}")
-        known_r = {f.name for f in dataclasses.fields(RenderingConfig)}
-        unknown_r = set(rendering) - known_r
-        if unknown_r:
-            raise ConfigError(f"unknown rendering config keys: {sorted(unknown_r)}")
-        if "sr_channels" in data:
-            data["sr_channels"] = tuple(data["sr_channels"])
-        if "avg_camera_pivot" in rendering:
-            rendering["avg_camera_pivot"] = tuple(rendering["avg_camera_pivot"])
-        return cls(**data, rendering=RenderingConfig(**rendering)).validate()
-
-    def replace(self, **changes: Any) -> "GeneratorConfig":
-        return dataclasses.replace(self, **changes).validate()
 
 
 SR_FACTORS = {"8XDC": 8, "4X": 4, "2X": 2, "none": 1}
