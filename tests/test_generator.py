@@ -214,7 +214,7 @@ def test_generate_command_writes_views_mesh_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert events[-1]["event"] == "done"
-    for name in ("front", "left45", "right45", "left90", "right90", "back"):
+    for name in ("front", "yaw+45", "yaw-45", "yaw+90", "yaw-90", "back"):
         img = Image.open(out / f"{name}.png")
         assert img.size == (64, 64) and img.mode == "RGB"
     # Different views are different pictures.

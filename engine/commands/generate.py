@@ -11,21 +11,12 @@ import torch
 from ..atomic import write_json
 from ..errors import EngineError
 from ..events import emit, log
-from ..generator.camera import CameraConfig, cameras_at, named_views
+from ..generator.camera import named_views
 from ..generator.loading import load_generator
-from ..generator.triplane import RenderOptions, TriPlaneGenerator
+from ..generator.triplane import TriPlaneGenerator
 from ..images import image_grid, save_png, to_uint8
+from ..inference import ViewSettings, camera_config_for, render_images, seed_latent
 from ..mesh import MeshConfig, extract_mesh, write_mesh
-
-# File names for the named views (stable names the README and Blender refer to).
-VIEW_FILES = {
-    "front": "front.png",
-    "yaw+45": "left45.png",
-    "yaw-45": "right45.png",
-    "yaw+90": "left90.png",
-    "yaw-90": "right90.png",
-    "back": "back.png",
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,28 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso-level", type=float, default=10.0, help="density iso level of the surface")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-
-
-def latent_for_seed(G: TriPlaneGenerator, seed: int, psi: float, cutoff: int | None) -> torch.Tensor:
-    """The W+ latent of ``seed``: z from a seeded generator, mapped with the front conditioning camera
-    (yaw 0, pitch 0.2 — the conditioning the official stylization code uses)."""
-    device = next(G.parameters()).device
-    z = torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    c_cond = cameras_at(0.0, 0.2, CameraConfig.from_rendering(G.config.rendering)).c.to(device)
-    cutoff = None if cutoff is None else min(cutoff, G.num_ws)
-    return G.mapping(z, c_cond, truncation_psi=psi, truncation_cutoff=cutoff)
-
-
-@torch.no_grad()
-def render_named_views(G: TriPlaneGenerator, ws: torch.Tensor, background: str = "model") -> dict[str, "np.ndarray"]:
-    """Super-resolved renders of one latent from the six named views, as uint8 arrays keyed by view name.
-    The tri-grid is synthesised once and shared by all cameras."""
-    device = ws.device
-    views = named_views(config=CameraConfig.from_rendering(G.config.rendering))
-    c = views.c.to(device)
-    planes = G.synthesize_planes(ws).expand(len(c), -1, -1, -1, -1)
-    out = G.render(ws.expand(len(c), -1, -1), c, RenderOptions(background=background, deterministic_samples=True), planes=planes)
-    return {name: to_uint8(img) for name, img in zip(views.names, out["image"])}
 
 
 @torch.no_grad()
@@ -87,16 +56,23 @@ def run(args: argparse.Namespace) -> int:
     G = loaded.generator
     if not loaded.trained:
         log(f"note: {loaded.source} has random weights (no checkpoint given); renders show an untrained generator")
-    ws = latent_for_seed(G, args.seed, args.truncation, args.truncation_cutoff)
+    # Views of the generator's own orbit (pivot (0, 0, 0.2), level camera) with its background network.
+    settings = ViewSettings(
+        truncation_psi=args.truncation,
+        truncation_cutoff=args.truncation_cutoff,
+        camera_pivot=G.config.rendering.avg_camera_pivot,
+        view_pitch=0.0,
+        background="model",
+    ).validate()
+    ws = seed_latent(G, args.seed, settings)
     timings = {"load": time.perf_counter() - t0}
 
     t = time.perf_counter()
-    images = render_named_views(G, ws)
+    views = named_views(settings.view_pitch, camera_config_for(G, settings.camera_pivot))
+    images = [to_uint8(img) for img in render_images(G, ws, views.c, settings.background, settings.chunk)]
     timings["render_views"] = time.perf_counter() - t
-    files = {}
-    for name, array in images.items():
-        files[name] = str(save_png(array, out / VIEW_FILES[name]))
-    save_png(image_grid(list(images.values()), columns=3), out / "views.png")
+    files = {name: str(save_png(image, out / f"{name}.png")) for name, image in zip(views.names, images)}
+    save_png(image_grid(images, columns=3), out / "views.png")
     emit("views", files=files)
 
     mesh_info: dict | None = None
