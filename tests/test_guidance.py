@@ -25,18 +25,12 @@ from engine.guidance import (
 PROMPT = "a zombie head"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The tiny models are far too small to gain from threads; on a busy 2-core machine threads cost 10×."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_diffusion_folder(tmp_path_factory.mktemp("tiny") / "sd", seed=0)
+def tiny(tiny_diffusion):
+    return tiny_diffusion
 
 
 @pytest.fixture(scope="module")

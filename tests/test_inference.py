@@ -28,12 +28,7 @@ from engine.inference import (
 VIEW_NAMES = [name for name, _ in NAMED_VIEW_YAWS_DEG]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from engine.cli import main as cli_main
 from engine.distill import DistillConfig
 from engine.errors import CheckpointError, ConfigError
 from engine.generator.loading import load_generator
-from engine.guidance import build_tiny_diffusion_folder
 from engine.stylize import stylize
 from engine.stylize_cancel import CancelToken
 from engine.stylize_config import StylizeConfig
@@ -28,18 +27,12 @@ FROZEN_GROUPS = ("backbone.mapping.", "decoder.", "torgb.", "bcg_synthesis.", "t
 TRAINABLE_PREFIXES = ("backbone.synthesis.", "superresolution.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core box threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_diffusion_folder(tmp_path_factory.mktemp("diffusion") / "sd", seed=0)
+def tiny(tiny_diffusion):
+    return tiny_diffusion
 
 
 def make_config(tiny, out: Path, **changes) -> StylizeConfig:
