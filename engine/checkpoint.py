@@ -145,19 +145,27 @@ def _sha256_of_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _read_metadata(meta_path: Path) -> dict[str, Any]:
+def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; every failure is a CheckpointError naming ``path`` and
+    saying what the file was supposed to be (``what``, e.g. "checkpoint metadata file")."""
+    path = Path(path)
     try:
-        text = meta_path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CheckpointError(f"{meta_path}: checkpoint metadata file not found") from None
+        raise CheckpointError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: cannot read checkpoint metadata ({exc})") from None
+        raise CheckpointError(f"{path}: unreadable {what} ({exc})") from None
     try:
-        meta = json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: invalid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}")
+        raise CheckpointError(f"{path}: invalid JSON, unreadable {what} ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_metadata(meta_path: Path) -> dict[str, Any]:
+    meta = read_json_object(meta_path, "checkpoint metadata file")
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{meta_path}: not a {FORMAT_NAME} checkpoint (format={meta.get('format')!r})")
     version = meta.get("format_version")
@@ -278,14 +286,8 @@ def state_shapes(module_or_state: torch.nn.Module | Mapping[str, torch.Tensor]) 
 
 def load_manifest(manifest_path: str | os.PathLike) -> dict[str, Any]:
     """Read a tensor manifest ``{"source", "init_kwargs", "tensors": {name: {shape, dtype, kind}}}``."""
-    manifest_path = Path(manifest_path)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{manifest_path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+    manifest = read_json_object(manifest_path, "manifest")
+    tensors = manifest.get("tensors")
     well_formed = isinstance(tensors, dict) and all(
         isinstance(spec, dict) and isinstance(spec.get("shape"), list) for spec in tensors.values()
     )

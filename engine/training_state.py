@@ -18,7 +18,6 @@ replaced; a crash at any moment therefore leaves ``latest`` naming a complete ch
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import safetensors.torch
 import torch
 
 from .atomic import write_bytes, write_json, write_text
-from .checkpoint import save_checkpoint
+from .checkpoint import read_json_object, save_checkpoint
 from .errors import CheckpointError, ConfigError
 from .stylize_config import StylizeConfig
 
@@ -240,13 +239,8 @@ def read_training_state(folder: str | Path) -> TrainingState:
     """Read and check ``state.json`` of one checkpoint folder (the tensors are loaded by the caller)."""
     folder = Path(folder)
     state_path = folder / STATE_FILE
-    try:
-        meta = json.loads(state_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{state_path}: checkpoint state not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{state_path}: unreadable checkpoint state ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+    meta = read_json_object(state_path, "checkpoint state")
+    if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{state_path}: not a {STATE_FORMAT} state file")
     if meta.get("version") != STATE_VERSION:
         raise CheckpointError(f"{state_path}: unsupported state version {meta.get('version')!r}")
