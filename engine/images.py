@@ -26,10 +26,6 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     return write_with(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def save_tensor_png(image: torch.Tensor, path: str | Path, value_range=(-1.0, 1.0)) -> Path:
-    return save_png(to_uint8(image, value_range), path)
-
-
 def image_grid(arrays: list[np.ndarray], columns: int) -> np.ndarray:
     """Tile equally sized (H, W, 3) uint8 images into a grid (row-major)."""
     h, w = arrays[0].shape[:2]

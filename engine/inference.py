@@ -13,7 +13,7 @@ at a pitch of 10° as ``infer_LD.py`` renders its comparison views. Every file i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -93,8 +93,7 @@ class SubjectResult:
 # ------------------------------------------------------------------------------------------------
 def camera_config_for(G: TriPlaneGenerator, pivot: Sequence[float]) -> CameraConfig:
     """The generator's orbit radius and field of view, looking at ``pivot``."""
-    r = G.config.rendering
-    return CameraConfig(radius=r.avg_camera_radius, fov_degrees=r.fov_degrees, pivot=tuple(float(v) for v in pivot))
+    return replace(CameraConfig.from_rendering(G.config.rendering), pivot=tuple(float(v) for v in pivot))
 
 
 def clamp_cutoff(G: TriPlaneGenerator, cutoff: int | None) -> int | None:
