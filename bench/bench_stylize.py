@@ -124,7 +124,7 @@ def build_full_guidance(device: torch.device, precision: str, prompt: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from engine.guidance import Guidance, GuidanceConfig
-    from engine.guidance.models import DiffusionModels, resolve_dtype
+    from engine.guidance.models import DiffusionModels, MemoryOptions, apply_memory_options, resolve_dtype
     from engine.guidance.tiny import BOS_TOKEN, EOS_TOKEN, write_tiny_tokenizer
 
     dtype = resolve_dtype(precision, device)
@@ -184,9 +184,6 @@ def build_full_guidance(device: torch.device, precision: str, prompt: str):
             module.to(dtype=dtype).requires_grad_(False).eval()
     finally:
         diffusers_logging.set_verbosity(verbosity)
-    if device.type == "cuda":  # what load_diffusion_models does by default on CUDA
-        for module in (unet, *controlnets.values()):
-            module.to(memory_format=torch.channels_last)
     models = DiffusionModels(
         unet=unet,
         vae=vae,
@@ -198,6 +195,7 @@ def build_full_guidance(device: torch.device, precision: str, prompt: str):
         device=device,
         vae_scaling_factor=0.18215,
     )
+    apply_memory_options(models, MemoryOptions())  # the defaults load_diffusion_models applies
     return Guidance(models, GuidanceConfig(prompt=prompt, precision=precision))
 
 

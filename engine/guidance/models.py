@@ -318,7 +318,8 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _apply_memory_options(models: DiffusionModels, options: MemoryOptions) -> None:
+def apply_memory_options(models: DiffusionModels, options: MemoryOptions) -> None:
+    """Attention slicing, channels-last (default on CUDA) and VAE tiling/slicing, as ``options`` asks."""
     if options.attention_slicing:
         slice_size = "auto" if options.attention_slicing is True else options.attention_slicing
         models.unet.set_attention_slice(slice_size)
@@ -405,5 +406,5 @@ def load_diffusion_models(
         vae_scaling_factor=1.0 if vae is None else float(vae.config.scaling_factor),
         source=folder,
     )
-    _apply_memory_options(models, memory or MemoryOptions())
+    apply_memory_options(models, memory or MemoryOptions())
     return models
