@@ -27,6 +27,7 @@ from .events import emit
 from .generator.camera import CameraConfig, cameras_at, named_views, orbit_cameras
 from .generator.triplane import RenderOptions, TriPlaneGenerator
 from .images import image_grid, save_png, to_uint8
+from .mesh import Mesh, MeshConfig, extract_mesh
 
 BACKGROUNDS = ("none", "white", "model")
 
@@ -237,6 +238,29 @@ def render_subject(
         frames = [to_uint8(img) for img in render_images(G, subject.ws, orbit.c, settings.background, settings.chunk)]
         result.turntable = _save_gif(frames, folder / "turntable.gif", settings.frame_ms)
     return result
+
+
+@torch.no_grad()
+def head_mesh(
+    G: TriPlaneGenerator,
+    ws: torch.Tensor,
+    config: MeshConfig,
+    progress: Callable[[float], None] | None = None,
+    timings: dict | None = None,
+) -> Mesh:
+    """Marching-cubes mesh of the head's density for one W+ latent, with vertex colours from the raw RGB
+    head (the ToRGB layer applied per point, so colours match the low-resolution render)."""
+    device = next(G.parameters()).device
+    ws = ws.to(device)
+    planes = G.synthesize_planes(ws)
+
+    def density_fn(points: torch.Tensor) -> torch.Tensor:
+        return G.query_points(planes, points[None].to(device))["sigma"][0, :, 0]
+
+    def color_fn(points: torch.Tensor) -> torch.Tensor:
+        return G.point_colors(planes, ws, points[None].to(device))[0]
+
+    return extract_mesh(density_fn, color_fn, config, device=device, progress=progress, timings=timings)
 
 
 def check_compatible(G: TriPlaneGenerator, base: TriPlaneGenerator, base_source: str) -> None:

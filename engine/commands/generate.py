@@ -6,17 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from ..atomic import write_json
 from ..errors import EngineError
 from ..events import emit, log
 from ..generator.camera import named_views
 from ..generator.loading import load_generator
-from ..generator.triplane import TriPlaneGenerator
 from ..images import image_grid, save_png, to_uint8
-from ..inference import ViewSettings, camera_config_for, render_images, seed_latent
-from ..mesh import MeshConfig, extract_mesh, write_mesh
+from ..inference import ViewSettings, camera_config_for, head_mesh, render_images, seed_latent
+from ..mesh import MeshConfig, write_mesh
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,21 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso-level", type=float, default=10.0, help="density iso level of the surface")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-
-
-@torch.no_grad()
-def head_mesh(G: TriPlaneGenerator, ws: torch.Tensor, config: MeshConfig, progress=None, timings=None):
-    """Marching-cubes mesh of the head's density with vertex colours from the raw RGB head."""
-    device = ws.device
-    planes = G.synthesize_planes(ws)
-
-    def density_fn(points: torch.Tensor) -> torch.Tensor:
-        return G.query_points(planes, points[None].to(device))["sigma"][0, :, 0]
-
-    def color_fn(points: torch.Tensor) -> torch.Tensor:
-        return G.point_colors(planes, ws, points[None].to(device))[0]
-
-    return extract_mesh(density_fn, color_fn, config, device=device, progress=progress, timings=timings)
 
 
 def run(args: argparse.Namespace) -> int:

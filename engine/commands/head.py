@@ -1,0 +1,89 @@
+"""``python -m engine head``: stylize one head end to end (what Blender's Stylize Head button runs).
+
+The generator is stylized toward the prompt once per settings and cached (``--cache``); then the head
+(``--seed`` or ``--latent``) is rendered before/after, meshed and scored. Every model path defaults to the
+embedded pack. Progress is JSON lines on stdout (see :mod:`engine.pipeline`); creating ``--cancel-file``,
+SIGINT or SIGTERM stop the stylization after the current step (exit 0, last event ``cancelled``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..pipeline import METHODS, HeadJob, run_head
+from ..style_presets import STYLE_PRESETS
+from ..stylize_cancel import CancelToken
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder for head.json, head.npz/.ply and views/")
+    p.add_argument("--prompt", default="", help="style prompt (overrides --style-preset)")
+    p.add_argument("--style-preset", choices=sorted(STYLE_PRESETS), help="named style (prompt chosen for the models in use)")
+    p.add_argument("--method", choices=METHODS, default="ld", help="likelihood distillation (default) or SDS")
+    p.add_argument("--no-mirror", action="store_true", help="disable mirror gradients")
+    p.add_argument("--no-grid", action="store_true", help="disable the 2×2 multi-view grid stage")
+    p.add_argument("--no-rank", action="store_true", help="disable score rank re-weighting")
+    p.add_argument("--steps", type=int, help="stylization steps (default: 40 on the embedded pack, 2000 otherwise)")
+    p.add_argument("--lr", type=float, help="learning rate (default: 2e-3 embedded pack, 1e-4 otherwise)")
+    p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance: higher = stronger style")
+    p.add_argument("--train-seed", type=int, default=0, help="seed of the stylization run")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--seed", type=int, default=0, help="which head: latent seed")
+    head.add_argument("--latent", help="which head: a W+ latent .npz (key 'w'), e.g. from 'engine invert'")
+    p.add_argument("--truncation", type=float, default=0.75, help="truncation ψ for seeds")
+    p.add_argument("--generator", help="base generator checkpoint (default: embedded pack)")
+    p.add_argument("--diffusion", help="Stable Diffusion 1.5-layout folder (default: embedded pack)")
+    p.add_argument("--depth-controlnet", help="depth ControlNet folder")
+    p.add_argument("--edge-controlnet", help="Canny ControlNet folder")
+    p.add_argument("--pack", help="embedded model pack folder (default: the one shipped with the engine)")
+    p.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid size N (N³ samples)")
+    p.add_argument("--iso-level", type=float, default=10.0, help="density of the mesh surface (PanoHead: 10)")
+    p.add_argument("--turntable", type=int, default=0, help="also render N turntable frames (turntable/frame_###.png)")
+    p.add_argument("--no-evaluate", action="store_true", help="skip identity/style scoring")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp16", "bf16", "fp32"), default="auto")
+    p.add_argument("--attention-slicing", action="store_true", help="lower GPU memory, slower")
+    p.add_argument("--vae-slicing", action="store_true", help="lower GPU memory, slower")
+    p.add_argument("--cache", help="folder of cached stylized generators (default: <out>/cache)")
+    p.add_argument("--cancel-file", help="stop cleanly once this file exists")
+
+
+def job_from_args(args: argparse.Namespace) -> HeadJob:
+    return HeadJob(
+        out_dir=args.out,
+        prompt=args.prompt,
+        style_preset=args.style_preset,
+        method=args.method,
+        mirror=not args.no_mirror,
+        grid=not args.no_grid,
+        rank=not args.no_rank,
+        steps=args.steps,
+        lr=args.lr,
+        guidance_scale=args.guidance_scale,
+        train_seed=args.train_seed,
+        seed=args.seed,
+        latent=args.latent,
+        truncation_psi=args.truncation,
+        generator=args.generator,
+        diffusion=args.diffusion,
+        depth_controlnet=args.depth_controlnet,
+        edge_controlnet=args.edge_controlnet,
+        pack=args.pack,
+        mesh_resolution=args.mesh_resolution,
+        iso_level=args.iso_level,
+        turntable_frames=args.turntable,
+        evaluate=not args.no_evaluate,
+        device=args.device,
+        precision=args.precision,
+        attention_slicing=args.attention_slicing,
+        vae_slicing=args.vae_slicing,
+        cache_dir=args.cache,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    job = job_from_args(args).validate()
+    cancel = CancelToken(args.cancel_file)
+    with cancel.signal_handlers():
+        run_head(job, cancel)
+    return 0

@@ -1,0 +1,427 @@
+"""One stylized head, end to end: stylize the generator (cached), render before/after, extract the mesh.
+
+This is what the Blender **Stylize Head** button, ``python -m engine head`` and the demo run. A
+:class:`HeadJob` names the style, the distillation options, the head (a seed or a W+ latent file) and the
+models (empty = the embedded pack). :func:`run_head`
+
+1. resolves the models (verifying the embedded pack's hashes when it is used) and the prompt;
+2. stylizes the generator with :func:`engine.stylize.stylize`, **cached**: the run folder is named by a hash
+   of every setting that changes the weights plus the models' fingerprints, so pressing the button again
+   for another seed or mesh resolution reuses the stylized generator, and a cancelled run resumes where it
+   stopped;
+3. renders the head before and after from the named views, extracts a vertex-coloured mesh from the
+   stylized tri-grid density, and scores identity preservation and style with :mod:`engine.evaluate`
+   backends when they are available;
+4. writes ``head.json``, ``head.npz``/``head.ply`` and the view PNGs into ``out_dir`` (atomically).
+
+Progress goes through ``on_event`` as JSON-line events (see the module :mod:`engine.events`): ``stage``
+(``load``, ``stylize``, ``render``, ``mesh``, ``evaluate``), ``progress`` (with ``stage``, ``step``,
+``total``, ``fraction``), and finally ``done`` (``result`` = path of head.json) or ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from .atomic import write_json, write_with
+from .configs import JsonConfig
+from .distill import DistillConfig
+from .errors import ConfigError
+from .events import emit, log
+from .generator.camera import named_views, orbit_cameras
+from .generator.loading import load_generator, resolve_device
+from .generator.triplane import TriPlaneGenerator
+from .images import image_grid, save_png, to_uint8
+from .inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
+from .mesh import Mesh, MeshConfig, write_npz, write_ply
+from .pack import PackPaths, require_pack, sha256_file
+from .stylize import stylize
+from .stylize_cancel import CancelToken
+from .stylize_config import StylizeConfig
+from .style_presets import get_style_preset, preset_prompt
+from .training_state import read_latest
+
+EventSink = Callable[..., None]
+METHODS = ("ld", "sds")
+# Stylization length and step size when nothing is given. The embedded pack's small generator moves to a
+# new style in tens of steps at a large learning rate; PanoHead follows the paper's 10k steps at 1e-4
+# (the official command line's values).
+EMBEDDED_DEFAULT_STEPS = 40
+EMBEDDED_DEFAULT_LR = 2e-3
+FULL_DEFAULT_STEPS = 2000
+FULL_DEFAULT_LR = 1e-4
+VIEW_PITCH = math.radians(10.0)
+# StylizeConfig fields that do not change the trained weights: excluded from the cache key.
+_NOT_IN_CACHE_KEY = ("out_dir", "device", "precision", "checkpoint_every", "preview_every", "keep_checkpoints",
+                     "attention_slicing", "vae_slicing")
+
+
+@dataclass
+class HeadJob(JsonConfig):
+    """Everything one Stylize Head press needs. Model paths left empty use the embedded pack."""
+
+    config_label: ClassVar[str] = "head job"
+
+    out_dir: str = "out/head"
+    prompt: str = ""
+    style_preset: str | None = None
+    method: str = "ld"
+    mirror: bool = True
+    grid: bool = True
+    rank: bool = True
+    steps: int | None = None
+    lr: float | None = None
+    guidance_scale: float = 7.5
+    train_seed: int = 0
+
+    seed: int = 0
+    latent: str | None = None
+    truncation_psi: float = 0.75
+
+    generator: str | None = None
+    diffusion: str | None = None
+    depth_controlnet: str | None = None
+    edge_controlnet: str | None = None
+    pack: str | None = None
+
+    mesh_resolution: int = 128
+    iso_level: float = 10.0
+    turntable_frames: int = 0
+    evaluate: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    cache_dir: str | None = None
+
+    def validate(self) -> "HeadJob":
+        if not self.prompt and not self.style_preset:
+            raise ConfigError("give a style: --prompt TEXT or --style-preset NAME")
+        if self.style_preset:
+            get_style_preset(self.style_preset)
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be ≥ 1, got {self.steps}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.guidance_scale >= 0:
+            raise ConfigError(f"guidance scale must be ≥ 0, got {self.guidance_scale}")
+        if not 16 <= self.mesh_resolution <= 1024:
+            raise ConfigError(f"mesh resolution must be in 16..1024, got {self.mesh_resolution}")
+        if self.turntable_frames < 0:
+            raise ConfigError(f"turntable frames must be ≥ 0, got {self.turntable_frames}")
+        if not 0.0 <= self.truncation_psi <= 1.0:
+            raise ConfigError(f"truncation ψ must be in [0, 1], got {self.truncation_psi}")
+        return self
+
+    @property
+    def cache_folder(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.out_dir) / "cache"
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """The models a job uses, after falling back to the embedded pack for whatever was not given."""
+
+    generator: str
+    diffusion: str
+    depth_controlnet: str | None
+    edge_controlnet: str | None
+    pack: PackPaths | None  # set when any model comes from the embedded pack
+
+    @property
+    def embedded_diffusion(self) -> bool:
+        return self.pack is not None and Path(self.diffusion) == self.pack.diffusion
+
+
+def resolve_models(job: HeadJob) -> ModelSources:
+    """Fill unset model paths from the embedded pack (checked against its manifest) and check given ones exist."""
+    needs_pack = job.generator is None or job.diffusion is None
+    pack = require_pack(job.pack) if needs_pack else None
+    for what, value in (("generator", job.generator), ("diffusion folder", job.diffusion),
+                        ("depth ControlNet folder", job.depth_controlnet), ("edge ControlNet folder", job.edge_controlnet)):
+        if value is not None and not Path(value).exists() and what != "generator":
+            raise ConfigError(f"{value}: {what} does not exist")
+    diffusion = job.diffusion or str(pack.diffusion)
+    depth = job.depth_controlnet or (str(pack.controlnet_depth) if job.diffusion is None else None)
+    edge = job.edge_controlnet or (str(pack.controlnet_edge) if job.diffusion is None else None)
+    return ModelSources(job.generator or str(pack.generator), diffusion, depth, edge, pack)
+
+
+def resolve_prompt(job: HeadJob, sources: ModelSources) -> tuple[str, str | None]:
+    """(prompt, warning or None): an explicit prompt wins; a preset picks the prompt for the models in use."""
+    if job.prompt:
+        return job.prompt, None
+    return preset_prompt(job.style_preset or "", embedded=sources.embedded_diffusion)
+
+
+def _path_fingerprint(path: str | None) -> str | None:
+    """Cheap identity of a model file or folder: resolved path, sizes and modification times of its files.
+
+    Full SHA-256 of a multi-GB Stable Diffusion folder would cost seconds on every press; the embedded
+    pack's files were already hashed against its manifest.
+    """
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return str(path)  # a preset name such as "small"
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    stats = [(f.relative_to(p).as_posix() if f != p else p.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps([str(p.resolve()), stats]).encode()).hexdigest()
+
+
+def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> StylizeConfig:
+    """The stylization run a job asks for (its ``out_dir`` is set from the cache key afterwards)."""
+    embedded = sources.pack is not None and Path(sources.generator) == sources.pack.generator
+    steps = job.steps or (EMBEDDED_DEFAULT_STEPS if embedded else FULL_DEFAULT_STEPS)
+    lr = job.lr or (EMBEDDED_DEFAULT_LR if embedded else FULL_DEFAULT_LR)
+    distill = dataclasses.replace(
+        DistillConfig(),
+        method=job.method,
+        use_mirror=job.mirror,
+        use_grid=job.grid,
+        use_rank=job.rank,
+        guidance_scale=job.guidance_scale,
+    )
+    return StylizeConfig(
+        prompt=prompt,
+        generator=sources.generator,
+        diffusion=sources.diffusion,
+        depth_controlnet=sources.depth_controlnet,
+        edge_controlnet=sources.edge_controlnet,
+        steps=steps,
+        lr=lr,
+        seed=job.train_seed,
+        truncation_psi=job.truncation_psi,
+        checkpoint_every=max(10, steps // 4),
+        preview_every=0,
+        keep_checkpoints=1,
+        device=job.device,
+        precision=job.precision,
+        attention_slicing=job.attention_slicing,
+        vae_slicing=job.vae_slicing,
+        distill=distill,
+    )
+
+
+def stylize_cache_key(config: StylizeConfig, sources: ModelSources) -> str:
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_CACHE_KEY}
+    models = {name: _path_fingerprint(getattr(sources, name)) for name in ("generator", "diffusion", "depth_controlnet", "edge_controlnet")}
+    blob = json.dumps({"settings": settings, "models": models}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StylizedGenerator:
+    """Where the stylized weights are and how they were obtained."""
+
+    path: Path | None
+    run_dir: Path
+    config: StylizeConfig
+    reused: bool
+    cancelled: bool
+    seconds: float
+
+
+def _stylize_events(on_event: EventSink) -> EventSink:
+    """Re-label the training loop's events for the head protocol: its ``done`` is one stage finishing."""
+
+    def sink(event: str, **fields: Any) -> None:
+        if event == "progress":
+            total = fields.get("total") or 1
+            on_event("progress", stage="stylize", fraction=min(1.0, fields.get("step", 0) / total), **fields)
+        elif event in ("started", "done", "cancelled"):
+            on_event("stage", stage="stylize", status=event, **fields)
+        else:
+            on_event(event, stage="stylize", **fields)
+
+    return sink
+
+
+def stylized_generator(
+    job: HeadJob,
+    sources: ModelSources,
+    prompt: str,
+    cancel: CancelToken | None = None,
+    on_event: EventSink = emit,
+) -> StylizedGenerator:
+    """Stylize the base generator toward ``prompt`` once per settings; later calls reuse or resume it."""
+    config = stylize_config_for(job, sources, prompt)
+    run_dir = job.cache_folder / "stylized" / stylize_cache_key(config, sources)
+    config = dataclasses.replace(config, out_dir=str(run_dir))
+    latest = read_latest(run_dir)
+    if latest is not None and latest.step >= config.steps:
+        path = latest.generator_path
+        on_event("stage", stage="stylize", status="reused", generator=str(path), run=str(run_dir))
+        return StylizedGenerator(path, run_dir, config, True, False, 0.0)
+    result = stylize(config, cancel, _stylize_events(on_event), resume=latest is not None)
+    return StylizedGenerator(result.generator_path, run_dir, config, False, result.cancelled, result.seconds)
+
+
+@dataclass
+class HeadResult:
+    """What :func:`run_head` wrote (paths relative to ``out_dir`` in head.json)."""
+
+    out_dir: Path
+    cancelled: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / "head.json"
+
+
+def head_latent(job: HeadJob, G: TriPlaneGenerator, config: StylizeConfig) -> torch.Tensor:
+    """The head's W+ latent: the given ``.npz`` or the seed mapped like the stylization maps its heads."""
+    if job.latent:
+        return load_w_plus(job.latent, G)
+    return seed_latent(G, job.seed, view_settings(config))
+
+
+def view_settings(config: StylizeConfig) -> ViewSettings:
+    return ViewSettings(
+        truncation_psi=config.truncation_psi,
+        truncation_cutoff=config.truncation_cutoff,
+        conditioning_yaw=config.conditioning_yaw,
+        conditioning_pitch=config.conditioning_pitch,
+        camera_pivot=config.camera_pivot,
+        view_pitch=VIEW_PITCH,
+        background="white",
+    ).validate()
+
+
+def render_views(G: TriPlaneGenerator, ws: torch.Tensor, settings: ViewSettings) -> tuple[list[str], torch.Tensor]:
+    """(view names, images (V, 3, R, R) in [-1, 1]) from the named views (front, ±45°, ±90°, back)."""
+    views = named_views(settings.view_pitch, camera_config_for(G, settings.camera_pivot))
+    return list(views.names), render_images(G, ws, views.c, settings.background, settings.chunk)
+
+
+def extract_head(
+    G: TriPlaneGenerator, ws: torch.Tensor, resolution: int, iso_level: float = 10.0, timings: dict | None = None
+) -> Mesh:
+    config = MeshConfig.for_box_warp(G.config.rendering.box_warp, resolution=resolution, iso_level=iso_level)
+    return head_mesh(G, ws, config, timings=timings)
+
+
+def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, sources: ModelSources) -> dict[str, Any]:
+    """Identity similarity (before vs after, per view, averaged) and style score, with the embedded backends.
+
+    Returns {} when no evaluation backend is available (a pack without recognition models, real models
+    without configured ArcFace/CLIP backends), so a missing score never fails a stylization.
+    """
+    if sources.pack is None or not sources.pack.identity_encoder.is_file():
+        return {}
+    from .evaluate import evaluate_renders, embedded_backends
+
+    identity_backend, style_backend = embedded_backends(sources.pack)
+    report = evaluate_renders(before[None], after[None], style, identity_backend, style_backend)
+    return report.to_dict()
+
+
+def save_latent(ws: torch.Tensor, path: Path) -> Path:
+    """The head's W+ latent as ``.npz`` with key ``w`` (1, num_ws, w_dim): what ``--latent`` reads back."""
+    array = ws.detach().cpu().numpy().astype(np.float32)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, w=array)
+
+    return write_with(path, write)
+
+
+def _save_views(names: list[str], images: torch.Tensor, folder: Path, prefix: str) -> dict[str, Path]:
+    return {name: save_png(to_uint8(img), folder / f"{prefix}_{name}.png") for name, img in zip(names, images)}
+
+
+def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSink = emit) -> HeadResult:
+    """Stylize (cached), render before/after, mesh and score one head; see the module docstring."""
+    job.validate()
+    started = time.perf_counter()
+    out = Path(job.out_dir)
+    cancel = cancel or CancelToken()
+    on_event("stage", stage="load", message="checking models")
+    sources = resolve_models(job)
+    prompt, warning = resolve_prompt(job, sources)
+    if warning:
+        log(f"warning: {warning}")
+        on_event("warning", message=warning)
+
+    on_event("stage", stage="stylize", message=f"stylizing toward {prompt!r} ({job.method.upper()})")
+    stylized = stylized_generator(job, sources, prompt, cancel, on_event)
+    if stylized.cancelled:
+        on_event("cancelled", stage="stylize", run=str(stylized.run_dir))
+        return HeadResult(out, cancelled=True)
+
+    on_event("stage", stage="render", message="rendering before/after views")
+    device = resolve_device(job.device)
+    base = load_generator(sources.generator, device=device).generator
+    styled = load_generator(stylized.path, device=device).generator
+    ws = head_latent(job, base, stylized.config)
+    settings = view_settings(stylized.config)
+    names, before = render_views(base, ws, settings)
+    _, after = render_views(styled, ws, settings)
+    views = out / "views"
+    before_files = _save_views(names, before, views, "before")
+    after_files = _save_views(names, after, views, "after")
+    compare = save_png(image_grid([to_uint8(i) for i in torch.cat([before, after])], len(names)), views / "compare.png")
+    turntable = None
+    if job.turntable_frames:
+        orbit = orbit_cameras(job.turntable_frames, settings.view_pitch, camera_config_for(styled, settings.camera_pivot))
+        frames = render_images(styled, ws, orbit.c, settings.background, settings.chunk)
+        turntable = [save_png(to_uint8(f), out / "turntable" / f"frame_{i:03d}.png") for i, f in enumerate(frames)]
+
+    on_event("stage", stage="mesh", message=f"marching cubes at {job.mesh_resolution}³")
+    mesh_timings: dict[str, float] = {}
+    mesh = extract_head(styled, ws, job.mesh_resolution, job.iso_level, mesh_timings)
+    npz = write_npz(mesh, out / "head.npz")
+    ply = write_ply(mesh, out / "head.ply")
+    latent = save_latent(ws, out / "latent.npz")
+    scores: dict[str, Any] = {}
+    if job.evaluate:
+        on_event("stage", stage="evaluate", message="scoring identity and style")
+        style = get_style_preset(job.style_preset).embedded_style if job.style_preset else None
+        scores = score_head(before, after, style, sources)
+
+    rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
+    summary = {
+        "prompt": prompt,
+        "style_preset": job.style_preset,
+        "method": job.method,
+        "options": {"mirror": job.mirror, "grid": job.grid, "rank": job.rank, "guidance_scale": job.guidance_scale,
+                    "steps": stylized.config.steps, "lr": stylized.config.lr},
+        "seed": None if job.latent else job.seed,
+        "latent": job.latent,
+        "latent_npz": rel(latent),
+        "generator": str(stylized.path),
+        "base_generator": sources.generator,
+        "stylize_reused": stylized.reused,
+        "mesh_npz": rel(npz),
+        "mesh_ply": rel(ply),
+        "vertices": mesh.num_vertices,
+        "faces": mesh.num_faces,
+        "before": {k: rel(v) for k, v in before_files.items()},
+        "after": {k: rel(v) for k, v in after_files.items()},
+        "compare": rel(compare),
+        "turntable": [rel(p) for p in turntable] if turntable else [],
+        "identity_similarity": scores.get("identity_similarity"),
+        "style_score": scores.get("style_score"),
+        "scores": scores,
+        "warning": warning,
+        "seconds": time.perf_counter() - started,
+        "mesh_seconds": mesh_timings,
+    }
+    write_json(out / "head.json", summary)
+    on_event("done", result=str(out / "head.json"), identity_similarity=summary["identity_similarity"])
+    return HeadResult(out, False, summary)
