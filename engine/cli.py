@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "generate": "Render multi-view images and a coloured mesh of a generated head.",
     "stylize": "Fine-tune the generator toward a text style with likelihood distillation.",
     "render": "Render a (stylized) generator for seeds or W+ latents: views and a 360° turntable.",
+    "head": "Stylize one head end to end: stylized generator (cached), before/after views, coloured mesh.",
+    "demo": "The main job on the embedded pack: stylize, views, turntable, meshes, metrics and an HTML report.",
 }
 
 
