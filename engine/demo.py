@@ -36,7 +36,7 @@ from .images import image_grid, save_png, to_uint8
 from .inference import camera_config_for, render_images, seed_latent
 from .mesh import write_mesh
 from .pack import load_manifest
-from .pipeline import HeadJob, extract_head, render_views, resolve_models, resolve_prompt, stylized_generator, view_settings
+from .pipeline import HeadJob, embedded_backends, extract_head, render_views, resolve_models, resolve_prompt, stylized_generator, view_settings
 from .report_html import write_demo_report
 from .stylize_cancel import CancelToken
 from .style_presets import STYLE_PRESETS
@@ -171,7 +171,7 @@ def run_demo(config: DemoConfig, cancel: CancelToken | None = None, on_event: Ev
     if config.evaluate:
         on_event("stage", stage="evaluate", message="identity, diversity, consistency and style")
         t = time.perf_counter()
-        from .evaluate import embedded_backends, evaluate_renders
+        from .evaluate import evaluate_renders
 
         identity_backend, style_backend = embedded_backends(sources.pack)
         style = STYLE_PRESETS[config.style].embedded_style

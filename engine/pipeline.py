@@ -315,19 +315,35 @@ def extract_head(
     return head_mesh(G, ws, config, timings=timings)
 
 
-def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, sources: ModelSources) -> dict[str, Any]:
-    """Identity similarity (before vs after, per view, averaged) and style score, with the embedded backends.
+def embedded_backends(pack: PackPaths) -> tuple[Any, Any]:
+    """(identity backend, style backend) from the pack's recognition models."""
+    from .evaluate import EmbeddedIdentityBackend, EmbeddedStyleBackend
 
-    Returns {} when no evaluation backend is available (a pack without recognition models, real models
-    without configured ArcFace/CLIP backends), so a missing score never fails a stylization.
+    return EmbeddedIdentityBackend(pack.identity_encoder), EmbeddedStyleBackend(pack.style_classifier)
+
+
+def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, sources: ModelSources) -> dict[str, Any]:
+    """Identity similarity (before vs after, averaged over views) and style score, with the pack's backends.
+
+    Returns {} when no evaluation backend is available (a pack without recognition models), so a missing
+    score never fails a stylization. The style score needs a style the classifier knows (a preset with an
+    embedded style); a free-text prompt gets identity scores only.
     """
     if sources.pack is None or not sources.pack.identity_encoder.is_file():
         return {}
-    from .evaluate import evaluate_renders, embedded_backends
+    from .evaluate import evaluate_renders
 
     identity_backend, style_backend = embedded_backends(sources.pack)
-    report = evaluate_renders(before[None], after[None], style, identity_backend, style_backend)
-    return report.to_dict()
+    report = evaluate_renders(before[None], after[None], style or "unknown", identity_backend,
+                              style_backend if style else None).to_dict()
+    return {
+        "identity_similarity": report["identity_similarity_mean"],
+        "style_score": report["style_score_after_mean"],
+        "style_score_before": report["style_score_before_mean"],
+        "consistency_after": report["consistency_after_mean"],
+        "identity_backend": report["identity_backend"],
+        "style_backend": report["style_backend"],
+    }
 
 
 def save_latent(ws: torch.Tensor, path: Path) -> Path:

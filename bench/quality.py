@@ -1,0 +1,145 @@
+"""Quality benchmark: LD vs SDS, and LD without mirror / grid / rank, on fixed latents and three styles.
+
+    .venv/bin/python bench/quality.py                      # 64 latents × zombie, statue, cartoon (CPU, ~30 min)
+    .venv/bin/python bench/quality.py --latents 8 --styles zombie --steps 10   # a quick look
+
+For every (style, variant) the embedded pack's generator is stylized once (through the same cached
+pipeline as ``engine head``; reruns reuse the runs in ``--out``/cache), then the same fixed latents (seeds
+0..N-1) are rendered before and after from the front, ±45° and +90°, and scored with the embedded identity
+encoder and style classifier (:mod:`engine.evaluate`):
+
+* **id-sim**: cosine between each head's identity embedding before and after stylization (mean over heads
+  and views) — does the stylized head still look like *that* person?
+* **diversity**: mean pairwise identity distance among the stylized heads divided by the same among the
+  originals — 1 keeps every identity apart, → 0 means "everyone got the same face" (SDS's mode seeking);
+* **mv-consist**: cosine of each view's identity embedding to the head's mean embedding (after) — is it the
+  same person from every side?
+* **style**: the style classifier's probability of the target style (after); before, the photo heads score
+  near 0.
+
+The table is printed as Markdown and written with all raw numbers to ``<out>/quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.atomic import write_json  # noqa: E402
+from engine.evaluate import evaluate_renders  # noqa: E402
+from engine.generator.camera import cameras_at  # noqa: E402
+from engine.generator.loading import load_generator  # noqa: E402
+from engine.inference import camera_config_for, render_images, seed_latent  # noqa: E402
+from engine.pipeline import HeadJob, embedded_backends, resolve_models, resolve_prompt, stylized_generator, view_settings  # noqa: E402
+
+YAWS_DEGREES = (0.0, 45.0, -45.0, 90.0)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    method: str = "ld"
+    mirror: bool = True
+    grid: bool = True
+    rank: bool = True
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("LD (full)"),
+        Variant("SDS", method="sds"),
+        Variant("LD − mirror", mirror=False),
+        Variant("LD − grid", grid=False),
+        Variant("LD − rank", rank=False),
+    )
+}
+
+
+def quiet(event: str, **fields) -> None:
+    if event == "stage" and fields.get("status") in ("started", "done", "reused"):
+        print(f"    stylize {fields.get('status')}", file=sys.stderr, flush=True)
+
+
+def render_all(G, latents: list[torch.Tensor], cams: torch.Tensor, background: str) -> torch.Tensor:
+    """(S, V, 3, R, R) renders of every latent from every camera."""
+    return torch.stack([render_images(G, ws, cams, background) for ws in latents])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/quality")
+    parser.add_argument("--styles", default="zombie,statue,cartoon")
+    parser.add_argument("--latents", type=int, default=64)
+    parser.add_argument("--steps", type=int, help="stylization steps (default: the pipeline's embedded default)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    variants = [VARIANTS[name.strip()] for name in args.variants.split(",")]
+
+    rows, raw = [], {}
+    base_renders = None
+    for style in styles:
+        for variant in variants:
+            job = HeadJob(out_dir=str(out), style_preset=style, method=variant.method, mirror=variant.mirror,
+                          grid=variant.grid, rank=variant.rank, steps=args.steps, device="cpu",
+                          cache_dir=str(out / "cache")).validate()
+            sources = resolve_models(job)
+            prompt, _ = resolve_prompt(job, sources)
+            print(f"{style:8s} {variant.name:12s} …", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            stylized = stylized_generator(job, sources, prompt, on_event=quiet)
+            stylize_s = time.perf_counter() - t
+            base = load_generator(sources.generator).generator
+            styled = load_generator(stylized.path).generator
+            settings = view_settings(stylized.config)
+            cams = cameras_at(
+                torch.tensor([math.radians(y) for y in YAWS_DEGREES]), settings.view_pitch,
+                camera_config_for(base, settings.camera_pivot),
+            ).c
+            latents = [seed_latent(base, seed, settings) for seed in range(args.latents)]
+            if base_renders is None:
+                base_renders = render_all(base, latents, cams, settings.background)
+            after = render_all(styled, latents, cams, settings.background)
+            identity_backend, style_backend = embedded_backends(sources.pack)
+            report = evaluate_renders(base_renders, after, style, identity_backend, style_backend).to_dict()
+            raw[f"{style}/{variant.name}"] = {"scores": report, "stylize_seconds": stylize_s, "steps": stylized.config.steps}
+            rows.append((style, variant.name, report))
+            write_json(out / "quality.json", {"latents": args.latents, "yaws_degrees": YAWS_DEGREES, "results": raw})
+
+    print(markdown_table(rows))
+
+
+def _get(report: dict, *keys: str) -> float:
+    for key in keys:
+        value = report.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return float("nan")
+
+
+def markdown_table(rows) -> str:
+    lines = ["| style | variant | id-sim ↑ | diversity ↑ | mv-consist ↑ | style ↑ |", "|---|---|---:|---:|---:|---:|"]
+    for style, name, r in rows:
+        lines.append(
+            f"| {style} | {name} | {_get(r, 'identity_similarity_mean'):.3f} | {_get(r, 'diversity_ratio'):.3f} | "
+            f"{_get(r, 'consistency_after_mean'):.3f} | {_get(r, 'style_score_after_mean'):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
