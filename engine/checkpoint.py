@@ -112,7 +112,9 @@ def save_checkpoint(
         raise CheckpointError(f"{meta_path}: refusing to save an invalid config: {exc}") from None
 
     tensors = _tensors_for_saving(module_state)
-    blob = safetensors.torch.save(tensors, metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)})
+    # One metadata key: safetensors stores the metadata map in hash order, so several keys would make the
+    # bytes (and the SHA-256 in pack manifests) of identical weights differ from run to run.
+    blob = safetensors.torch.save(tensors, metadata={"format": f"{FORMAT_NAME}/{FORMAT_VERSION}"})
     write_bytes(tensors_path, blob)
     write_json(
         meta_path,

@@ -782,3 +782,16 @@ def test_numpy_values_in_numpy1_and_numpy2_spelling(tmp_path):
             assert loaded["gain"] == 0.5 and loaded["gain"].dtype == np.float64
             assert loaded["count"] == -3 and loaded["count"].dtype == np.int32
             np.testing.assert_array_equal(loaded["table"], values["table"])
+
+
+def test_identical_weights_give_identical_bytes(tmp_path):
+    """Pack manifests hash checkpoint files, so saving the same weights twice must give the same bytes."""
+    import torch
+
+    from engine.checkpoint import save_checkpoint
+    from engine.generator.config import get_preset
+
+    state = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.float16)}
+    first = save_checkpoint(tmp_path / "one", state, get_preset("tiny"), {"note": "x"})
+    second = save_checkpoint(tmp_path / "two", state, get_preset("tiny"), {"note": "x"})
+    assert first.with_suffix(".safetensors").read_bytes() == second.with_suffix(".safetensors").read_bytes()
