@@ -58,6 +58,7 @@ METHODS = ("ld", "sds")
 # (the official command line's values).
 EMBEDDED_DEFAULT_STEPS = 40
 EMBEDDED_DEFAULT_LR = 2e-3
+EMBEDDED_NEURAL_RESOLUTION = 32  # the pack's diffusion model works at 64²: 32² rays + SR suffice
 FULL_DEFAULT_STEPS = 2000
 FULL_DEFAULT_LR = 1e-4
 VIEW_PITCH = math.radians(10.0)
@@ -205,6 +206,7 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
         lr=lr,
         seed=job.train_seed,
         truncation_psi=job.truncation_psi,
+        neural_resolution=EMBEDDED_NEURAL_RESOLUTION if embedded else None,
         checkpoint_every=max(10, steps // 4),
         preview_every=0,
         keep_checkpoints=1,

@@ -87,6 +87,10 @@ class StylizeConfig(JsonConfig):
     single_pitch_range: tuple[float, float] = (-math.pi / 6, math.pi / 6)
     grid_yaw_range: tuple[float, float] = (-math.pi, math.pi)
     grid_pitch_range: tuple[float, float] = (-math.pi / 6, math.pi / 6)
+    # Neural rendering resolution while training (None = the generator's own). The renders are resized to
+    # the diffusion model's size anyway; a small diffusion model (the embedded pack's 64²) needs no more
+    # than 32² rays per view, a quarter of the small generator's native 64².
+    neural_resolution: int | None = None
 
     checkpoint_every: int = 250
     preview_every: int = 100  # 0 disables previews
@@ -135,6 +139,8 @@ class StylizeConfig(JsonConfig):
         for name in ("single_pitch_range", "grid_pitch_range"):
             if any(abs(p) >= math.pi / 2 for p in getattr(self, name)):
                 raise ConfigError(f"{name} must lie inside (−π/2, π/2), got {getattr(self, name)}")
+        if self.neural_resolution is not None and not (isinstance(self.neural_resolution, int) and self.neural_resolution >= 8):
+            raise ConfigError(f"neural_resolution must be an integer ≥ 8 or null, got {self.neural_resolution!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.distill, DistillConfig):

@@ -243,7 +243,7 @@ def single_view_loss(
     d = ctx.config.distill
     b = ws.shape[0]
     native = ctx.sizes.native
-    options = RenderOptions(background="none", generator=rng)
+    options = RenderOptions(background="none", generator=rng, neural_resolution=ctx.config.neural_resolution)
     views = 2 if d.use_mirror else 1
     with phases.phase("render"):
         control = None
@@ -314,7 +314,9 @@ def grid_loss(
     d = ctx.config.distill
     sizes = ctx.sizes
     ws_views = ws.repeat_interleave(GRID_VIEWS, dim=0)  # sample-major: rows 4b … 4b+3 are head b
-    options = RenderOptions(background="none", run_superresolution=False, generator=rng)
+    options = RenderOptions(
+        background="none", run_superresolution=False, generator=rng, neural_resolution=ctx.config.neural_resolution
+    )
     with phases.phase("render"):
         with torch.no_grad():
             frozen = ctx.frozen.render(ws_views, cameras, options, planes=frozen_planes.repeat_interleave(GRID_VIEWS, 0))

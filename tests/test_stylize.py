@@ -401,3 +401,22 @@ def test_training_state_errors(tmp_path):
     deleted = prune_checkpoints(tmp_path, keep=2)
     # step 1 is what 'latest' names, so it survives even though it is the oldest.
     assert sorted(p.name for p in deleted) == ["step_000002"]
+
+
+def test_neural_resolution_override_reaches_every_training_render(tiny, tmp_path, monkeypatch):
+    """Both stages (and the frozen edge/depth renders) ray-march at the configured resolution."""
+    from engine.generator.triplane import TriPlaneGenerator
+
+    seen = []
+    original = TriPlaneGenerator.render
+
+    def spy(self, ws, c, options=None, planes=None):
+        out = original(self, ws, c, options, planes=planes)
+        seen.append((options.neural_resolution, out["image_raw"].shape[-1]))
+        return out
+
+    monkeypatch.setattr(TriPlaneGenerator, "render", spy)
+    stylize(make_config(tiny, tmp_path, neural_resolution=16), on_event=Recorder())
+    assert len(seen) >= 4 and all(res == 16 and size == 16 for res, size in seen), seen
+    with pytest.raises(ConfigError, match="neural_resolution"):
+        make_config(tiny, tmp_path, neural_resolution=4).validate()
