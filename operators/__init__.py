@@ -1,23 +1,74 @@
-"""Blender operators (Stylize Head, Import Head, Export glTF, Batch).
+"""Blender operators: Stylize Head, Cancel, Import Head, Export glTF, Render Turntable (+ Batch, if present).
 
-The operators are tracked in the Blender-extension issue; until they land, the extension registers no
-classes. Kept importable without bpy for the same reason as the root package.
+Modules that need ``bpy`` are imported inside :func:`register`, so the pure-Python parts
+(:mod:`.job`, :mod:`.engine_process`) and the repository root stay importable without Blender.
+
+The batch operators (``batch.py``, ``scan_render.py``) are written separately; each exports a ``CLASSES``
+tuple and is registered here when it exists (guarded import: the extension works without them).
 """
 
 from __future__ import annotations
 
-CLASSES: tuple = ()
+import importlib
+
+_CORE_MODULES = ("properties", "preferences", "stylize", "head_io", "turntable")
+_OPTIONAL_MODULES = ("batch", "scan_render")
+_registered: list[type] = []
+_handlers: list[tuple[list, object]] = []
+
+
+def _optional(name: str):
+    try:
+        return importlib.import_module(f".{name}", __package__)
+    except ImportError as exc:
+        if getattr(exc, "name", None) == f"{__package__}.{name}":
+            return None  # the module simply is not there
+        raise
+
+
+def _modules() -> list:
+    modules = [importlib.import_module(f".{name}", __package__) for name in _CORE_MODULES]
+    return modules + [m for m in (_optional(n) for n in _OPTIONAL_MODULES) if m is not None]
+
+
+def _menu_import(self, context):
+    self.layout.operator("headstylizer.import_head", text="Stylized Head (.npz/.json)")
+
+
+def _menu_export(self, context):
+    self.layout.operator("headstylizer.export_gltf", text="Stylized Head (.glb)")
 
 
 def register() -> None:
     import bpy
 
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
+    from . import properties, stylize
+
+    for module in _modules():
+        for cls in getattr(module, "CLASSES", ()):
+            bpy.utils.register_class(cls)
+            _registered.append(cls)
+    properties.register_scene_property()
+    for handler_list, handler in stylize.HANDLERS:
+        if handler not in handler_list:
+            handler_list.append(handler)
+            _handlers.append((handler_list, handler))
+    bpy.types.TOPBAR_MT_file_import.append(_menu_import)
+    bpy.types.TOPBAR_MT_file_export.append(_menu_export)
 
 
 def unregister() -> None:
     import bpy
 
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    from . import properties, stylize
+
+    stylize.kill_running_engines()
+    bpy.types.TOPBAR_MT_file_export.remove(_menu_export)
+    bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
+    while _handlers:
+        handler_list, handler = _handlers.pop()
+        if handler in handler_list:
+            handler_list.remove(handler)
+    properties.unregister_scene_property()
+    while _registered:
+        bpy.utils.unregister_class(_registered.pop())

@@ -1,23 +1,29 @@
-"""Blender UI panels (3D Viewport › Sidebar › Head Stylizer).
+"""Blender UI panels (3D Viewport › Sidebar › Head Stylizer) and the before/after preview icons.
 
-The panels are tracked in the Blender-extension issue; until they land, the extension registers no
-classes. Kept importable without bpy for the same reason as the root package.
+``bpy`` is imported inside :func:`register`, so the repository root stays importable without Blender.
 """
 
 from __future__ import annotations
 
-CLASSES: tuple = ()
+_registered: list[type] = []
 
 
 def register() -> None:
     import bpy
 
-    for cls in CLASSES:
+    from . import main, previews
+
+    previews.register()
+    for cls in main.panel_classes():
         bpy.utils.register_class(cls)
+        _registered.append(cls)
 
 
 def unregister() -> None:
     import bpy
 
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+    from . import previews
+
+    while _registered:
+        bpy.utils.unregister_class(_registered.pop())
+    previews.unregister()

@@ -1,0 +1,174 @@
+"""What one Stylize Head press asks the engine for, as the engine's command line.
+
+Pure Python (no ``bpy``): the panel fills a :class:`StylizeRequest` from its properties and the add-on
+preferences, :func:`check_request` finds the mistakes an artist can fix (missing interpreter, missing model
+folder) before anything starts, and :func:`engine_argv` turns the request into
+``python -m engine head …`` — the same command a terminal user runs, which is what keeps the panel and the
+engine CLI in step (every panel setting is one engine option).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Panel preset → engine ``--style-preset`` name. "Custom" sends the prompt text instead.
+PRESETS: tuple[tuple[str, str, str], ...] = (
+    ("JOKER", "Joker", "joker"),
+    ("PIXAR", "Pixar", "pixar"),
+    ("ZOMBIE", "Zombie", "zombie"),
+    ("STATUE", "Statue", "statue"),
+    ("WEREWOLF", "Werewolf", "werewolf"),
+    ("SKETCH", "Sketch", "sketch"),
+    ("CUSTOM", "Custom", ""),
+)
+PRESET_ENGINE_NAME = {key: engine for key, _label, engine in PRESETS}
+PRESET_LABEL = {key: label for key, label, _engine in PRESETS}
+
+# Identity-vs-style strength s ∈ [0, 1] → classifier-free guidance scale G = G_MIN + s·(G_MAX − G_MIN).
+# The diffusion model's pull toward the text grows with G; s = 0.5 gives the paper's G = 7.5.
+GUIDANCE_MIN = 2.5
+GUIDANCE_MAX = 12.5
+METHODS = ("ld", "sds")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def strength_to_guidance_scale(strength: float) -> float:
+    """Map the panel's identity (0) ↔ style (1) slider to the engine's ``--guidance-scale``."""
+    s = min(1.0, max(0.0, float(strength)))
+    return GUIDANCE_MIN + s * (GUIDANCE_MAX - GUIDANCE_MIN)
+
+
+@dataclass
+class ModelPaths:
+    """Model locations from the preferences; empty strings mean "the embedded pack"."""
+
+    generator: str = ""
+    diffusion: str = ""
+    depth_controlnet: str = ""
+    edge_controlnet: str = ""
+
+
+@dataclass
+class StylizeRequest:
+    """One press of Stylize Head: the style, the head, the options and where things run and go."""
+
+    out_dir: str
+    python: str
+    engine_root: str
+    preset: str = "ZOMBIE"
+    prompt: str = ""
+    method: str = "ld"
+    mirror: bool = True
+    grid: bool = True
+    rank: bool = True
+    steps: int = 0  # 0 = the engine's default for the models in use
+    seed: int = 0
+    latent_file: str = ""  # a W+ latent .npz; wins over the seed when set
+    strength: float = 0.5
+    mesh_resolution: int = 128
+    device: str = "auto"
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    cache_dir: str = ""
+    cancel_file: str = ""
+    models: ModelPaths = field(default_factory=ModelPaths)
+
+    @property
+    def style_name(self) -> str:
+        """Short style word for object names ("zombie", or "custom" for free text)."""
+        return PRESET_ENGINE_NAME.get(self.preset) or "custom"
+
+
+def _expand(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path)) if path else ""
+
+
+def check_request(request: StylizeRequest) -> list[str]:
+    """Problems an artist can fix, one readable sentence each (empty list = ready to run)."""
+    problems: list[str] = []
+    python = request.python
+    if not python:
+        problems.append("No engine Python interpreter is set (Preferences › Add-ons › Head Stylizer)")
+    elif not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        problems.append(f"Engine Python interpreter not found or not executable: {python}")
+    root = Path(request.engine_root)
+    if not (root / "engine" / "__main__.py").is_file():
+        problems.append(f"Engine folder has no 'engine' package: {root}")
+    m = request.models
+    for label, value, want_dir in (
+        ("Generator checkpoint", m.generator, False),
+        ("Diffusion model folder", m.diffusion, True),
+        ("Depth ControlNet folder", m.depth_controlnet, True),
+        ("Edge ControlNet folder", m.edge_controlnet, True),
+    ):
+        if not value:
+            continue
+        p = Path(_expand(value))
+        if not p.exists():
+            problems.append(f"{label} does not exist: {value}")
+        elif want_dir and not p.is_dir():
+            problems.append(f"{label} must be a folder: {value}")
+        elif not want_dir and not p.is_file():
+            problems.append(f"{label} must be a file: {value}")
+    if request.latent_file and not Path(_expand(request.latent_file)).is_file():
+        problems.append(f"Latent file does not exist: {request.latent_file}")
+    if request.preset == "CUSTOM" and not request.prompt.strip():
+        problems.append("Custom style needs a prompt")
+    if request.preset not in PRESET_ENGINE_NAME:
+        problems.append(f"Unknown style preset: {request.preset}")
+    if request.method not in METHODS:
+        problems.append(f"Unknown method: {request.method}")
+    if request.device not in DEVICES:
+        problems.append(f"Unknown device: {request.device}")
+    if not 16 <= request.mesh_resolution <= 1024:
+        problems.append(f"Mesh resolution must be 16…1024, got {request.mesh_resolution}")
+    return problems
+
+
+def engine_argv(request: StylizeRequest) -> list[str]:
+    """The full command line: ``[python, -m, engine, head, --out, …]`` (paths made absolute)."""
+    argv = [request.python, "-m", "engine", "head", "--out", _expand(request.out_dir)]
+    if request.preset == "CUSTOM":
+        argv += ["--prompt", request.prompt.strip()]
+    else:
+        argv += ["--style-preset", PRESET_ENGINE_NAME[request.preset]]
+    argv += ["--method", request.method]
+    argv += [flag for flag, on in (("--no-mirror", request.mirror), ("--no-grid", request.grid),
+                                   ("--no-rank", request.rank)) if not on]
+    if request.steps > 0:
+        argv += ["--steps", str(int(request.steps))]
+    if request.latent_file:
+        argv += ["--latent", _expand(request.latent_file)]
+    else:
+        argv += ["--seed", str(int(request.seed))]
+    argv += ["--guidance-scale", f"{strength_to_guidance_scale(request.strength):.4g}"]
+    argv += ["--mesh-resolution", str(int(request.mesh_resolution)), "--device", request.device]
+    m = request.models
+    for flag, value in (("--generator", m.generator), ("--diffusion", m.diffusion),
+                        ("--depth-controlnet", m.depth_controlnet), ("--edge-controlnet", m.edge_controlnet)):
+        if value:
+            argv += [flag, _expand(value)]
+    if request.attention_slicing:
+        argv.append("--attention-slicing")
+    if request.vae_slicing:
+        argv.append("--vae-slicing")
+    if request.cache_dir:
+        argv += ["--cache", _expand(request.cache_dir)]
+    if request.cancel_file:
+        argv += ["--cancel-file", _expand(request.cancel_file)]
+    return argv
+
+
+def engine_environment(engine_root: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the engine process: the extension root first on ``PYTHONPATH``, unbuffered output.
+
+    Blender's own environment may carry ``PYTHONHOME``/``PYTHONPATH`` for its bundled Python; those would
+    break a different interpreter, so they are replaced rather than extended.
+    """
+    env = dict(os.environ if base is None else base)
+    env.pop("PYTHONHOME", None)
+    env["PYTHONPATH"] = str(Path(engine_root).resolve())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -1,0 +1,203 @@
+"""Add-on preferences: which Python runs the engine, where the models and the results live.
+
+Every model location may stay empty: the engine then uses the embedded model pack shipped inside the
+extension. :func:`resolve_python` and :func:`build_request` turn the preferences plus the panel's settings
+into a :class:`~.job.StylizeRequest`, so that the operators report one readable problem instead of
+starting a process that would fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import bpy
+
+from . import engine_process
+from .job import ModelPaths, StylizeRequest, check_request
+
+ADDON_PACKAGE = __package__.rpartition(".")[0]  # the extension's root package, e.g. bl_ext.user_default.head_stylizer
+EXTENSION_ROOT = Path(__file__).resolve().parent.parent  # holds engine/ and the embedded pack
+
+
+class HEADSTYLIZER_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_PACKAGE
+
+    python_path: bpy.props.StringProperty(
+        name="Engine Python",
+        description="Python interpreter with torch and diffusers that runs the engine. "
+        "Empty: Blender's own Python, if torch imports there",
+        subtype="FILE_PATH",
+    )
+    engine_root: bpy.props.StringProperty(
+        name="Engine Folder",
+        description="Folder that contains the 'engine' package. Empty: the one inside this extension",
+        subtype="DIR_PATH",
+    )
+    generator_path: bpy.props.StringProperty(
+        name="Generator Checkpoint",
+        description="Head generator (.safetensors or PanoHead .pkl). Empty: the embedded model pack",
+        subtype="FILE_PATH",
+    )
+    diffusion_dir: bpy.props.StringProperty(
+        name="Diffusion Model Folder",
+        description="Stable Diffusion 1.5-layout folder (model_index.json, unet/, vae/ …). Empty: embedded pack",
+        subtype="DIR_PATH",
+    )
+    depth_controlnet_dir: bpy.props.StringProperty(
+        name="Depth ControlNet Folder", description="Empty: the embedded pack's", subtype="DIR_PATH"
+    )
+    edge_controlnet_dir: bpy.props.StringProperty(
+        name="Edge (Canny) ControlNet Folder", description="Empty: the embedded pack's", subtype="DIR_PATH"
+    )
+    device: bpy.props.EnumProperty(
+        name="Device",
+        items=(("auto", "Auto", "CUDA GPU when available, else CPU"),
+               ("cuda", "CUDA", "NVIDIA GPU"),
+               ("cpu", "CPU", "Processor only (slow for real Stable Diffusion models)")),
+        default="auto",
+    )
+    output_dir: bpy.props.StringProperty(
+        name="Output Folder",
+        description="Where runs are written. Empty: a 'head_stylizer' folder next to the .blend file, "
+        "or in the temporary folder for unsaved files",
+        subtype="DIR_PATH",
+    )
+    attention_slicing: bpy.props.BoolProperty(
+        name="Attention Slicing", description="Lower GPU memory for the diffusion model, a little slower"
+    )
+    vae_slicing: bpy.props.BoolProperty(
+        name="VAE Slicing", description="Lower GPU memory when decoding images, a little slower"
+    )
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column()
+        col.prop(self, "python_path")
+        row = col.row()
+        row.label(text=python_status_text(self))
+        row.operator("headstylizer.check_python", icon="FILE_REFRESH")
+        col.prop(self, "device")
+        col.prop(self, "output_dir")
+        box = layout.box()
+        box.label(text="Models (empty = embedded model pack)")
+        for name in ("generator_path", "diffusion_dir", "depth_controlnet_dir", "edge_controlnet_dir"):
+            box.prop(self, name)
+        box = layout.box()
+        box.label(text="Memory")
+        box.prop(self, "attention_slicing")
+        box.prop(self, "vae_slicing")
+        layout.prop(self, "engine_root")
+
+
+def get_preferences(context=None) -> HEADSTYLIZER_AP_preferences:
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_PACKAGE)
+    if addon is None:
+        raise RuntimeError(f"add-on {ADDON_PACKAGE!r} is not enabled")
+    return addon.preferences
+
+
+def _abspath(path: str) -> str:
+    return os.path.abspath(bpy.path.abspath(path)) if path else ""
+
+
+def resolve_python(prefs) -> tuple[str, str | None]:
+    """(interpreter, problem or None). A configured path is used as given (checked later); an empty one
+    means Blender's own Python, which only works if torch imports there (checked once, in a subprocess)."""
+    if prefs.python_path:
+        return _abspath(prefs.python_path), None
+    python = engine_process.blender_python()
+    ok, message = engine_process.cached_python_check(python)
+    if ok:
+        return python, None
+    return python, (f"Blender's Python cannot run the engine ({message}); set 'Engine Python' in "
+                    "Preferences › Add-ons › Head Stylizer to an interpreter with torch and diffusers")
+
+
+def python_status_text(prefs) -> str:
+    if prefs.python_path:
+        return f"Using {prefs.python_path}"
+    python = engine_process.blender_python()
+    checked = engine_process.previous_python_check(python)
+    if checked is None:
+        return "Blender's Python (not checked yet)"
+    return f"Blender's Python: {'ready, ' + checked[1] if checked[0] else 'cannot run the engine'}"
+
+
+def engine_root(prefs) -> str:
+    return _abspath(prefs.engine_root) if prefs.engine_root else str(EXTENSION_ROOT)
+
+
+def output_root(prefs) -> Path:
+    if prefs.output_dir:
+        return Path(_abspath(prefs.output_dir))
+    if bpy.data.filepath:
+        return Path(bpy.data.filepath).parent / "head_stylizer"
+    return Path(tempfile.gettempdir()) / "head_stylizer"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40] or "head"
+
+
+def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
+    """The request for the scene's panel settings, and the problems that block it (empty = go)."""
+    prefs = get_preferences(context)
+    python, python_problem = resolve_python(prefs)
+    root = output_root(prefs)
+    source = Path(_abspath(settings.latent_file)).stem if settings.use_latent and settings.latent_file \
+        else f"seed{settings.seed}"
+    style = settings.preset.lower() if settings.preset != "CUSTOM" else _slug(settings.prompt)
+    run_name = f"{style}_{_slug(source)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    request = StylizeRequest(
+        out_dir=str(root / run_name),
+        python=python,
+        engine_root=engine_root(prefs),
+        preset=settings.preset,
+        prompt=settings.prompt,
+        method=settings.method,
+        mirror=settings.use_mirror,
+        grid=settings.use_grid,
+        rank=settings.use_rank,
+        steps=settings.steps,
+        seed=settings.seed,
+        latent_file=_abspath(settings.latent_file) if settings.use_latent else "",
+        strength=settings.strength,
+        mesh_resolution=settings.mesh_resolution,
+        device=prefs.device,
+        attention_slicing=prefs.attention_slicing,
+        vae_slicing=prefs.vae_slicing,
+        cache_dir=str(root / "cache"),
+        cancel_file=str(root / run_name / "cancel"),
+        models=ModelPaths(
+            generator=_abspath(prefs.generator_path),
+            diffusion=_abspath(prefs.diffusion_dir),
+            depth_controlnet=_abspath(prefs.depth_controlnet_dir),
+            edge_controlnet=_abspath(prefs.edge_controlnet_dir),
+        ),
+    )
+    problems = ([python_problem] if python_problem else []) + check_request(request)
+    if settings.use_latent and not settings.latent_file:
+        problems.append("Choose a latent file, or switch the head source to Seed")
+    return request, problems
+
+
+class HEADSTYLIZER_OT_check_python(bpy.types.Operator):
+    """Check whether the engine interpreter can import torch and diffusers"""
+
+    bl_idname = "headstylizer.check_python"
+    bl_label = "Check"
+
+    def execute(self, context):
+        prefs = get_preferences(context)
+        python = _abspath(prefs.python_path) if prefs.python_path else engine_process.blender_python()
+        ok, message = engine_process.cached_python_check(python, refresh=True)
+        self.report({"INFO"} if ok else {"ERROR"}, message)
+        return {"FINISHED"} if ok else {"CANCELLED"}
+
+
+CLASSES = (HEADSTYLIZER_AP_preferences, HEADSTYLIZER_OT_check_python)

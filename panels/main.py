@@ -1,0 +1,151 @@
+"""The "Head Stylizer" tab of the 3D Viewport's sidebar (N panel).
+
+Top to bottom: style and head, the Stylize Head button with progress/status/Cancel, the distillation
+options (collapsed), and the last run's result (before/after thumbnails, identity score, export and
+turntable buttons). A Batch sub-panel appears when the batch operators are installed.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from . import previews
+
+
+def _settings(context):
+    return context.scene.head_stylizer
+
+
+def draw_progress(layout, settings) -> None:
+    """Blender's progress bar (4.0+: ``layout.progress``); older versions show the factor as a slider."""
+    text = f"{settings.progress * 100:.0f}%"
+    if hasattr(layout, "progress"):
+        layout.progress(factor=settings.progress, type="BAR", text=text)
+    else:
+        row = layout.row()
+        row.enabled = False
+        row.prop(settings, "progress", text="Progress", slider=True)
+
+
+class HEADSTYLIZER_PT_main(bpy.types.Panel):
+    bl_idname = "HEADSTYLIZER_PT_main"
+    bl_label = "Head Stylizer"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Head Stylizer"
+
+    def draw(self, context):
+        s = _settings(context)
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+
+        col = layout.column(align=True)
+        col.prop(s, "preset")
+        if s.preset == "CUSTOM":
+            col.prop(s, "prompt", text="Prompt")
+
+        col = layout.column(align=True)
+        col.prop(s, "use_latent")
+        if s.use_latent:
+            col.prop(s, "latent_file")
+        else:
+            col.prop(s, "seed")
+        layout.prop(s, "strength", slider=True)
+
+        row = layout.row()
+        row.scale_y = 1.5
+        row.enabled = not s.is_running
+        row.operator("headstylizer.stylize_head", icon="SHADERFX")
+
+        box = layout.box()
+        if s.is_running:
+            draw_progress(box, s)
+            box.label(text=s.status)
+            box.operator("headstylizer.cancel", icon="CANCEL")
+        else:
+            box.label(text=s.status, icon="INFO")
+
+
+class HEADSTYLIZER_PT_options(bpy.types.Panel):
+    bl_label = "Options"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Head Stylizer"
+    bl_parent_id = "HEADSTYLIZER_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = _settings(context)
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        layout.prop(s, "method", expand=True)
+        row = layout.row(heading="Use", align=True)
+        row.prop(s, "use_mirror", toggle=True)
+        row.prop(s, "use_grid", toggle=True)
+        row.prop(s, "use_rank", toggle=True)
+        layout.prop(s, "steps")
+        layout.prop(s, "mesh_resolution")
+        layout.prop(s, "turntable")
+        if s.turntable:
+            layout.prop(s, "turntable_frames")
+
+
+class HEADSTYLIZER_PT_result(bpy.types.Panel):
+    bl_label = "Result"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Head Stylizer"
+    bl_parent_id = "HEADSTYLIZER_PT_main"
+
+    def draw(self, context):
+        s = _settings(context)
+        layout = self.layout
+        views = previews.loaded_views()
+        if views:
+            view = "front" if "front" in views else views[0]
+            grid = layout.grid_flow(columns=2, even_columns=True, align=True)
+            for when in ("before", "after"):
+                cell = grid.column(align=True)
+                cell.label(text=f"{when.capitalize()} ({view})")
+                cell.template_icon(icon_value=previews.icon_id(when, view), scale=5.0)
+        col = layout.column(align=True)
+        col.label(text=f"Identity: {s.identity_score:.3f}" if s.identity_score >= 0 else "Identity: not measured")
+        if s.style_score >= 0:
+            col.label(text=f"Style: {s.style_score:.3f}")
+        if s.object_name:
+            col.label(text=f"Object: {s.object_name}", icon="OBJECT_DATA")
+        col = layout.column(align=True)
+        col.operator("headstylizer.import_head", icon="IMPORT")
+        col.operator("headstylizer.export_gltf", icon="EXPORT")
+        col.operator("headstylizer.render_turntable", icon="RENDER_ANIMATION")
+
+
+def _batch_draw_function():
+    """``operators.batch.draw_batch_panel(layout, context)`` when the batch module is installed."""
+    try:
+        from ..operators import batch
+    except ImportError:
+        return None
+    return getattr(batch, "draw_batch_panel", None)
+
+
+class HEADSTYLIZER_PT_batch(bpy.types.Panel):
+    bl_label = "Batch"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Head Stylizer"
+    bl_parent_id = "HEADSTYLIZER_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        draw = _batch_draw_function()
+        if draw is not None:
+            draw(self.layout, context)
+
+
+def panel_classes() -> tuple:
+    """The main panels, plus Batch only when there is something to draw in it."""
+    classes = (HEADSTYLIZER_PT_main, HEADSTYLIZER_PT_options, HEADSTYLIZER_PT_result)
+    return classes + ((HEADSTYLIZER_PT_batch,) if _batch_draw_function() is not None else ())
