@@ -9,7 +9,7 @@ presets keep exactly the same structure with fewer channels and samples, for tes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..configs import JsonConfig
@@ -143,6 +143,9 @@ PRESETS: dict[str, GeneratorConfig] = {
     "panohead": GeneratorConfig(),
     # The embedded pack's generator: same structure, ~1/30 of the compute.
     "small": _small("small"),
+    # The embedded pack's trained generator: ``small`` with z_dim = 32, one latent entry per identity entry of
+    # the procedural world (engine.world.latent), so no latent dimension is a nuisance the mapping must ignore.
+    "pack": replace(_small("pack"), z_dim=32),
     # For unit tests: tiny everything, still every stage (background, ToRGB, SR) present.
     "tiny": GeneratorConfig(
         name="tiny",
