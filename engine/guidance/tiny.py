@@ -53,11 +53,30 @@ class TinyDiffusionSpec:
     text_heads: int = 4
     max_tokens: int = 77
     pixel_space: bool = False
+    # Bigger (trained) variants: ResNet layers per UNet / VAE block, which UNet levels cross-attend to the
+    # text (None: every level, the tiny default), the ControlNet conditioning embedding's channels (None:
+    # 8, 16, … per halving) and extra words the tokenizer spells as single tokens.
+    unet_layers: int = 1
+    vae_layers: int = 1
+    cross_attention_levels: tuple[bool, ...] | None = None
+    controlnet_embedding_channels: tuple[int, ...] | None = None
+    extra_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         total = self.vae_downsample * 2 ** (len(self.unet_channels) - 1)
         if self.image_size % total:
             raise ConfigError(f"image_size {self.image_size} must be divisible by {total} (VAE × UNet downsampling)")
+        levels = self.cross_attention_levels
+        if levels is not None and len(levels) != len(self.unet_channels):
+            raise ConfigError(
+                f"cross_attention_levels has {len(levels)} entries but the UNet has {len(self.unet_channels)} levels"
+            )
+        embedding = self.controlnet_embedding_channels
+        if embedding is not None and 2 ** (len(embedding) - 1) != self.vae_downsample:
+            raise ConfigError(
+                f"controlnet_embedding_channels needs {self.vae_downsample.bit_length()} entries "
+                f"(one per halving of the control image down to the latent size), got {embedding}"
+            )
 
     @property
     def vae_downsample(self) -> int:
@@ -66,6 +85,10 @@ class TinyDiffusionSpec:
     @property
     def latent_size(self) -> int:
         return self.image_size // self.vae_downsample
+
+    @property
+    def vocabulary_words(self) -> tuple[str, ...]:
+        return _VOCAB_WORDS + tuple(w for w in self.extra_words if w not in _VOCAB_WORDS)
 
 
 @dataclass(frozen=True)
@@ -133,9 +156,11 @@ def tiny_clip_vocabulary(words: Iterable[str] = _VOCAB_WORDS) -> tuple[dict[str,
     return {token: index for index, token in enumerate(tokens)}, merges
 
 
-def write_tiny_tokenizer(folder: Path, max_tokens: int = 77) -> dict[str, int]:
+def write_tiny_tokenizer(
+    folder: Path, max_tokens: int = 77, words: Iterable[str] = _VOCAB_WORDS
+) -> dict[str, int]:
     """Write ``vocab.json``, ``merges.txt`` and the tokenizer config of a tiny CLIP tokenizer; return the vocab."""
-    vocab, merges = tiny_clip_vocabulary()
+    vocab, merges = tiny_clip_vocabulary(words)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "vocab.json", vocab)
     write_text(folder / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
@@ -152,25 +177,29 @@ def write_tiny_tokenizer(folder: Path, max_tokens: int = 77) -> dict[str, int]:
 # Models.
 
 
-def _build_unet(spec: TinyDiffusionSpec):
+def build_unet(spec: TinyDiffusionSpec):
+    """A randomly initialised ``UNet2DConditionModel`` of ``spec``'s size (uses the global torch RNG)."""
     from diffusers import UNet2DConditionModel
 
-    blocks = len(spec.unet_channels)
+    levels = spec.cross_attention_levels or (True,) * len(spec.unet_channels)
+    down = tuple("CrossAttnDownBlock2D" if attend else "DownBlock2D" for attend in levels)
+    up = tuple("CrossAttnUpBlock2D" if attend else "UpBlock2D" for attend in reversed(levels))
     return UNet2DConditionModel(
         sample_size=spec.latent_size,
         in_channels=3 if spec.pixel_space else spec.latent_channels,
         out_channels=3 if spec.pixel_space else spec.latent_channels,
-        layers_per_block=1,
+        layers_per_block=spec.unet_layers,
         block_out_channels=spec.unet_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * blocks,
-        up_block_types=("CrossAttnUpBlock2D",) * blocks,
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=spec.text_width,
         attention_head_dim=spec.attention_heads,
         norm_num_groups=spec.unet_groups,
     )
 
 
-def _build_vae(spec: TinyDiffusionSpec):
+def build_vae(spec: TinyDiffusionSpec):
+    """A randomly initialised ``AutoencoderKL`` of ``spec``'s size (SD 1.5's scaling factor until trained)."""
     from diffusers import AutoencoderKL
 
     blocks = len(spec.vae_channels)
@@ -180,7 +209,7 @@ def _build_vae(spec: TinyDiffusionSpec):
         down_block_types=("DownEncoderBlock2D",) * blocks,
         up_block_types=("UpDecoderBlock2D",) * blocks,
         block_out_channels=spec.vae_channels,
-        layers_per_block=1,
+        layers_per_block=spec.vae_layers,
         latent_channels=spec.latent_channels,
         norm_num_groups=spec.vae_groups,
         sample_size=spec.image_size,
@@ -188,7 +217,8 @@ def _build_vae(spec: TinyDiffusionSpec):
     )
 
 
-def _build_text_encoder(spec: TinyDiffusionSpec, vocab: dict[str, int]):
+def build_text_encoder(spec: TinyDiffusionSpec, vocab: dict[str, int]):
+    """A randomly initialised small ``CLIPTextModel`` for ``vocab`` (from :func:`tiny_clip_vocabulary`)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -206,7 +236,7 @@ def _build_text_encoder(spec: TinyDiffusionSpec, vocab: dict[str, int]):
     return CLIPTextModel(config)
 
 
-def _build_scheduler():
+def build_scheduler():
     """DDIM with Stable Diffusion 1.5's noise schedule and step settings."""
     from diffusers import DDIMScheduler
 
@@ -222,21 +252,24 @@ def _build_scheduler():
     )
 
 
-def _build_controlnet(unet, spec: TinyDiffusionSpec):
-    """A ControlNet for ``unet`` whose zero-initialised output convolutions are randomised.
+def build_controlnet(unet, spec: TinyDiffusionSpec, randomize_outputs: bool = True):
+    """A ControlNet copying ``unet``'s encoder; with ``randomize_outputs`` its zero convolutions are randomised.
 
     A freshly made ControlNet adds exactly zero residuals (its "zero convolutions"), which would make a
-    random tiny ControlNet indistinguishable from none; random outputs let tests see its effect.
+    random tiny ControlNet indistinguishable from none; random outputs let tests see its effect. Training
+    starts from the zero convolutions instead (``randomize_outputs=False``), so the UNet is undisturbed.
     """
     from diffusers import ControlNetModel
 
     halvings = spec.vae_downsample.bit_length() - 1  # the control image is this many halvings larger
-    embedding_channels = tuple(8 * 2**i for i in range(halvings + 1))
+    embedding_channels = spec.controlnet_embedding_channels or tuple(8 * 2**i for i in range(halvings + 1))
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding_channels)
-    zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
-    for conv in zero_convs:
-        conv.reset_parameters()
+    if randomize_outputs:
+        zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+        for conv in zero_convs:
+            conv.reset_parameters()
     return net
+
 
 
 def _model_index(spec: TinyDiffusionSpec) -> dict:
@@ -263,18 +296,18 @@ def _write_folder(root: Path, seed: int, controlnets: tuple[str, ...], spec: Tin
 
 
 def _write_components(root: Path, seed: int, controlnets: tuple[str, ...], spec: TinyDiffusionSpec) -> None:
-    vocab = write_tiny_tokenizer(root / "tokenizer", spec.max_tokens)
+    vocab = write_tiny_tokenizer(root / "tokenizer", spec.max_tokens, spec.vocabulary_words)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = _build_unet(spec)
+        unet = build_unet(spec)
         unet.save_pretrained(root / "unet", safe_serialization=True)
         if not spec.pixel_space:
-            _build_vae(spec).save_pretrained(root / "vae", safe_serialization=True)
-        _build_text_encoder(spec, vocab).save_pretrained(root / "text_encoder")
+            build_vae(spec).save_pretrained(root / "vae", safe_serialization=True)
+        build_text_encoder(spec, vocab).save_pretrained(root / "text_encoder")
         for offset, kind in enumerate(controlnets, start=1):
             torch.manual_seed(seed + 1000 * offset)
-            _build_controlnet(unet, spec).save_pretrained(root / f"controlnet_{kind}", safe_serialization=True)
-    _build_scheduler().save_pretrained(root / "scheduler")
+            build_controlnet(unet, spec).save_pretrained(root / f"controlnet_{kind}", safe_serialization=True)
+    build_scheduler().save_pretrained(root / "scheduler")
     write_json(root / "model_index.json", _model_index(spec))
 
 
@@ -315,4 +348,58 @@ def build_tiny_diffusion_folder(
         raise
     return TinyDiffusionFolder(
         sd_folder=dest, controlnets={kind: dest / f"controlnet_{kind}" for kind in kinds}, spec=spec
+    )
+
+
+def write_diffusion_folder(
+    path: str | os.PathLike,
+    unet,
+    text_encoder,
+    spec: TinyDiffusionSpec,
+    vae=None,
+    controlnets: dict | None = None,
+    weights_dtype: torch.dtype = torch.float32,
+) -> TinyDiffusionFolder:
+    """Write given (e.g. trained) modules as an SD-1.5-layout folder, atomically, like the tiny builder.
+
+    ``controlnets`` maps a kind (``"edge"``, ``"depth"``) to its ControlNet, saved as
+    ``path/controlnet_<kind>``. Weights are stored in ``weights_dtype`` (fp16 halves the size; loaders
+    convert to their compute dtype). The tokenizer is rebuilt from ``spec`` and must be the one
+    ``text_encoder`` was made for. An existing ``path`` is replaced only after the new folder is complete.
+    """
+    import copy
+
+    controlnets = dict(controlnets or {})
+    unknown = [k for k in controlnets if k not in CONTROL_KINDS]
+    if unknown:
+        raise ConfigError(f"controlnets: unknown kind(s) {unknown}; expected a subset of {CONTROL_KINDS}")
+    if (vae is None) != spec.pixel_space:
+        raise ConfigError("a VAE is required unless spec.pixel_space (and not allowed with it)")
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the folder is meant to be shipped
+
+    def save(module, folder: Path, **kwargs) -> None:
+        copy.deepcopy(module).to("cpu", weights_dtype).save_pretrained(folder, **kwargs)
+
+    try:
+        with quiet_progress_bars():
+            write_tiny_tokenizer(staging / "tokenizer", spec.max_tokens, spec.vocabulary_words)
+            save(unet, staging / "unet", safe_serialization=True)
+            if vae is not None:
+                save(vae, staging / "vae", safe_serialization=True)
+            save(text_encoder, staging / "text_encoder")
+            for kind, net in controlnets.items():
+                save(net, staging / f"controlnet_{kind}", safe_serialization=True)
+            build_scheduler().save_pretrained(staging / "scheduler")
+            write_json(staging / "model_index.json", _model_index(spec))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return TinyDiffusionFolder(
+        sd_folder=dest, controlnets={kind: dest / f"controlnet_{kind}" for kind in controlnets}, spec=spec
     )
