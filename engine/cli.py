@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "render": "Render a (stylized) generator for seeds or W+ latents: views and a 360° turntable.",
     "head": "Stylize one head end to end: stylized generator (cached), before/after views, coloured mesh.",
     "demo": "The main job on the embedded pack: stylize, views, turntable, meshes, metrics and an HTML report.",
+    "batch": "A folder of scans/portraits/latents → stylized glb heads with provenance, resumable, with a report.",
+    "invert": "Invert a scan, portrait or folder of calibrated views into a W+ latent (.npz).",
 }
 
 

@@ -1,0 +1,495 @@
+"""The batch driver: a folder of scans (or portraits, latents, Blender-rendered views) → stylized glb heads.
+
+Models are loaded once (:class:`BatchModels`); then, per input, in sorted order:
+
+    read → invert into W+ → stylized generator → coloured mesh → ``<name>.glb`` + ``<name>.json``
+
+* **Failures are per item.** An unreadable or unsupported file becomes a ``failed`` row with the reason;
+  the batch goes on. Nothing of a failed item is left in the output folder.
+* **Resume.** The sidecar is written last (atomically), so its presence marks a finished item. An item
+  whose sidecar says ``done`` with the same settings fingerprint and source SHA-256, and whose glb exists,
+  is not redone (status ``skipped``). A run killed in the middle of an item leaves no sidecar for it, so
+  the next run redoes exactly that item and the ones after it.
+* **Report.** ``report.json`` and ``report.csv`` (input, output, identity similarity, seconds, status,
+  error) are rewritten atomically after every item, so they are consistent whenever the batch stops.
+* **Cancel.** The :class:`CancelToken` is checked between items: everything finished is kept, the rest is
+  reported as ``cancelled``.
+* **Consent.** :func:`run_batch` refuses to start unless the caller confirms consent; the flag is recorded
+  in every provenance record (:mod:`engine.provenance`). Source files are hashed, never copied.
+
+The three model steps are injected callables (:class:`BatchModels`), so the driver is testable with stubs;
+:func:`load_engine_models` builds the real ones (embedded pack or given checkpoints).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .atomic import write_json, write_text
+from .errors import ConfigError, EngineError, InputError
+from .events import emit, log
+from .gltf import write_glb
+from .mesh import Mesh
+from .provenance import Provenance, settings_fingerprint, sha256_file
+from .scans import input_kind, list_inputs
+from .stylize_cancel import CancelToken
+
+EventSink = Callable[..., None]
+REPORT_FIELDS = ("input", "output", "identity_similarity", "seconds", "status", "error")
+STATUSES = ("done", "skipped", "failed", "cancelled")
+VIEWS_MANIFEST = "cameras.json"
+
+
+class ConsentRequired(ConfigError):
+    """Raised when a batch is started without the subjects' consent being confirmed."""
+
+
+class StylizationCancelled(EngineError):
+    """The batch was cancelled while the generator was still being stylized (nothing per item was done)."""
+
+
+@dataclass
+class HeadOutput:
+    """What the stylization step returns for one latent: the mesh and, for scoring, a front render."""
+
+    mesh: Mesh
+    front: torch.Tensor | None = None  # (1, 3, H, W) in [-1, 1]
+
+
+@dataclass
+class Inverted:
+    """What the inversion step returns for one input."""
+
+    w_plus: torch.Tensor  # (1, num_ws, w_dim)
+    source_front: torch.Tensor | None = None  # (1, 3, H, W) in [-1, 1]: the source seen from the front
+    info: dict[str, Any] = field(default_factory=dict)  # view errors, normalisation, seconds …
+
+
+@dataclass
+class BatchModels:
+    """The injected model steps and what provenance needs to know about the models.
+
+    ``invert(path, kind) -> Inverted``; ``build_head(w_plus) -> HeadOutput | Mesh``;
+    ``similarity(a, b) -> float`` (identity-encoder cosine of two (1, 3, H, W) images) or None.
+    """
+
+    invert: Callable[[Path, str], Inverted]
+    build_head: Callable[[torch.Tensor], HeadOutput | Mesh]
+    similarity: Callable[[torch.Tensor, torch.Tensor], float] | None
+    model_sha256: dict[str, str]
+    prompt: str
+    method: str
+    settings: dict[str, Any]  # everything that changes the outputs (fingerprinted for resume)
+
+
+@dataclass
+class ItemResult:
+    input: str
+    output: str = ""
+    identity_similarity: float | None = None
+    seconds: float = 0.0
+    status: str = "failed"
+    error: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        sim = self.identity_similarity
+        return {
+            "input": self.input,
+            "output": self.output,
+            "identity_similarity": None if sim is None or not math.isfinite(sim) else round(float(sim), 6),
+            "seconds": round(float(self.seconds), 3),
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+@dataclass
+class BatchReport:
+    out_dir: Path
+    items: list[ItemResult]
+    consent: bool
+    settings_fingerprint: str
+    cancelled: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(1 for i in self.items if i.status == s) for s in STATUSES}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "items": [i.row() for i in self.items],
+            "counts": self.counts(),
+            "consent": self.consent,
+            "settings_fingerprint": self.settings_fingerprint,
+            "cancelled": self.cancelled,
+        }
+
+    def write(self) -> None:
+        write_json(self.out_dir / "report.json", self.to_dict())
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for item in self.items:
+            row = item.row()
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in REPORT_FIELDS})
+        write_text(self.out_dir / "report.csv", buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and output names
+# --------------------------------------------------------------------------------------------------
+def collect_inputs(in_dir: str | Path | None = None, views_dir: str | Path | None = None) -> list[Path]:
+    """Files of ``in_dir`` and/or the per-item folders of ``views_dir`` (each holding ``cameras.json``)."""
+    if in_dir is None and views_dir is None:
+        raise ConfigError("give an input folder (--in DIR) or a folder of rendered views (--views DIR)")
+    items: list[Path] = []
+    if in_dir is not None:
+        items += list_inputs(in_dir)
+    if views_dir is not None:
+        root = Path(views_dir)
+        if not root.is_dir():
+            raise InputError(f"{root}: views folder not found")
+        items += sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return items
+
+
+def output_stems(inputs: list[Path]) -> list[str]:
+    """Output file stems: the input's stem, or stem + suffix when two inputs share a stem (a.ply, a.obj)."""
+    stems = [p.name if p.is_dir() else p.stem for p in inputs]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    return [s if counts[s] == 1 else f"{s}_{p.suffix.lstrip('.').lower() or 'dir'}" for s, p in zip(stems, inputs)]
+
+
+def item_kind(path: Path) -> str:
+    """"views" for a folder of Blender-rendered views, else what :func:`engine.scans.input_kind` says."""
+    if path.is_dir():
+        failed = path / "failed.json"
+        if failed.is_file() and not (path / VIEWS_MANIFEST).is_file():
+            try:
+                data = json.loads(failed.read_text(encoding="utf-8"))
+                reason = f"{data.get('source', path.name)}: {data.get('error', 'failed in Blender')}"
+            except (OSError, json.JSONDecodeError):
+                reason = f"{path.name}: failed in Blender"
+            raise InputError(f"Blender could not import or render the scan ({reason})")
+        if not (path / VIEWS_MANIFEST).is_file():
+            raise InputError(f"{path}: views folder has no {VIEWS_MANIFEST}")
+        return "views"
+    return input_kind(path)
+
+
+def source_hash(path: Path) -> str:
+    """SHA-256 of the source file; for a views folder, the source hash Blender recorded in cameras.json."""
+    if path.is_dir():
+        data = json.loads((path / VIEWS_MANIFEST).read_text(encoding="utf-8"))
+        return str(data.get("source_sha256") or sha256_file(path / VIEWS_MANIFEST))
+    return sha256_file(path)
+
+
+def _finished(sidecar: Path, glb: Path, fingerprint: str, source_sha: str) -> bool:
+    if not (sidecar.is_file() and glb.is_file()):
+        return False
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    prov = data.get("provenance", {})
+    return data.get("status") == "done" and prov.get("settings_fingerprint") == fingerprint and prov.get("source_sha256") == source_sha
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------------
+def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModels, consent: bool, fingerprint: str, source_sha: str) -> ItemResult:
+    start = time.perf_counter()
+    inverted = models.invert(path, kind)
+    built = models.build_head(inverted.w_plus)
+    head = built if isinstance(built, HeadOutput) else HeadOutput(built)
+    similarity = None
+    if models.similarity is not None and inverted.source_front is not None and head.front is not None:
+        similarity = float(models.similarity(inverted.source_front, head.front))
+    provenance = Provenance(
+        source_file=path.name,
+        source_sha256=source_sha,
+        prompt=models.prompt,
+        method=models.method,
+        consent=consent,
+        model_sha256=models.model_sha256,
+        settings_fingerprint=fingerprint,
+    ).to_dict()
+    glb = out_dir / f"{stem}.glb"
+    write_glb(head.mesh, glb, extras={"head_stylizer": provenance}, name=stem)
+    seconds = time.perf_counter() - start
+    result = ItemResult(str(path), glb.name, similarity, seconds, "done", "", details=dict(inverted.info))
+    sidecar = {
+        "status": "done",
+        "input": str(path),
+        "kind": kind,
+        "output": glb.name,
+        "identity_similarity": result.row()["identity_similarity"],
+        "seconds": round(seconds, 3),
+        "vertices": head.mesh.num_vertices,
+        "faces": head.mesh.num_faces,
+        "inversion": _json_safe(inverted.info),
+        "settings": _json_safe(models.settings),
+        "provenance": provenance,
+    }
+    write_json(out_dir / f"{stem}.json", sidecar)  # last: its presence marks the item finished
+    return result
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def run_batch(
+    inputs: list[Path],
+    out_dir: str | Path,
+    models: BatchModels,
+    consent: bool,
+    cancel: CancelToken | None = None,
+    on_event: EventSink = emit,
+) -> BatchReport:
+    """Process ``inputs`` into ``out_dir`` (see module docstring). Raises :class:`ConsentRequired` without consent."""
+    if not consent:
+        raise ConsentRequired(
+            "a batch needs the subjects' consent: confirm it with --i-have-consent "
+            "(Blender: tick 'I have the subjects' consent'); the confirmation is recorded in every output"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = settings_fingerprint({"settings": models.settings, "models": models.model_sha256, "prompt": models.prompt, "method": models.method})
+    report = BatchReport(out_dir, [], consent, fingerprint)
+    stems = output_stems(inputs)
+    total = len(inputs)
+    on_event("stage", stage="batch", message=f"{total} inputs", total=total)
+    for index, (path, stem) in enumerate(zip(inputs, stems)):
+        if cancel is not None and cancel.cancelled:
+            report.cancelled = True
+            report.items += [ItemResult(str(p), status="cancelled") for p in inputs[index:]]
+            break
+        on_event("item", index=index, total=total, input=str(path), status="started")
+        item_start = time.perf_counter()
+        try:
+            kind = item_kind(path)
+            source_sha = source_hash(path)
+            if _finished(out_dir / f"{stem}.json", out_dir / f"{stem}.glb", fingerprint, source_sha):
+                old = json.loads((out_dir / f"{stem}.json").read_text(encoding="utf-8"))
+                item = ItemResult(str(path), f"{stem}.glb", old.get("identity_similarity"), 0.0, "skipped")
+            else:
+                item = _process(path, kind, stem, out_dir, models, consent, fingerprint, source_sha)
+        except (EngineError, OSError, ValueError, RuntimeError) as exc:  # one bad file never stops the batch
+            message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+            log(f"batch: {path.name}: {message}")
+            item = ItemResult(str(path), seconds=time.perf_counter() - item_start, status="failed", error=message)
+        report.items.append(item)
+        report.write()
+        on_event(
+            "item", index=index, total=total, input=str(path), status=item.status, output=item.output,
+            identity_similarity=item.identity_similarity, seconds=round(item.seconds, 3), error=item.error,
+        )
+        on_event("progress", stage="batch", step=index + 1, total=total, fraction=(index + 1) / max(total, 1))
+    if cancel is not None and report.cancelled:
+        cancel.acknowledge()
+    report.write()
+    counts = report.counts()
+    on_event("done" if not report.cancelled else "cancelled", result=str(out_dir / "report.json"), **counts)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# The real models
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchSettings:
+    """What the engine batch does per item (all of it goes into the resume fingerprint)."""
+
+    prompt: str = ""
+    style_preset: str | None = None
+    method: str = "ld"
+    steps: int | None = None  # stylization steps (None: the pipeline's default for the models)
+    mesh_resolution: int = 128
+    inversion_steps: int | None = None
+    image_yaw_degrees: float = 0.0
+    image_pitch_degrees: float = 0.0
+    up_axis: str = "auto"
+    units: str = "auto"
+    scan_yaw_degrees: float = 0.0
+    generator: str | None = None
+    diffusion: str | None = None
+    depth_controlnet: str | None = None
+    edge_controlnet: str | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+
+    def fingerprinted(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        for key in ("device", "cache_dir"):
+            d.pop(key)
+        return d
+
+
+def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+        with torch.no_grad():
+            ea, eb = encoder.embed(a), encoder.embed(b)
+        return float((ea * eb).sum(-1).mean())
+
+    return similarity
+
+
+def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
+    """The generator's front view of ``ws`` over white, as the scan targets are (cameras at the origin)."""
+    from .invert import composite, scan_cameras
+    from .generator.triplane import RenderOptions
+
+    cameras, _ = scan_cameras(G, (0.0,), (0.0,))
+    device = next(G.parameters()).device
+    with torch.no_grad():
+        out = G.render(ws.to(device), cameras.to(device), RenderOptions(background="none", deterministic_samples=True))
+        mask = torch.nn.functional.interpolate(out["image_mask"], size=out["image"].shape[-2:], mode="bilinear", align_corners=False)
+        return composite(out["image"], mask, "white").cpu()
+
+
+def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit) -> BatchModels:
+    """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator
+    (cached by :func:`engine.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
+    from .generator.loading import load_generator
+    from .invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
+    from .inference import load_w_plus
+    from .pack import pack_paths
+    from .pipeline import HeadJob, extract_head, resolve_models, resolve_prompt, stylized_generator
+    from .provenance import model_hashes
+    from .scans import ScanNormalization, load_scan, read_image
+
+    job = HeadJob(
+        out_dir=str(Path(settings.cache_dir or "out/batch-cache")),
+        prompt=settings.prompt,
+        style_preset=settings.style_preset,
+        method=settings.method,
+        steps=settings.steps,
+        generator=settings.generator,
+        diffusion=settings.diffusion,
+        depth_controlnet=settings.depth_controlnet,
+        edge_controlnet=settings.edge_controlnet,
+        mesh_resolution=settings.mesh_resolution,
+        device=settings.device,
+        cache_dir=settings.cache_dir,
+    ).validate()
+    on_event("stage", stage="load", message="resolving models")
+    sources = resolve_models(job)
+    prompt, warning = resolve_prompt(job, sources)
+    if warning:
+        log(f"warning: {warning}")
+    base = load_generator(sources.generator, settings.device).generator
+    on_event("stage", stage="stylize", message=f"stylizing the generator toward {prompt!r} (cached)")
+    stylized_info = stylized_generator(job, sources, prompt, cancel, on_event)
+    if stylized_info.cancelled or stylized_info.path is None:
+        raise StylizationCancelled("cancelled while stylizing the generator; run the batch again to resume")
+    stylized = load_generator(stylized_info.path, settings.device).generator
+    encoder = None
+    # The identity encoder is the embedded pack's even when the other models are the user's: it is the only
+    # offline identity model, used for the inversion's feature loss and the report's similarity.
+    encoder_path = (sources.pack.identity_encoder if sources.pack is not None else pack_paths().identity_encoder)
+    if encoder_path.is_file():
+        from .recognition import load_identity_encoder
+
+        encoder = load_identity_encoder(encoder_path, next(base.parameters()).device)
+    inversion = InversionConfig() if settings.inversion_steps is None else InversionConfig(steps=settings.inversion_steps)
+    normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
+    embed = encoder_embedder(encoder) if encoder is not None else None
+
+    def invert_item(path: Path, kind: str) -> Inverted:
+        if kind == "latent":
+            ws = load_w_plus(path, base)
+            return Inverted(ws, _front_render(base, ws), {"kind": "latent"})
+        if kind == "scan":
+            scan = load_scan(path, normalization)
+            target = scan_target(base, scan.mesh)
+            extra = {"normalization": {"up_axis": scan.up_axis, "units": scan.units, "scan_to_world": scan.scan_to_world.tolist()}}
+        elif kind == "image":
+            image, mask = read_image(path, base.config.img_resolution)
+            target = image_target(base, image, mask, settings.image_yaw_degrees, settings.image_pitch_degrees)
+            extra = {"pose": {"yaw_degrees": settings.image_yaw_degrees, "pitch_degrees": settings.image_pitch_degrees}}
+        else:  # views rendered by Blender
+            target = views_target(path, base.config.img_resolution)
+            extra = {"views": list(target.names)}
+        result = invert(base, target, inversion, embed)
+        front = (target.images[:1] * target.masks[:1] + (1 - target.masks[:1])).cpu()
+        return Inverted(
+            result.w_plus, front,
+            {**extra, "view_errors": result.view_errors, "mask_iou": result.mask_iou, "start": result.start,
+             "inversion_seconds": round(result.seconds, 3)},
+        )
+
+    def build_head(ws: torch.Tensor) -> HeadOutput:
+        device = next(stylized.parameters()).device
+        mesh = extract_head(stylized, ws.to(device), settings.mesh_resolution)
+        return HeadOutput(mesh, _front_render(stylized, ws))
+
+    models = {"generator": sources.generator, "diffusion": sources.diffusion,
+              "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet,
+              "stylized_generator": str(stylized_info.path)}
+    if encoder is not None:
+        models["identity_encoder"] = str(encoder_path)
+    hashes = model_hashes(models, sources.pack.root if sources.pack is not None else None)
+    return BatchModels(
+        invert=invert_item,
+        build_head=build_head,
+        similarity=_similarity_from_encoder(encoder) if encoder is not None else None,
+        model_sha256=hashes,
+        prompt=prompt,
+        method=settings.method,
+        settings={**settings.fingerprinted(), "inversion": inversion.to_dict()},
+    )
+
+
+def views_target(folder: Path, resolution: int):
+    """An inversion target from a folder Blender rendered: ``cameras.json`` + RGBA PNGs (alpha = coverage).
+
+    ``cameras.json``: ``{"source": name, "source_sha256": hex, "views": [{"name": str, "file": png,
+    "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see operators/scan_render.py).
+    """
+    from .invert import InversionTarget
+    from .scans import read_image
+
+    manifest = folder / VIEWS_MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        views = data["views"]
+        images, masks, cams, names = [], [], [], []
+        for view in views:  # a handful of views
+            image, mask = read_image(folder / view["file"], resolution)
+            images.append(image)
+            masks.append(mask)
+            cams.append(torch.tensor(view["camera"], dtype=torch.float32))
+            names.append(str(view.get("name", view["file"])))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{manifest}: malformed views manifest ({type(exc).__name__}: {exc})") from None
+    if not views:
+        raise InputError(f"{manifest}: lists no views")
+    cameras = torch.stack(cams)
+    if cameras.shape[1] != 25:
+        raise InputError(f"{manifest}: each camera must have 25 numbers")
+    return InversionTarget(torch.cat(images), torch.cat(masks), cameras, tuple(names)).validate()

@@ -1,0 +1,78 @@
+"""``python -m engine batch``: a folder of scans, portraits or latents → stylized glb heads + report.
+
+Needs ``--i-have-consent`` (checked before anything is loaded; exit status 2 without it). Progress is JSON
+lines on stdout (``item`` events per input, ``progress`` with ``stage: batch``, then ``done`` or
+``cancelled``); a cancel file, SIGINT or SIGTERM stops after the current item. See :mod:`engine.batch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
+from ..events import emit
+from ..stylize_cancel import CancelToken
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--in", dest="in_dir", help="folder of scans (.ply/.obj/.glb/.gltf/.npz), portraits (.png/.jpg) or W+ latents (.npz)")
+    p.add_argument("--views", dest="views_dir", help="folder of per-scan view folders rendered by the Blender batch operator")
+    p.add_argument("--out", required=True, help="output folder: <name>.glb + <name>.json per input, report.csv/json")
+    p.add_argument("--prompt", default="", help="style prompt (or --style-preset)")
+    p.add_argument("--style", "--style-preset", dest="style_preset", default=None, help="style preset name (photo, statue, zombie, cartoon, sketch, gold, Pixar, …)")
+    p.add_argument("--method", choices=("ld", "sds"), default="ld")
+    p.add_argument("--steps", type=int, default=None, help="stylization steps (default: the pipeline's default for the models)")
+    p.add_argument("--inversion-steps", type=int, default=None, help="W+ optimisation steps per input (default 25)")
+    p.add_argument("--mesh-resolution", type=int, default=128)
+    p.add_argument("--image-yaw", type=float, default=0.0, help="pose of portrait inputs, degrees (default frontal)")
+    p.add_argument("--image-pitch", type=float, default=0.0)
+    p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto", help="scan up axis (see engine/scans.py)")
+    p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")
+    p.add_argument("--scan-yaw", type=float, default=0.0, help="turntable angle of the scans to undo, degrees")
+    p.add_argument("--generator", default=None)
+    p.add_argument("--diffusion", default=None)
+    p.add_argument("--depth-controlnet", default=None)
+    p.add_argument("--edge-controlnet", default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cache", default=None, help="cache folder for the stylized generator (default OUT/cache)")
+    p.add_argument("--cancel-file", default=None, help="stop after the current item when this file appears")
+    p.add_argument("--i-have-consent", action="store_true", help="confirm you have the consent of every scanned/photographed subject (recorded in each output)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.i_have_consent:
+        raise ConsentRequired(
+            "refusing to run: a batch needs the subjects' consent; pass --i-have-consent to confirm it "
+            "(the confirmation is recorded in every output's provenance)"
+        )
+    inputs = collect_inputs(args.in_dir, args.views_dir)
+    settings = BatchSettings(
+        prompt=args.prompt,
+        style_preset=args.style_preset,
+        method=args.method,
+        steps=args.steps,
+        mesh_resolution=args.mesh_resolution,
+        inversion_steps=args.inversion_steps,
+        image_yaw_degrees=args.image_yaw,
+        image_pitch_degrees=args.image_pitch,
+        up_axis=args.up_axis,
+        units=args.units,
+        scan_yaw_degrees=args.scan_yaw,
+        generator=args.generator,
+        diffusion=args.diffusion,
+        depth_controlnet=args.depth_controlnet,
+        edge_controlnet=args.edge_controlnet,
+        device=args.device,
+        cache_dir=args.cache or str(Path(args.out) / "cache"),
+    )
+    cancel = CancelToken(args.cancel_file)
+    with cancel.signal_handlers():
+        try:
+            models = load_engine_models(settings, cancel, emit)
+        except StylizationCancelled as exc:
+            cancel.acknowledge()
+            emit("cancelled", stage="stylize", message=str(exc))
+            return 0
+        run_batch(inputs, args.out, models, consent=True, cancel=cancel, on_event=emit)
+    return 0

@@ -1,0 +1,296 @@
+"""Read the inputs of a batch — head scans, portrait images, W+ latents — and bring scans into the generator's frame.
+
+Supported inputs (by suffix; anything else is reported as unsupported, never guessed):
+
+* Scans: ``.ply`` (binary little-endian, via :func:`engine.mesh.read_ply`), ``.obj`` (``v x y z [r g b]``,
+  polygons fan-triangulated, ``v/vt/vn`` references and negative indices accepted), ``.glb``/``.gltf``
+  (:mod:`engine.gltf`) and mesh ``.npz`` files (:func:`engine.mesh.write_npz`). ``.fbx`` is a proprietary
+  format with no open reader: it is refused with a message pointing at the Blender batch operator, which
+  imports it with Blender's own importer.
+* Portraits: ``.png``/``.jpg``/``.jpeg``. The pose comes from the user (default: frontal).
+* Latents: ``.npz`` holding ``w`` (what :func:`engine.inference.load_w_plus` reads).
+
+Normalisation convention (:func:`normalize_scan`) — what "the generator's frame" means for a scan:
+
+1. **Up axis.** glTF is y-up by specification. For other files ``up_axis="auto"`` picks y or z, whichever
+   the mesh is taller along (a head-and-shoulders bust is taller than it is wide or deep; x is never up).
+2. **Facing.** y-up files are taken to face +z (glTF / the generator); z-up files to face −y (Blender's and
+   most scanners' "front" view). z-up is turned to y-up by ``world = (x, z, −y)``; ``yaw_degrees`` then undoes
+   a turntable that was not at zero (rotation about the up axis by −yaw).
+3. **Scale.** ``units="auto"`` reads the up-extent ``h``: ``h ≥ 100`` → millimetres, ``5 ≤ h < 100`` →
+   centimetres, both converted with the world's 0.016 units per cm; smaller meshes (metres or already world
+   units, which cannot be told apart) are scaled to the reference bust height. Explicit units: ``mm``, ``cm``,
+   ``m``, ``world`` (no scaling) or ``fit`` (always scale to the reference height).
+4. **Centre.** The bounding-box centre goes to the procedural world's mean bust centre
+   (:data:`REFERENCE_CENTRE`), so the head sits where the generator's heads sit (tri-grid box [−0.5, 0.5]³,
+   cameras looking at the origin).
+
+The result's ``scan_to_world`` matrix records exactly what was done (also written to the batch sidecar).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, InputError
+from .mesh import Mesh, read_npz, read_ply
+
+SCAN_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LATENT_SUFFIXES = (".npz",)  # a .npz is a latent when it holds "w", a mesh when it holds "vertices"
+BLENDER_ONLY_SUFFIXES = (".fbx",)
+INPUT_KINDS = ("scan", "image", "latent")
+
+# Procedural world busts (engine.world.head_mesh), measured over the neutral and random identities: all are
+# 0.496 wide (the shoulders), 0.71–0.76 tall and 0.36–0.38 deep, with bounding-box centre about
+# (0, −0.105, −0.012). tests/test_scans.py re-measures them.
+REFERENCE_CENTRE = (0.0, -0.105, -0.012)
+REFERENCE_HEIGHT = 0.73
+WORLD_UNITS_PER_CM = 0.016  # engine.world.sdf.WORLD_UNITS_PER_CM (kept here to avoid importing the world)
+UNIT_TO_WORLD = {"mm": WORLD_UNITS_PER_CM / 10.0, "cm": WORLD_UNITS_PER_CM, "m": WORLD_UNITS_PER_CM * 100.0, "world": 1.0}
+UP_AXES = ("auto", "y", "z")
+UNITS = ("auto", "mm", "cm", "m", "world", "fit")
+
+
+@dataclass(frozen=True)
+class ScanNormalization:
+    """How to bring a scan into the generator's frame (see the module docstring for the convention)."""
+
+    up_axis: str = "auto"
+    units: str = "auto"
+    yaw_degrees: float = 0.0
+
+    def validate(self) -> "ScanNormalization":
+        if self.up_axis not in UP_AXES:
+            raise ConfigError(f"scan up_axis must be one of {UP_AXES}, got {self.up_axis!r}")
+        if self.units not in UNITS:
+            raise ConfigError(f"scan units must be one of {UNITS}, got {self.units!r}")
+        if not math.isfinite(float(self.yaw_degrees)):
+            raise ConfigError(f"scan yaw_degrees must be finite, got {self.yaw_degrees!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return {"up_axis": self.up_axis, "units": self.units, "yaw_degrees": float(self.yaw_degrees)}
+
+
+@dataclass
+class NormalizedScan:
+    mesh: Mesh  # in world coordinates
+    scan_to_world: np.ndarray  # (4, 4) float64
+    up_axis: str  # the one used ("y" or "z")
+    units: str  # the one used (mm, cm, m, world or fit)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input classification
+# --------------------------------------------------------------------------------------------------
+def npz_kind(path: Path) -> str:
+    """"latent" or "scan" for a ``.npz``, by its arrays; unreadable → InputError."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+    except Exception as exc:  # numpy raises ValueError/OSError/BadZipFile/EOFError for broken files
+        raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+    if "w" in keys:
+        return "latent"
+    if {"vertices", "faces"} <= keys:
+        return "scan"
+    raise InputError(f"{path}: .npz holds neither a W+ latent ('w') nor a mesh ('vertices', 'faces'): {sorted(keys)}")
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """"scan", "image" or "latent" for a supported file; :class:`InputError` (with the reason) otherwise."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in BLENDER_ONLY_SUFFIXES:
+        raise InputError(
+            f"{path}: {suffix} scans have no open reader; import them with the Blender batch operator "
+            "(Head Stylizer › Batch), which uses Blender's importer and renders the views for the engine"
+        )
+    if suffix in SCAN_SUFFIXES:
+        return "scan"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in LATENT_SUFFIXES:
+        return npz_kind(path)
+    supported = SCAN_SUFFIXES + IMAGE_SUFFIXES + LATENT_SUFFIXES + BLENDER_ONLY_SUFFIXES
+    raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; supported: {', '.join(supported)}")
+
+
+def list_inputs(folder: str | os.PathLike) -> list[Path]:
+    """Every regular, non-hidden file of ``folder`` (sorted; sidecars ``.json`` and ``.mtl``/``.bin`` excluded)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: input folder not found")
+    skip = {".json", ".mtl", ".bin", ".csv", ".txt", ".md"}
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in skip)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mesh readers
+# --------------------------------------------------------------------------------------------------
+_SLASH_REFS = re.compile(r"/[^\s]*")
+
+
+def read_obj(path: str | os.PathLike) -> Mesh:
+    """Wavefront OBJ triangles (polygons fan-triangulated) with optional ``v x y z r g b`` colours."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read OBJ ({exc.strerror})") from None
+    lines = text.splitlines()
+    v_lines = [line[2:] for line in lines if line.startswith("v ")]
+    f_lines = [_SLASH_REFS.sub("", line[2:]).split() for line in lines if line.startswith("f ")]
+    if not v_lines or not f_lines:
+        raise InputError(f"{name}: OBJ has no vertices or no faces")
+    try:
+        widths = {len(line.split()) for line in v_lines}
+        if len(widths) != 1 or widths.pop() not in (3, 4, 6, 7):
+            raise ValueError("vertex lines must all have 3 (or 6 with colour) numbers")
+        table = np.array(" ".join(v_lines).split(), dtype=np.float64).reshape(len(v_lines), -1)
+        counts = np.array([len(f) for f in f_lines])
+        refs = np.array([tok for f in f_lines for tok in f], dtype=np.int64)
+    except ValueError as exc:
+        raise InputError(f"{name}: malformed OBJ ({exc})") from None
+    if counts.min() < 3:
+        raise InputError(f"{name}: OBJ face with fewer than 3 vertices")
+    refs = np.where(refs < 0, refs + len(table), refs - 1)  # OBJ is 1-based; negatives count from the end
+    if refs.min() < 0 or refs.max() >= len(table):
+        raise InputError(f"{name}: OBJ face references a missing vertex")
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    # fan triangulation: polygon (a, b, c, d, …) → (a, b, c), (a, c, d), …  — vectorised over all polygons
+    tris_per_face = counts - 2
+    face_of_tri = np.repeat(np.arange(len(counts)), tris_per_face)
+    k = np.arange(tris_per_face.sum()) - np.repeat(np.cumsum(tris_per_face) - tris_per_face, tris_per_face)
+    first = starts[face_of_tri]
+    faces = np.stack((refs[first], refs[first + k + 1], refs[first + k + 2]), axis=1)
+    colors = None
+    if table.shape[1] >= 6:
+        rgb = table[:, 3:6] if table.shape[1] == 6 else table[:, 4:7]
+        scale = 255.0 if rgb.max() <= 1.0 + 1e-6 else 1.0
+        colors = np.clip(np.round(rgb * scale), 0, 255).astype(np.uint8)
+    return Mesh(vertices=table[:, :3].astype(np.float32), faces=faces.astype(np.int32), vertex_colors=colors).check(name)
+
+
+def read_scan_mesh(path: str | os.PathLike) -> Mesh:
+    """The scan's triangles in its own coordinates (normals are recomputed later)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".ply":
+        mesh = read_ply(path)
+    elif suffix == ".obj":
+        mesh = read_obj(path)
+    elif suffix in (".glb", ".gltf"):
+        from .gltf import read_gltf
+
+        mesh, _ = read_gltf(path)
+    elif suffix == ".npz":
+        mesh = read_npz(path)
+    else:
+        input_kind(path)  # raises the right message
+        raise InputError(f"{path}: not a scan mesh")
+    if mesh.num_faces == 0:
+        raise InputError(f"{path}: scan has no triangles")
+    if not np.isfinite(mesh.vertices).all():
+        raise InputError(f"{path}: scan has NaN or infinite vertex positions")
+    return mesh
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------------
+def _yaw_matrix(degrees: float) -> np.ndarray:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+Z_UP_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # (x, y, z) → (x, z, −y)
+
+
+def detect_up_axis(vertices: np.ndarray) -> str:
+    extent = vertices.max(axis=0) - vertices.min(axis=0)
+    return "z" if extent[2] > extent[1] else "y"
+
+
+def detect_units(height: float) -> str:
+    if height >= 100.0:
+        return "mm"
+    if height >= 5.0:
+        return "cm"
+    return "fit"
+
+
+def normalization_matrix(vertices: np.ndarray, config: ScanNormalization, up_axis_hint: str | None = None) -> tuple[np.ndarray, str, str]:
+    """(4, 4) scan→world similarity for ``vertices`` (V, 3), with the up axis and units it settled on."""
+    config = config.validate()
+    v = np.asarray(vertices, dtype=np.float64)
+    up = config.up_axis if config.up_axis != "auto" else (up_axis_hint or detect_up_axis(v))
+    rotation = _yaw_matrix(-float(config.yaw_degrees)) @ (Z_UP_TO_Y_UP if up == "z" else np.eye(3))
+    turned = v @ rotation.T
+    lo, hi = turned.min(axis=0), turned.max(axis=0)
+    height = float(hi[1] - lo[1])
+    if height <= 0:
+        raise InputError("scan is flat along its up axis; cannot normalise it")
+    units = config.units if config.units != "auto" else detect_units(height)
+    scale = REFERENCE_HEIGHT / height if units == "fit" else UNIT_TO_WORLD[units]
+    linear = rotation * scale
+    translation = np.asarray(REFERENCE_CENTRE) - scale * (lo + hi) / 2.0
+    matrix = np.eye(4)
+    matrix[:3, :3], matrix[:3, 3] = linear, translation
+    return matrix, up, units
+
+
+def transform_mesh(mesh: Mesh, matrix: np.ndarray) -> Mesh:
+    """``mesh`` moved by a similarity transform, with fresh unit normals."""
+    from .mesh import vertex_normals
+
+    vertices = (mesh.vertices.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
+    faces = mesh.faces.astype(np.int32)
+    if np.linalg.det(matrix[:3, :3]) < 0:
+        faces = faces[:, ::-1].copy()  # a reflection would turn the triangles inside out
+    return Mesh(vertices, faces, mesh.vertex_colors, vertex_normals(vertices, faces), dict(mesh.metadata))
+
+
+def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), up_axis_hint: str | None = None) -> NormalizedScan:
+    matrix, up, units = normalization_matrix(mesh.vertices, config, up_axis_hint)
+    return NormalizedScan(transform_mesh(mesh, matrix), matrix, up, units)
+
+
+def load_scan(path: str | os.PathLike, config: ScanNormalization = ScanNormalization()) -> NormalizedScan:
+    """Read and normalise a scan file (glTF files are y-up by specification)."""
+    path = Path(path)
+    hint = "y" if path.suffix.lower() in (".glb", ".gltf") else None
+    return normalize_scan(read_scan_mesh(path), config, hint)
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A portrait as ((1, 3, R, R) in [-1, 1], (1, 1, R, R) mask): centre-cropped square, resized.
+
+    The mask is the alpha channel when there is one (a cut-out portrait), else all ones.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    h, w = rgba.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = torch.from_numpy(np.ascontiguousarray(rgba[top : top + side, left : left + side])).permute(2, 0, 1)[None]
+    square = torch.nn.functional.interpolate(square, size=(resolution, resolution), mode="area")
+    return square[:, :3] * 2.0 - 1.0, square[:, 3:4]

@@ -1,0 +1,279 @@
+"""Batch driver: a folder of scans with a corrupt and an unsupported file, resume, kill-and-rerun, provenance,
+consent — with stub models (fast), plus one end-to-end run on the embedded pack (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.batch import BatchModels, ConsentRequired, HeadOutput, Inverted, collect_inputs, run_batch
+from engine.gltf import read_gltf
+from engine.provenance import REQUIRED_FIELDS, sha256_file
+from engine.scans import load_scan
+from engine.world import ScanExport, export_scan, head_mesh, sample_identities
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def stub_models() -> BatchModels:
+    """Stand-ins for the model steps: 'inversion' = the scan's mean vertex colour as a 1-D latent,
+    'stylization' = the normalised scan itself with colours inverted. Deterministic and instant."""
+    cache: dict[str, object] = {}
+
+    def invert(path: Path, kind: str) -> Inverted:
+        scan = load_scan(path)
+        cache["mesh"] = scan.mesh
+        w = torch.from_numpy(scan.mesh.vertex_colors.mean(axis=0, keepdims=True).astype(np.float32))[None]
+        return Inverted(w, torch.zeros(1, 3, 8, 8) + w.mean() / 255, {"kind": kind, "units": scan.units})
+
+    def build_head(ws: torch.Tensor) -> HeadOutput:
+        mesh = cache["mesh"]
+        mesh.vertex_colors = (255 - mesh.vertex_colors).astype(np.uint8)
+        return HeadOutput(mesh, torch.zeros(1, 3, 8, 8) + ws.mean() / 255)
+
+    return BatchModels(
+        invert=invert,
+        build_head=build_head,
+        similarity=lambda a, b: float(1.0 - (a - b).abs().mean()),
+        model_sha256={"generator": "0" * 64},
+        prompt="a zombie head",
+        method="ld",
+        settings={"stub": True},
+    )
+
+
+def quiet(*args, **kwargs) -> None:
+    return None
+
+
+@pytest.fixture(scope="module")
+def scan_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scans")
+    ids = sample_identities(5, torch.Generator().manual_seed(11))
+    for i in range(5):
+        fmt = (".ply", ".obj")[i % 2]
+        export_scan(ids[i : i + 1], folder / f"head{i}", ScanExport(resolution=24, formats=(fmt,)))
+    (folder / "broken.ply").write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nend_header\n\x00\x01")
+    (folder / "notes.xyz").write_text("1 2 3\n")
+    return folder
+
+
+def copy_folder(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def test_folder_gives_five_heads_and_two_failures(scan_folder, tmp_path):
+    out = tmp_path / "out"
+    report = run_batch(collect_inputs(scan_folder), out, stub_models(), consent=True, on_event=quiet)
+    assert report.counts()["done"] == 5 and report.counts()["failed"] == 2
+    assert sorted(p.name for p in out.glob("*.glb")) == [f"head{i}.glb" for i in range(5)]
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [r["input"].split("/")[-1] for r in rows] == sorted(p.name for p in scan_folder.iterdir() if p.suffix != ".json")
+    failed = {Path(r["input"]).name: r["error"] for r in rows if r["status"] == "failed"}
+    assert set(failed) == {"broken.ply", "notes.xyz"}
+    assert "broken.ply" in failed["broken.ply"] and "unsupported file type" in failed["notes.xyz"]
+    done = [r for r in rows if r["status"] == "done"]
+    assert all(r["output"].endswith(".glb") and float(r["seconds"]) >= 0 and r["identity_similarity"] for r in done)
+    data = json.loads((out / "report.json").read_text())
+    assert data["counts"] == {"done": 5, "skipped": 0, "failed": 2, "cancelled": 0} and data["consent"] is True
+    # the glb holds the stylized (colour-inverted) normalised scan
+    mesh, extras = read_gltf(out / "head0.glb")
+    source = load_scan(scan_folder / "head0.ply").mesh
+    np.testing.assert_allclose(mesh.vertices, source.vertices, atol=1e-6)
+    np.testing.assert_array_equal(mesh.vertex_colors, 255 - source.vertex_colors)
+
+
+def test_provenance_in_glb_and_sidecar(scan_folder, tmp_path):
+    out = tmp_path / "out"
+    run_batch(collect_inputs(scan_folder), out, stub_models(), consent=True, on_event=quiet)
+    _, extras = read_gltf(out / "head1.glb")
+    prov = extras["head_stylizer"]
+    assert all(key in prov for key in REQUIRED_FIELDS)
+    assert prov["source_sha256"] == sha256_file(scan_folder / "head1.obj")
+    assert prov["consent"] is True and prov["prompt"] == "a zombie head" and prov["method"] == "ld"
+    assert prov["model_sha256"] == {"generator": "0" * 64}
+    sidecar = json.loads((out / "head1.json").read_text())
+    assert sidecar["provenance"] == prov and sidecar["status"] == "done"
+    # source files are never copied into the outputs
+    sources = {p.read_bytes() for p in scan_folder.iterdir()}
+    assert not any(p.read_bytes() in sources for p in out.iterdir() if p.is_file())
+
+
+def test_second_run_does_nothing_new(scan_folder, tmp_path):
+    out = tmp_path / "out"
+    run_batch(collect_inputs(scan_folder), out, stub_models(), consent=True, on_event=quiet)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("head*")}
+    calls = []
+    models = stub_models()
+    inner = models.invert
+    models.invert = lambda p, k: calls.append(p) or inner(p, k)
+    report = run_batch(collect_inputs(scan_folder), out, models, consent=True, on_event=quiet)
+    assert [p.name for p in calls] == ["broken.ply"]  # only the failure is retried
+    assert report.counts()["skipped"] == 5 and report.counts()["failed"] == 2
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("head*")}
+    # different settings → redone
+    models = stub_models()
+    models.settings = {"stub": "other"}
+    assert run_batch(collect_inputs(scan_folder), out, models, consent=True, on_event=quiet).counts()["done"] == 5
+
+
+def test_cancel_stops_after_the_current_item(scan_folder, tmp_path):
+    from engine.stylize_cancel import CancelToken
+
+    cancel = CancelToken(tmp_path / "stop")
+    events = []
+
+    def on_event(event, **fields):
+        events.append((event, fields))
+        if event == "item" and fields.get("status") == "done":
+            (tmp_path / "stop").touch()
+
+    report = run_batch(collect_inputs(scan_folder), tmp_path / "out", stub_models(), consent=True, cancel=cancel, on_event=on_event)
+    assert report.cancelled and report.counts()["done"] == 1 and report.counts()["cancelled"] == 5
+    assert events[-1][0] == "cancelled" and not (tmp_path / "stop").exists()
+    assert len(list((tmp_path / "out").glob("*.glb"))) == 1
+
+
+def test_killed_run_resumes(scan_folder, tmp_path):
+    inputs = copy_folder(scan_folder, tmp_path / "in")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
+    proc = subprocess.Popen([sys.executable, str(TESTS / "batch_stub_worker.py"), str(inputs), str(out), "1.5"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "head0.json").exists():
+            time.sleep(0.05)
+        assert (out / "head0.json").exists(), "first item never finished"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished_before = {p.name for p in out.glob("*.glb")}
+    assert "head0.glb" in finished_before and len(finished_before) < 5
+    stamp = (out / "head0.glb").stat().st_mtime_ns
+    report = run_batch(collect_inputs(inputs), out, stub_models(), consent=True, on_event=quiet)
+    assert report.counts()["done"] + report.counts()["skipped"] == 5 and report.counts()["skipped"] == len(finished_before)
+    assert (out / "head0.glb").stat().st_mtime_ns == stamp
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+    assert len(list(out.glob("*.glb"))) == 5
+
+
+def test_refuses_without_consent(scan_folder, tmp_path):
+    with pytest.raises(ConsentRequired, match="consent"):
+        run_batch(collect_inputs(scan_folder), tmp_path / "out", stub_models(), consent=False, on_event=quiet)
+    assert not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, "-m", "engine", "batch", "--in", str(scan_folder), "--out", str(tmp_path / "cli")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "--i-have-consent" in proc.stderr
+    assert not (tmp_path / "cli").exists()
+
+
+PACK = ROOT / "engine" / "pack" / "embedded-v1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (PACK / "manifest.json").is_file(), reason="embedded pack not built (engine/pack/embedded-v1/manifest.json absent)")
+def test_cli_end_to_end_on_the_pack(tmp_path):
+    folder = tmp_path / "in"
+    ids = sample_identities(2, torch.Generator().manual_seed(21))
+    for i in range(2):
+        export_scan(ids[i : i + 1], folder / f"s{i}", ScanExport(resolution=48, formats=(".ply",)))
+    (folder / "bad.fbx").write_bytes(b"Kaydara FBX Binary")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "engine", "batch", "--in", str(folder), "--out", str(out), "--style", "zombie",
+           "--steps", "2", "--inversion-steps", "3", "--mesh-resolution", "64", "--device", "cpu", "--i-have-consent",
+           "--cache", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert all("event" in e for e in events) and events[-1]["event"] == "done"
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["done"] == 2 and report["counts"]["failed"] == 1
+    fbx = [r for r in report["items"] if r["input"].endswith(".fbx")][0]
+    assert "Blender" in fbx["error"]
+    mesh, extras = read_gltf(out / "s0.glb")
+    assert mesh.num_faces > 500 and mesh.vertex_colors is not None
+    assert extras["head_stylizer"]["model_sha256"]["generator"]
+
+
+def test_views_folders_from_blender(tmp_path):
+    """A views folder (RGBA PNGs + cameras.json, as operators/scan_render.py writes) becomes an inversion
+    target with the recorded cameras; a folder Blender marked failed.json is a failed row naming the scan."""
+    from PIL import Image
+
+    from engine.batch import views_target
+    from engine.invert import scan_cameras
+    from engine.generator.loading import load_generator
+    from engine.scan_views import ScanViewConfig, render_scan_views
+
+    G = load_generator("tiny").generator
+    cams, names = scan_cameras(G, (0.0, 90.0), (0.0, 0.0))
+    views = render_scan_views(head_mesh(sample_identities(1, torch.Generator().manual_seed(2)), 24), cams, ScanViewConfig(resolution=32))
+    folder = tmp_path / "views" / "carol"
+    folder.mkdir(parents=True)
+    entries = []
+    for i, name in enumerate(names):
+        rgb = ((views["image"][i] + 1) / 2).permute(1, 2, 0).numpy()
+        alpha = views["mask"][i, 0].numpy()[..., None]
+        Image.fromarray((np.concatenate((rgb, alpha), -1) * 255).round().astype(np.uint8)).save(folder / f"{name}.png")
+        entries.append({"name": name, "file": f"{name}.png", "camera": cams[i].tolist()})
+    (folder / "cameras.json").write_text(json.dumps({"source": "carol.fbx", "source_sha256": "ab" * 32, "views": entries}))
+    target = views_target(folder, 32)
+    torch.testing.assert_close(target.cameras, cams)
+    torch.testing.assert_close(target.masks, views["mask"], atol=1 / 255, rtol=0)
+    assert target.names == names
+
+    broken = tmp_path / "views" / "dave"
+    broken.mkdir()
+    (broken / "failed.json").write_text(json.dumps({"source": "dave.fbx", "error": "RuntimeError: not an FBX file"}))
+    models = stub_models()
+    models.invert = lambda path, kind: Inverted(torch.zeros(1, 1, 1), None, {"kind": kind})
+    models.build_head = lambda ws: head_mesh(sample_identities(1, torch.Generator().manual_seed(2)), 16)
+    report = run_batch(collect_inputs(views_dir=tmp_path / "views"), tmp_path / "out", models, consent=True, on_event=quiet)
+    rows = {Path(i.input).name: i for i in report.items}
+    assert rows["carol"].status == "done" and rows["carol"].output == "carol.glb"
+    assert rows["dave"].status == "failed" and "dave.fbx" in rows["dave"].error and "not an FBX" in rows["dave"].error
+    prov = json.loads((tmp_path / "out" / "carol.json").read_text())["provenance"]
+    assert prov["source_sha256"] == "ab" * 32  # the hash Blender took of the original scan
+
+
+def test_output_names_stay_unique():
+    from engine.batch import output_stems
+
+    assert output_stems([Path("a.ply"), Path("a.obj"), Path("b.glb")]) == ["a_ply", "a_obj", "b"]
+
+
+def test_model_hashes_come_from_the_pack_manifest_or_the_files(tmp_path):
+    from engine.provenance import model_hashes, sha256_file
+
+    pack = tmp_path / "pack"
+    (pack / "generator").mkdir(parents=True)
+    (pack / "generator" / "generator.safetensors").write_bytes(b"weights")
+    manifest = {"files": {"generator/generator.safetensors": {"sha256": "f" * 64, "bytes": 7},
+                          "diffusion/unet/x.bin": {"sha256": "1" * 64, "bytes": 1}}}
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    own = tmp_path / "mine.safetensors"
+    own.write_bytes(b"my weights")
+    hashes = model_hashes({"generator": str(pack / "generator" / "generator.safetensors"), "stylized_generator": str(own),
+                           "diffusion": None, "preset": "tiny"}, pack)
+    assert hashes["generator"] == "f" * 64  # trusted from the (verified) manifest, not re-hashed
+    assert hashes["stylized_generator"] == sha256_file(own)
+    assert hashes["preset"] == "preset:tiny" and "diffusion" not in hashes

@@ -1,0 +1,141 @@
+"""Blender batch: the numpy normalisation/cameras of operators/scan_render.py equal the engine's; inside
+Blender (bpy module, background), scans are imported, normalised and rendered from the generator's
+cameras (silhouettes match the procedural world's own renders), and the Batch operator runs the engine
+out of process (a fake engine here), refusing to start without consent."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.generator.camera import CameraConfig, cameras_at
+from engine.scans import ScanNormalization, normalization_matrix
+from operators import scan_render
+from tests.blender.runner import HAVE_BPY, REPO_ROOT, run_bpy
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+FAKE_ENGINE = REPO_ROOT / "tests" / "batch_fake_engine"
+
+
+def test_blender_normalisation_equals_the_engines():
+    rng = np.random.default_rng(0)
+    blender_vertices = rng.normal(size=(200, 3)) * [120.0, 90.0, 230.0] + [5.0, -3.0, 200.0]  # z-up, mm
+    for units, yaw in (("auto", 0.0), ("cm", 25.0), ("fit", -40.0)):
+        ours = scan_render.normalization_matrix(blender_vertices, units, yaw)
+        engine, _, _ = normalization_matrix(blender_vertices, ScanNormalization(up_axis="z", units=units, yaw_degrees=yaw))
+        np.testing.assert_allclose(ours, engine, atol=1e-12)
+
+
+def test_view_plan_cameras_equal_the_generators():
+    plan = scan_render.view_plan()
+    yaw = torch.tensor([math.radians(v) for v in scan_render.DEFAULT_YAWS_DEG])
+    pitch = torch.tensor([math.radians(v) for v in scan_render.DEFAULT_PITCHES_DEG])
+    reference = cameras_at(yaw, pitch, CameraConfig(pivot=(0.0, 0.0, 0.0))).c.double()
+    np.testing.assert_allclose(np.array([v["camera"] for v in plan]), reference.numpy(), atol=1e-6)
+    from engine.invert import scan_cameras
+    from engine.generator.loading import load_generator
+
+    _, names = scan_cameras(load_generator("tiny").generator)
+    assert [v["name"] for v in plan] == list(names)
+
+
+def test_blender_camera_looks_at_the_head_upright():
+    c2w = scan_render.cam2world(0.0, 0.0, 2.7)
+    m = scan_render.blender_camera_matrix(c2w)
+    # front camera: on Blender's −y axis (the face looks at −y), looking along +y, camera up = Blender +z
+    np.testing.assert_allclose(m[:3, 3], [0.0, -2.7, 0.0], atol=1e-9)
+    np.testing.assert_allclose(-m[:3, 2], [0.0, 1.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(m[:3, 1], [0.0, 0.0, 1.0], atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def scan_folder(tmp_path_factory) -> Path:
+    from engine.world import ScanExport, export_scan, sample_identities
+
+    folder = tmp_path_factory.mktemp("scans")
+    ids = sample_identities(2, torch.Generator().manual_seed(4))
+    export_scan(ids[0:1], folder / "alice", ScanExport(resolution=40, formats=(".ply",)))
+    export_scan(ids[1:2], folder / "bob", ScanExport(resolution=40, formats=(".ply",)))
+    (folder / "broken.fbx").write_bytes(b"this is not an FBX file")
+    torch.save(ids, folder / "ids.pt")
+    return folder
+
+
+@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
+def test_blender_views_match_the_world_through_the_same_cameras(scan_folder, tmp_path):
+    r = run_bpy(f"""
+from pathlib import Path
+from bl_ext.hs_tests.head_stylizer.operators import scan_render
+path = scan_render.prepare_scan_views(Path({str(scan_folder / 'alice.ply')!r}), Path({str(tmp_path / 'views')!r}), resolution=64, samples=4)
+result(manifest=str(path), objects=len(bpy.data.objects), scenes=len(bpy.data.scenes))
+""")
+    data = json.loads(Path(r["manifest"]).read_text())
+    assert len(data["views"]) == 6 and data["source"] == "alice.ply" and len(data["source_sha256"]) == 64
+    assert r["objects"] == 0 or r["objects"] < 4  # the imported scan, camera and light are removed again
+    from engine.scans import read_image
+    from engine.world import render_heads
+
+    ids = torch.load(scan_folder / "ids.pt")
+    cams = torch.tensor([v["camera"] for v in data["views"]], dtype=torch.float32)
+    world = render_heads(ids[0:1].expand(6, -1), cams, 64)
+    for i, view in enumerate(data["views"]):
+        _, mask = read_image(tmp_path / "views" / view["file"], 64)
+        a, b = mask[0, 0] > 0.5, world["mask"][i, 0] > 0.5
+        assert float((a & b).sum() / (a | b).sum()) > 0.85, view["name"]
+
+
+@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
+def test_batch_operator_needs_consent_then_renders_and_runs_the_engine(scan_folder, tmp_path):
+    r = run_bpy(f"""
+import os
+p = prefs()
+p.python_path = sys.executable
+p.engine_root = {str(FAKE_ENGINE)!r}
+os.environ["FAKE_BATCH_ARGV_LOG"] = {str(tmp_path / 'argv.json')!r}
+s = bpy.context.scene.head_stylizer_batch
+s.input_dir = {str(scan_folder)!r}
+s.output_dir = {str(tmp_path / 'out')!r}
+s.view_resolution = 48
+s.consent = False
+try:
+    refused = str(bpy.ops.headstylizer.batch())
+except RuntimeError as exc:
+    refused = str(exc)
+started_without_consent = os.path.exists({str(tmp_path / 'out')!r})
+s.consent = True
+try:
+    outcome = str(bpy.ops.headstylizer.batch())
+except RuntimeError as exc:
+    outcome = "error: " + str(exc)
+result(refused=refused, started=started_without_consent, outcome=outcome, status=s.status, progress=s.progress)
+""", timeout=300)
+    assert "consent" in r["refused"] and not r["started"]
+    assert r["outcome"] == "{'FINISHED'}", r
+    assert r["progress"] == pytest.approx(1.0) and r["status"].startswith("done: 2 heads")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "views").iterdir()) == ["alice", "bob", "broken"]
+    failure = json.loads((out / "views" / "broken" / "failed.json").read_text())  # the engine reports it
+    assert failure["source"] == "broken.fbx" and failure["error"]
+    assert not (out / "views" / "broken" / "cameras.json").exists()
+    assert all(len(list((out / "views" / n).glob("*.png"))) == 6 for n in ("alice", "bob"))
+    assert sorted(p.name for p in out.glob("*.glb")) == ["alice.glb", "bob.glb"]
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[0] == "batch" and "--i-have-consent" in argv and argv[argv.index("--views") + 1] == str(out / "views")
+    assert not list(out.rglob("*.ply"))  # sources are never copied into the outputs
+
+
+@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
+def test_batch_classes_register_and_unregister_with_the_extension():
+    r = run_bpy("""
+import bpy
+state = lambda: [hasattr(bpy.types.Scene, 'head_stylizer_batch'), hasattr(bpy.types, 'HEADSTYLIZER_OT_batch'),
+                 hasattr(bpy.types, 'HEADSTYLIZER_PT_batch')]
+on = state(); disable(); off = state(); enable(); again = state()
+result(on=on, off=off, again=again)
+""")
+    assert r["on"] == r["again"] == [True, True, True] and r["off"] == [False, False, False]
