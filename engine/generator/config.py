@@ -141,7 +141,7 @@ def _small(name: str, **rendering_changes: Any) -> GeneratorConfig:
 PRESETS: dict[str, GeneratorConfig] = {
     # Matches the published PanoHead G_ema.
     "panohead": GeneratorConfig(),
-    # The embedded pack's generator: same structure, ~1/30 of the compute.
+    # PanoHead's structure at ~1/30 of the compute (the embedded pack's generator is its 32-d-latent variant).
     "small": _small("small"),
     # The embedded pack's trained generator: ``small`` with z_dim = 32, one latent entry per identity entry of
     # the procedural world (engine.world.latent), so no latent dimension is a nuisance the mapping must ignore.
