@@ -238,6 +238,17 @@ def test_empty_ray_depth_goes_to_far_end_and_marcher_gradcheck():
         MipRayMarcher()(colors, densities, depths, clamp_mode="relu")
 
 
+def test_depth_gradient_is_finite_when_a_ray_is_empty():
+    """A depth loss over a batch with one empty ray (float32 opacity exactly 0) must not poison the gradient."""
+    depths = torch.linspace(2.0, 3.0, 6).reshape(1, 1, 6, 1).expand(1, 2, 6, 1)
+    raw = torch.tensor([[-1e3] * 6, [5.0] * 6]).reshape(1, 2, 6, 1).requires_grad_(True)
+    out = MipRayMarcher()(torch.zeros(1, 2, 6, 3), raw, depths)
+    assert out.weights[0, 0].sum().item() == 0.0 and out.depth[0, 0].item() == 3.0
+    out.depth.sum().backward()
+    assert torch.isfinite(raw.grad).all() and raw.grad[0, 0].abs().sum().item() == 0.0
+    assert raw.grad[0, 1].abs().sum().item() > 0.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Sample placement
 # --------------------------------------------------------------------------------------------------

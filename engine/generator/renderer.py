@@ -194,7 +194,8 @@ class MipRayMarcher(torch.nn.Module):
         densities_mid = F.softplus((densities[..., 1:, :] + densities[..., :-1, :]) / 2 - 1)
         depths_mid = (depths[..., 1:, :] + depths[..., :-1, :]) / 2
 
-        alpha = 1 - torch.exp(-densities_mid * deltas)
+        # expm1 keeps tiny opacities exact (1 - exp(-x) rounds to 0 for x below ~6e-8 in float32).
+        alpha = -torch.expm1(-densities_mid * deltas)
         # Transmittance before each interval; the 1e-10 keeps the product (and its gradient) off zero.
         survive = torch.cat((torch.ones_like(alpha[..., :1, :]), 1 - alpha + 1e-10), dim=-2)
         transmittance = torch.cumprod(survive, dim=-2)[..., :-1, :]
@@ -202,9 +203,11 @@ class MipRayMarcher(torch.nn.Module):
 
         rgb = (weights * colors_mid).sum(dim=-2)
         opacity = weights.sum(dim=-2)
-        depth = (weights * depths_mid).sum(dim=-2) / opacity
-        # Empty rays divide 0 by 0; PanoHead sends them to the far end of the (global) sampled range.
-        depth = torch.nan_to_num(depth, nan=float("inf"))
+        # Empty rays would divide 0 by 0; PanoHead sends them to the far end of the (global) sampled range.
+        # The safe denominator keeps their gradient 0 instead of NaN (0/0 in the backward pass).
+        hit = opacity > 0
+        depth = (weights * depths_mid).sum(dim=-2) / torch.where(hit, opacity, torch.ones_like(opacity))
+        depth = torch.where(hit, depth, torch.full_like(depth, float("inf")))
         depth = torch.clamp(depth, depths.min(), depths.max())
         if white_back:
             rgb = rgb + 1 - opacity
