@@ -335,20 +335,8 @@ def build_tiny_diffusion_folder(
             raise ConfigError(f"{dest} exists and is not a folder")
         if any(dest.iterdir()) and not overwrite:
             raise ConfigError(f"{dest} already exists and is not empty (pass overwrite=True to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        _write_folder(staging, seed, kinds, spec)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return TinyDiffusionFolder(
-        sd_folder=dest, controlnets={kind: dest / f"controlnet_{kind}" for kind in kinds}, spec=spec
-    )
+    _publish_folder(dest, lambda staging: _write_folder(staging, seed, kinds, spec))
+    return _folder_result(dest, kinds, spec)
 
 
 def write_diffusion_folder(
@@ -376,14 +364,11 @@ def write_diffusion_folder(
     if (vae is None) != spec.pixel_space:
         raise ConfigError("a VAE is required unless spec.pixel_space (and not allowed with it)")
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the folder is meant to be shipped
 
     def save(module, folder: Path, **kwargs) -> None:
         copy.deepcopy(module).to("cpu", weights_dtype).save_pretrained(folder, **kwargs)
 
-    try:
+    def fill(staging: Path) -> None:
         with quiet_progress_bars():
             write_tiny_tokenizer(staging / "tokenizer", spec.max_tokens, spec.vocabulary_words)
             save(unet, staging / "unet", safe_serialization=True)
@@ -394,12 +379,26 @@ def write_diffusion_folder(
                 save(net, staging / f"controlnet_{kind}", safe_serialization=True)
             build_scheduler().save_pretrained(staging / "scheduler")
             write_json(staging / "model_index.json", _model_index(spec))
+
+    _publish_folder(dest, fill)
+    return _folder_result(dest, tuple(controlnets), spec)
+
+
+def _publish_folder(dest: Path, fill) -> None:
+    """Build a folder beside ``dest`` with ``fill(staging)``, then swap it into place: readers never see a
+    half-written model folder, and a failed build leaves the old one (or nothing) behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; model folders are meant to be shared and shipped
+    try:
+        fill(staging)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return TinyDiffusionFolder(
-        sd_folder=dest, controlnets={kind: dest / f"controlnet_{kind}" for kind in controlnets}, spec=spec
-    )
+
+
+def _folder_result(dest: Path, kinds: tuple[str, ...], spec: TinyDiffusionSpec) -> TinyDiffusionFolder:
+    return TinyDiffusionFolder(sd_folder=dest, controlnets={kind: dest / f"controlnet_{kind}" for kind in kinds}, spec=spec)
