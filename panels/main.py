@@ -27,12 +27,17 @@ def draw_progress(layout, settings) -> None:
         row.prop(settings, "progress", text="Progress", slider=True)
 
 
-class HEADSTYLIZER_PT_main(bpy.types.Panel):
-    bl_idname = "HEADSTYLIZER_PT_main"
-    bl_label = "Head Stylizer"
+class _SidebarPanel:
+    """Where every Head Stylizer panel lives: 3D Viewport › Sidebar › Head Stylizer."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "Head Stylizer"
+
+
+class HEADSTYLIZER_PT_main(_SidebarPanel, bpy.types.Panel):
+    bl_idname = "HEADSTYLIZER_PT_main"
+    bl_label = "Head Stylizer"
 
     def draw(self, context):
         s = _settings(context)
@@ -67,11 +72,8 @@ class HEADSTYLIZER_PT_main(bpy.types.Panel):
             box.label(text=s.status, icon="INFO")
 
 
-class HEADSTYLIZER_PT_options(bpy.types.Panel):
+class HEADSTYLIZER_PT_options(_SidebarPanel, bpy.types.Panel):
     bl_label = "Options"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Head Stylizer"
     bl_parent_id = "HEADSTYLIZER_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
@@ -92,11 +94,8 @@ class HEADSTYLIZER_PT_options(bpy.types.Panel):
             layout.prop(s, "turntable_frames")
 
 
-class HEADSTYLIZER_PT_result(bpy.types.Panel):
+class HEADSTYLIZER_PT_result(_SidebarPanel, bpy.types.Panel):
     bl_label = "Result"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Head Stylizer"
     bl_parent_id = "HEADSTYLIZER_PT_main"
 
     def draw(self, context):
@@ -131,11 +130,8 @@ def _batch_draw_function():
     return getattr(batch, "draw_batch_panel", None)
 
 
-class HEADSTYLIZER_PT_batch(bpy.types.Panel):
+class HEADSTYLIZER_PT_batch(_SidebarPanel, bpy.types.Panel):
     bl_label = "Batch"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Head Stylizer"
     bl_parent_id = "HEADSTYLIZER_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
