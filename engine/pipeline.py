@@ -398,7 +398,7 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     if job.turntable_frames:
         orbit = orbit_cameras(job.turntable_frames, settings.view_pitch, camera_config_for(styled, settings.camera_pivot))
         frames = render_images(styled, ws, orbit.c, settings.background, settings.chunk)
-        turntable = [save_png(to_uint8(f), out / "turntable" / f"frame_{i:03d}.png") for i, f in enumerate(frames)]
+        turntable = [save_png(to_uint8(f), out / "views" / "turntable" / f"frame_{i:03d}.png") for i, f in enumerate(frames)]
 
     on_event("stage", stage="mesh", message=f"marching cubes at {job.mesh_resolution}³")
     mesh_timings: dict[str, float] = {}

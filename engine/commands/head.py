@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack", help="embedded model pack folder (default: the one shipped with the engine)")
     p.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid size N (N³ samples)")
     p.add_argument("--iso-level", type=float, default=10.0, help="density of the mesh surface (PanoHead: 10)")
-    p.add_argument("--turntable", type=int, default=0, help="also render N turntable frames (turntable/frame_###.png)")
+    p.add_argument("--turntable", type=int, default=0, help="also render N neural turntable frames (views/turntable/frame_###.png)")
     p.add_argument("--no-evaluate", action="store_true", help="skip identity/style scoring")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp16", "bf16", "fp32"), default="auto")
