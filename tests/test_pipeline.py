@@ -46,7 +46,7 @@ class Recorder:
 
 
 def test_run_head_writes_every_output_and_reuses_the_stylized_generator(tmp_path, tiny_diffusion):
-    job = tiny_job(tmp_path, tiny_diffusion)
+    job = tiny_job(tmp_path, tiny_diffusion, turntable_frames=2)
     rec = Recorder()
     result = run_head(job, on_event=rec)
     out = Path(job.out_dir)
@@ -59,6 +59,8 @@ def test_run_head_writes_every_output_and_reuses_the_stylized_generator(tmp_path
         assert set(summary[side]) == {"front", "yaw+45", "yaw-45", "yaw+90", "yaw-90", "back"}
         assert all((out / p).is_file() for p in summary[side].values())
     assert (out / summary["latent_npz"]).is_file() and summary["stylize_reused"] is False
+    assert summary["turntable"] == ["views/turntable/frame_000.png", "views/turntable/frame_001.png"]
+    assert all((out / p).is_file() for p in summary["turntable"])
     progress = [f for e, f in rec.events if e == "progress"]
     assert [p["step"] for p in progress] == [1, 2] and progress[-1]["fraction"] == 1.0
     assert all(p["stage"] == "stylize" for p in progress)
