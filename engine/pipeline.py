@@ -150,9 +150,10 @@ def resolve_models(job: HeadJob) -> ModelSources:
     """Fill unset model paths from the embedded pack (checked against its manifest) and check given ones exist."""
     needs_pack = job.generator is None or job.diffusion is None
     pack = require_pack(job.pack) if needs_pack else None
-    for what, value in (("generator", job.generator), ("diffusion folder", job.diffusion),
-                        ("depth ControlNet folder", job.depth_controlnet), ("edge ControlNet folder", job.edge_controlnet)):
-        if value is not None and not Path(value).exists() and what != "generator":
+    # The generator may be a preset name; load_generator reports a bad one. Folders must exist.
+    for what, value in (("diffusion folder", job.diffusion), ("depth ControlNet folder", job.depth_controlnet),
+                        ("edge ControlNet folder", job.edge_controlnet)):
+        if value is not None and not Path(value).exists():
             raise ConfigError(f"{value}: {what} does not exist")
     diffusion = job.diffusion or str(pack.diffusion)
     depth = job.depth_controlnet or (str(pack.controlnet_depth) if job.diffusion is None else None)
@@ -188,8 +189,7 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
     embedded = sources.pack is not None and Path(sources.generator) == sources.pack.generator
     steps = job.steps or (EMBEDDED_DEFAULT_STEPS if embedded else FULL_DEFAULT_STEPS)
     lr = job.lr or (EMBEDDED_DEFAULT_LR if embedded else FULL_DEFAULT_LR)
-    distill = dataclasses.replace(
-        DistillConfig(),
+    distill = DistillConfig(
         method=job.method,
         use_mirror=job.mirror,
         use_grid=job.grid,
