@@ -39,6 +39,7 @@ from engine.evaluate import evaluate_renders  # noqa: E402
 from engine.generator.camera import cameras_at  # noqa: E402
 from engine.generator.loading import load_generator  # noqa: E402
 from engine.inference import camera_config_for, render_images, seed_latent  # noqa: E402
+from engine.style_presets import STYLE_PRESETS  # noqa: E402
 from engine.pipeline import HeadJob, embedded_backends, resolve_models, resolve_prompt, stylized_generator, view_settings  # noqa: E402
 
 YAWS_DEGREES = (0.0, 45.0, -45.0, 90.0)
@@ -63,6 +64,14 @@ VARIANTS = {
         Variant("LD − rank", rank=False),
     )
 }
+
+
+def preset_for(style: str) -> str:
+    """The style preset whose embedded style is the world style ``style`` (e.g. cartoon → pixar)."""
+    for name, preset in STYLE_PRESETS.items():
+        if preset.embedded_style == style:
+            return name
+    raise SystemExit(f"no style preset uses the embedded style {style!r}")
 
 
 def quiet(event: str, **fields) -> None:
@@ -90,11 +99,18 @@ def main() -> None:
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     variants = [VARIANTS[name.strip()] for name in args.variants.split(",")]
 
-    rows, raw = [], {}
+    # Results of earlier runs on the same latents are kept, so styles can be added one run at a time.
+    previous = out / "quality.json"
+    raw = {}
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("latents") == args.latents:
+            raw = old["results"]
+    rows = []
     base_renders = None
     for style in styles:
         for variant in variants:
-            job = HeadJob(out_dir=str(out), style_preset=style, method=variant.method, mirror=variant.mirror,
+            job = HeadJob(out_dir=str(out), style_preset=preset_for(style), method=variant.method, mirror=variant.mirror,
                           grid=variant.grid, rank=variant.rank, steps=args.steps, device="cpu",
                           cache_dir=str(out / "cache")).validate()
             sources = resolve_models(job)
@@ -120,7 +136,9 @@ def main() -> None:
             rows.append((style, variant.name, report))
             write_json(out / "quality.json", {"latents": args.latents, "yaws_degrees": YAWS_DEGREES, "results": raw})
 
-    print(markdown_table(rows))
+    done = {f"{style}/{name}" for style, name, _ in rows}
+    rows += [(*key.split("/", 1), value["scores"]) for key, value in raw.items() if key not in done]
+    print(markdown_table(sorted(rows, key=lambda r: (r[0], list(VARIANTS).index(r[1])))))
 
 
 def _get(report: dict, *keys: str) -> float:
