@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gradients import check_same_shape
+from .shapes import check_same_shape
 
 
 class _InjectGradient(torch.autograd.Function):

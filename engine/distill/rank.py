@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .gradients import check_ndim, check_same_shape
+from .shapes import check_ndim, check_same_shape
 
 STD_EPS = 1e-5  # added to each standard deviation, as in the official instance_norm
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, InputError
-from .gradients import broadcast_per_sample, check_same_shape
+from .shapes import broadcast_per_sample, check_same_shape
 
 LDIS_MODES = ("official", "per_sample")
 LDIS_EPS = 1e-8  # added to the frozen distance, as in the official code
