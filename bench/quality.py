@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.atomic import write_json  # noqa: E402
+from engine.io.atomic import write_json  # noqa: E402
 from engine.evaluate import evaluate_renders  # noqa: E402
 from engine.generator.camera import cameras_at  # noqa: E402
 from engine.generator.loading import load_generator  # noqa: E402

@@ -35,9 +35,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .atomic import write_json, write_text
+from .io.atomic import write_json, write_text
 from .errors import ConfigError, EngineError, InputError
-from .events import emit, log
+from .io.events import emit, log
 from .gltf import write_glb
 from .mesh import Mesh
 from .provenance import Provenance, settings_fingerprint, sha256_file

@@ -5,7 +5,7 @@ beside it is human-readable and carries what is needed to rebuild the module (th
 format version, the engine version, and user metadata such as the style prompt and training step.
 
 The JSON also records the SHA-256 and size of the safetensors file. Each file is written atomically
-(``engine.atomic``), tensors first and JSON last, so an interrupted save can leave at worst an old JSON next
+(``engine.io.atomic``), tensors first and JSON last, so an interrupted save can leave at worst an old JSON next
 to new tensors: the hash then disagrees and loading fails loudly instead of mixing two checkpoints.
 
 Also here: :func:`load_state_into`, which copies a state dict into a module by name and explains a
@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 
 from . import __version__ as ENGINE_VERSION
-from .atomic import write_bytes, write_json
+from .io.atomic import write_bytes, write_json
 from .errors import CheckpointError, ConfigError
 from .generator.config import GeneratorConfig
 

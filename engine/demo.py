@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import write_json, write_with
-from .configs import JsonConfig
+from .io.atomic import write_json, write_with
+from .io.configs import JsonConfig
 from .errors import ConfigError
-from .events import emit
+from .io.events import emit
 from .generator.camera import orbit_cameras
 from .generator.loading import load_generator, resolve_device
-from .images import image_grid, save_png, to_uint8
+from .io.images import image_grid, save_png, to_uint8
 from .inference import camera_config_for, render_images, seed_latent
 from .mesh import write_mesh
 from .pack import load_manifest

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_bytes
+from .io.atomic import write_bytes
 from .errors import InputError
 from .mesh import Mesh, vertex_normals
 

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import write_json, write_with
+from .io.atomic import write_json, write_with
 from .errors import ConfigError, InputError
-from .events import emit
+from .io.events import emit
 from .generator.camera import CameraConfig, cameras_at, named_views, orbit_cameras
 from .generator.triplane import RenderOptions, TriPlaneGenerator
-from .images import image_grid, save_png, to_uint8
+from .io.images import image_grid, save_png, to_uint8
 from .mesh import Mesh, MeshConfig, extract_mesh
 
 BACKGROUNDS = ("none", "white", "model")

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .atomic import write_with
-from .configs import JsonConfig
+from .io.atomic import write_with
+from .io.configs import JsonConfig
 from .errors import ConfigError, InputError
 from .generator.camera import CameraConfig, cameras_at
 from .generator.triplane import RenderOptions, TriPlaneGenerator

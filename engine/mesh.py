@@ -31,7 +31,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import torch
 
-from .atomic import write_with
+from .io.atomic import write_with
 from .errors import ConfigError, EngineError, InputError
 
 PointFn = Callable[[torch.Tensor], torch.Tensor]

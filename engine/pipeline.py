@@ -14,7 +14,7 @@ models (empty = the embedded pack). :func:`run_head`
    backends when they are available;
 4. writes ``head.json``, ``head.npz``/``head.ply`` and the view PNGs into ``out_dir`` (atomically).
 
-Progress goes through ``on_event`` as JSON-line events (see the module :mod:`engine.events`): ``stage``
+Progress goes through ``on_event`` as JSON-line events (see the module :mod:`engine.io.events`): ``stage``
 (``load``, ``stylize``, ``render``, ``mesh``, ``evaluate``), ``progress`` (with ``stage``, ``step``,
 ``total``, ``fraction``), and finally ``done`` (``result`` = path of head.json) or ``cancelled``.
 """
@@ -33,15 +33,15 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from .atomic import write_json, write_with
-from .configs import JsonConfig
+from .io.atomic import write_json, write_with
+from .io.configs import JsonConfig
 from .distill import DistillConfig
 from .errors import ConfigError
-from .events import emit, log
+from .io.events import emit, log
 from .generator.camera import named_views, orbit_cameras
 from .generator.loading import load_generator, resolve_device
 from .generator.triplane import TriPlaneGenerator
-from .images import image_grid, save_png, to_uint8
+from .io.images import image_grid, save_png, to_uint8
 from .inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
 from .mesh import Mesh, MeshConfig, write_npz, write_ply
 from .pack import PackPaths, require_pack, sha256_file

@@ -4,7 +4,7 @@
 frozen, as the paper) against a frozen copy, one :func:`engine.stylize_step.compute_step_gradients` + Adam
 step at a time, and takes care of everything around it:
 
-* **Events** (JSON lines through ``on_event``, :func:`engine.events.emit` by default): ``started``,
+* **Events** (JSON lines through ``on_event``, :func:`engine.io.events.emit` by default): ``started``,
   ``progress`` after every step (``step``, ``total``, ``loss``, ``losses``, ``stages``, ``preview``: the
   path of a before/after PNG of a fixed head's front view written every ``preview_every`` steps, else
   null), ``checkpoint``, and finally ``cancelled`` or ``done``. ``loss`` is the sum of the regularisers
@@ -33,10 +33,10 @@ from typing import Callable
 import torch
 
 from .errors import CheckpointError, ConfigError
-from .events import emit, log
+from .io.events import emit, log
 from .generator.camera import cameras_at
 from .generator.loading import load_generator, resolve_device
-from .images import image_grid, save_png, to_uint8
+from .io.images import image_grid, save_png, to_uint8
 from .inference import camera_config_for, render_images
 from .stylize_cancel import CancelToken
 from .stylize_config import StylizeConfig

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .configs import JsonConfig
+from .io.configs import JsonConfig
 from .distill import DistillConfig
 from .errors import ConfigError
 

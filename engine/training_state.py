@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import safetensors.torch
 import torch
 
-from .atomic import write_bytes, write_json, write_text
+from .io.atomic import write_bytes, write_json, write_text
 from .checkpoint import read_json_object, save_checkpoint
 from .errors import CheckpointError, ConfigError
 from .stylize_config import StylizeConfig

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
-from ..events import emit
+from ..io.events import emit
 from ..stylize_cancel import CancelToken
 
 

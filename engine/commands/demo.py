@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..demo import DemoConfig, run_demo
-from ..events import log
+from ..io.events import log
 from ..pipeline import METHODS
 from ..style_presets import STYLE_PRESETS
 from ..stylize_cancel import CancelToken

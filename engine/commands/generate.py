@@ -6,12 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from ..atomic import write_json
+from ..io.atomic import write_json
 from ..errors import EngineError
-from ..events import emit, log
+from ..io.events import emit, log
 from ..generator.camera import named_views
 from ..generator.loading import load_generator
-from ..images import image_grid, save_png, to_uint8
+from ..io.images import image_grid, save_png, to_uint8
 from ..inference import ViewSettings, camera_config_for, head_mesh, render_images, seed_latent
 from ..mesh import MeshConfig, write_mesh
 

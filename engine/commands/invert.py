@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic import write_json
-from ..events import emit, log
+from ..io.atomic import write_json
+from ..io.events import emit, log
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -55,7 +55,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..events import emit
+    from ..io.events import emit
     from ..generator.loading import load_generator
     from ..inference import (
         Subject,

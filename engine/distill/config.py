@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..configs import JsonConfig
+from ..io.configs import JsonConfig
 from ..errors import ConfigError
 
 METHODS = ("ld", "sds")

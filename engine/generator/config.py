@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from ..configs import JsonConfig
+from ..io.configs import JsonConfig
 from ..errors import ConfigError
 
 # Channels per tri-grid plane slice. Fixed in PanoHead (the decoder reads 32 features).

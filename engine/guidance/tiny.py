@@ -21,7 +21,7 @@ from typing import Iterable
 
 import torch
 
-from ..atomic import write_json, write_text
+from ..io.atomic import write_json, write_text
 from ..errors import ConfigError
 from .models import CONTROL_KINDS, quiet_progress_bars
 

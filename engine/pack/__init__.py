@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_json
+from ..io.atomic import write_json
 from ..checkpoint import read_json_object
 from ..errors import CheckpointError
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..configs import JsonConfig
+from ..io.configs import JsonConfig
 from ..errors import ConfigError
 from ..generator.camera import CameraConfig, cameras_at
 from ..world import STYLES, render_heads, sample_identities

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..configs import JsonConfig
+from ..io.configs import JsonConfig
 from ..errors import ConfigError
 from .preprocess import prepare_images
 

@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 
 from .. import __version__ as ENGINE_VERSION
-from ..atomic import write_bytes, write_json
+from ..io.atomic import write_bytes, write_json
 from ..checkpoint import checkpoint_files, load_state_into, read_json_object
 from ..errors import CheckpointError, ConfigError
 from .networks import IdentityEncoder, IdentityEncoderConfig, StyleClassifier, StyleClassifierConfig

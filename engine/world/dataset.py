@@ -149,7 +149,7 @@ class WorldSamples:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the samples (a torch file of plain tensors), atomically."""
-        from ..atomic import write_with
+        from ..io.atomic import write_with
 
         data = self.to_dict()
         data["edge"] = data["edge"].to(torch.uint8)  # binary: a quarter of the space

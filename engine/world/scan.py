@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..atomic import write_json
+from ..io.atomic import write_json
 from ..errors import ConfigError
 from ..mesh import Mesh, MeshConfig, extract_mesh, write_mesh
 from .identity import check_identity, to_physical

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from engine.atomic import write_json, write_text
+from engine.io.atomic import write_json, write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -62,7 +62,7 @@ from diffusion_training import (  # noqa: E402
     vae_loss,
 )
 
-from engine.atomic import write_json, write_text, write_with  # noqa: E402
+from engine.io.atomic import write_json, write_text, write_with  # noqa: E402
 from engine.guidance.tiny import build_controlnet, build_unet, build_vae, write_diffusion_folder  # noqa: E402
 from engine.world.dataset import WorldDataConfig, WorldSamples, render_world_samples, tile_grids  # noqa: E402
 from engine.world.styles import STYLES  # noqa: E402

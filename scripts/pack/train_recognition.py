@@ -49,8 +49,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.atomic import write_json, write_text  # noqa: E402
-from engine.events import log  # noqa: E402
+from engine.io.atomic import write_json, write_text  # noqa: E402
+from engine.io.events import log  # noqa: E402
 from engine.recognition import (  # noqa: E402
     AugmentConfig,
     IdentityEncoder,

@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 C = TypeVar("C", bound="JsonConfig")
 
