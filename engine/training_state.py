@@ -3,7 +3,7 @@
 One checkpoint is a folder ``<out>/checkpoints/step_NNNNNN/`` holding
 
 * ``generator.safetensors`` + ``generator.json``: the trainable generator in our checkpoint format
-  (:func:`engine.checkpoint.save_checkpoint`); its JSON ``extra`` carries the full StylizeConfig, the prompt,
+  (:func:`engine.generator.checkpoint.save_checkpoint`); its JSON ``extra`` carries the full StylizeConfig, the prompt,
   the step and the method, so the file alone is a usable stylized generator;
 * ``optimizer.safetensors``: Adam's moments and step count per parameter *name* (so the order of
   ``parameters()`` cannot scramble them);
@@ -27,9 +27,10 @@ from typing import Any, Mapping
 import safetensors.torch
 import torch
 
-from .io.atomic import write_bytes, write_json, write_text
-from .checkpoint import read_json_object, save_checkpoint
 from .errors import CheckpointError, ConfigError
+from .generator.checkpoint import save_checkpoint
+from .io.atomic import write_bytes, write_json, write_text
+from .io.checkpoint import read_json_object
 from .stylize_config import StylizeConfig
 
 STATE_FORMAT = "head-stylizer-training"

@@ -23,18 +23,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import (
-    FORMAT_VERSION,
-    checkpoint_files,
-    load_checkpoint,
-    load_manifest,
-    load_state_into,
-    manifest_mismatches,
-    save_checkpoint,
-    state_shapes,
-)
 from engine.errors import CheckpointError
+from engine.generator.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from engine.generator.config import get_preset
+from engine.io.checkpoint import checkpoint_files, load_manifest, load_state_into, manifest_mismatches, state_shapes
 from engine.safe_pickle import (
     AttrDict,
     PersistentStub,
@@ -788,7 +780,7 @@ def test_identical_weights_give_identical_bytes(tmp_path):
     """Pack manifests hash checkpoint files, so saving the same weights twice must give the same bytes."""
     import torch
 
-    from engine.checkpoint import save_checkpoint
+    from engine.generator.checkpoint import save_checkpoint
     from engine.generator.config import get_preset
 
     state = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.float16)}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.checkpoint import manifest_mismatches, state_shapes
+from engine.io.checkpoint import manifest_mismatches, state_shapes
 from engine.errors import CheckpointError, ConfigError
 from engine.generator.camera import cameras_at, mirror_camera
 from engine.generator.config import PLANE_FEATURES, get_preset

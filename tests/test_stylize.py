@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
+from engine.generator.checkpoint import load_checkpoint
 from engine.cli import main as cli_main
 from engine.distill import DistillConfig
 from engine.errors import CheckpointError, ConfigError

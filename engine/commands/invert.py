@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..batch import item_kind, views_target
-    from ..checkpoint import save_checkpoint
+    from ..generator.checkpoint import save_checkpoint
     from ..generator.loading import load_generator
     from ..invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_target
     from ..scans import ScanNormalization, load_scan, read_image

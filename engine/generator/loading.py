@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from ..errors import CheckpointError, ConfigError
+from ..io.checkpoint import load_state_into
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, GeneratorConfig, get_preset
 from .triplane import TriPlaneGenerator
 

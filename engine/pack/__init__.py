@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import write_json
-from ..checkpoint import read_json_object
+from ..io.checkpoint import read_json_object
 from ..errors import CheckpointError
 
 PACK_NAME = "head-stylizer-embedded"

@@ -1,6 +1,6 @@
 """Save and load recognition networks as ``<name>.safetensors`` + ``<name>.json``.
 
-Same two-file idea as the generator checkpoints (:mod:`engine.checkpoint`): tensors without pickle, and a
+Same two-file idea as the generator checkpoints (:mod:`engine.generator.checkpoint`): tensors without pickle, and a
 readable JSON with the network kind, its config, the SHA-256 of the tensors and free-form training facts.
 Weights are stored in float16 (halves the pack size; the networks are evaluated in float32 after loading,
 and BatchNorm running statistics stay float32 because their variances can underflow fp16's precision).
@@ -18,7 +18,7 @@ import torch
 
 from .. import __version__ as ENGINE_VERSION
 from ..io.atomic import write_bytes, write_json
-from ..checkpoint import checkpoint_files, load_state_into, read_json_object
+from ..io.checkpoint import checkpoint_files, load_state_into, read_json_object
 from ..errors import CheckpointError, ConfigError
 from .networks import IdentityEncoder, IdentityEncoderConfig, StyleClassifier, StyleClassifierConfig
 
