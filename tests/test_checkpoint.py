@@ -27,7 +27,7 @@ from engine.errors import CheckpointError
 from engine.generator.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from engine.generator.config import get_preset
 from engine.io.checkpoint import checkpoint_files, load_manifest, load_state_into, manifest_mismatches, state_shapes
-from engine.safe_pickle import (
+from engine.generator.safe_pickle import (
     AttrDict,
     PersistentStub,
     load_network_pickle,

@@ -60,7 +60,7 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu", init_
             )
         suffix = path.suffix.lower()
         if suffix == ".pkl":
-            from ..safe_pickle import load_panohead_pkl, panohead_config_from_init_kwargs
+            from .safe_pickle import load_panohead_pkl, panohead_config_from_init_kwargs
 
             init_kwargs, state = load_panohead_pkl(path)
             config = panohead_config_from_init_kwargs(init_kwargs, source=str(path))

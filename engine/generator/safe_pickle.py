@@ -39,8 +39,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .errors import CheckpointError, ConfigError
-from .generator.config import GeneratorConfig, RenderingConfig
+from ..errors import CheckpointError, ConfigError
+from .config import GeneratorConfig, RenderingConfig
 
 __all__ = [
     "AttrDict",
