@@ -377,7 +377,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     (cached by :func:`engine.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
     from .generator.loading import load_generator
     from .invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
-    from .inference import load_w_plus
+    from .generator.inference import load_w_plus
     from .pack import pack_paths
     from .pipeline import HeadJob, extract_head, resolve_models, resolve_prompt, stylized_generator
     from .provenance import model_hashes

@@ -33,7 +33,7 @@ from .io.events import emit
 from .generator.camera import orbit_cameras
 from .generator.loading import load_generator, resolve_device
 from .io.images import image_grid, save_png, to_uint8
-from .inference import camera_config_for, render_images, seed_latent
+from .generator.inference import camera_config_for, render_images, seed_latent
 from .mesh import write_mesh
 from .pack import load_manifest
 from .pipeline import HeadJob, embedded_backends, extract_head, render_views, resolve_models, resolve_prompt, stylized_generator, view_settings

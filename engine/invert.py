@@ -247,7 +247,7 @@ def _pick_start(G: TriPlaneGenerator, objective: _Objective, config: InversionCo
     candidates, labels = [w_avg], ["mean"]
     if config.start_candidates:
         device = w_avg.device
-        from .inference import ViewSettings, map_latents
+        from .generator.inference import ViewSettings, map_latents
 
         settings = ViewSettings()  # the conditioning camera and truncation every other command maps seeds with
         z = torch.randn(config.start_candidates, G.z_dim, generator=torch.Generator().manual_seed(config.start_seed))
@@ -362,7 +362,7 @@ def image_target(G: TriPlaneGenerator, image: Tensor, mask: Tensor, yaw_deg: flo
 
 
 def save_inversion(result: InversionResult, path: str | Path, extra: dict | None = None) -> Path:
-    """``.npz`` with ``w`` (what :func:`engine.inference.load_w_plus` reads), the same array as ``w_plus``,
+    """``.npz`` with ``w`` (what :func:`engine.generator.inference.load_w_plus` reads), the same array as ``w_plus``,
     and the per-view errors/IoU as ``view_names``/``view_errors``/``view_mask_iou`` arrays."""
     names = list(result.view_errors)
     arrays = {

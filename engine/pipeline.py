@@ -42,7 +42,7 @@ from .generator.camera import named_views, orbit_cameras
 from .generator.loading import load_generator, resolve_device
 from .generator.triplane import TriPlaneGenerator
 from .io.images import image_grid, save_png, to_uint8
-from .inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
+from .generator.inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
 from .mesh import Mesh, MeshConfig, write_npz, write_ply
 from .pack import PackPaths, require_pack, sha256_file
 from .stylize import stylize

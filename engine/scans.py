@@ -8,7 +8,7 @@ Supported inputs (by suffix; anything else is reported as unsupported, never gue
   format with no open reader: it is refused with a message pointing at the Blender batch operator, which
   imports it with Blender's own importer.
 * Portraits: ``.png``/``.jpg``/``.jpeg``. The pose comes from the user (default: frontal).
-* Latents: ``.npz`` holding ``w`` (what :func:`engine.inference.load_w_plus` reads).
+* Latents: ``.npz`` holding ``w`` (what :func:`engine.generator.inference.load_w_plus` reads).
 
 Normalisation convention (:func:`normalize_scan`) — what "the generator's frame" means for a scan:
 

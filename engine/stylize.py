@@ -37,7 +37,7 @@ from .io.events import emit, log
 from .generator.camera import cameras_at
 from .generator.loading import load_generator, resolve_device
 from .io.images import image_grid, save_png, to_uint8
-from .inference import camera_config_for, render_images
+from .generator.inference import camera_config_for, render_images
 from .stylize_cancel import CancelToken
 from .stylize_config import StylizeConfig
 from .stylize_step import (

@@ -52,7 +52,7 @@ from .errors import ConfigError
 from .generator.camera import CameraConfig, mirror_camera, sample_cameras
 from .generator.triplane import RenderOptions, TriPlaneGenerator
 from .guidance.control import canny_edges, depth_control
-from .inference import clamp_cutoff
+from .generator.inference import clamp_cutoff
 from .stylize_config import StylizeConfig
 
 GRID_VIEWS = 4

@@ -15,7 +15,7 @@ from engine.commands.render import parse_seeds
 from engine.errors import ConfigError, InputError
 from engine.generator.camera import NAMED_VIEW_YAWS_DEG, cameras_at
 from engine.generator.loading import load_generator, save_generator
-from engine.inference import (
+from engine.generator.inference import (
     Subject,
     ViewSettings,
     camera_config_for,

@@ -13,7 +13,7 @@ import torch
 from engine.errors import ConfigError, InputError
 from engine.generator.loading import load_generator
 from engine.generator.triplane import RenderOptions
-from engine.inference import load_w_plus
+from engine.generator.inference import load_w_plus
 from engine.invert import (
     InversionConfig,
     InversionTarget,

@@ -12,7 +12,7 @@ from ..io.events import emit, log
 from ..generator.camera import named_views
 from ..generator.loading import load_generator
 from ..io.images import image_grid, save_png, to_uint8
-from ..inference import ViewSettings, camera_config_for, head_mesh, render_images, seed_latent
+from ..generator.inference import ViewSettings, camera_config_for, head_mesh, render_images, seed_latent
 from ..mesh import MeshConfig, write_mesh
 
 

@@ -57,7 +57,7 @@ def parse_seeds(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from ..io.events import emit
     from ..generator.loading import load_generator
-    from ..inference import (
+    from ..generator.inference import (
         Subject,
         ViewSettings,
         check_compatible,

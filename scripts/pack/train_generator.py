@@ -16,7 +16,7 @@ radius and field of view):
    world's surface (its signed distance field says inside/outside at uniform and near-surface points), and an
    L1 loss gives the surface points their rendered colour through the raw ToRGB head.
 2. *Render* (``steps``): ``ws = G.mapping(z, c_cond)`` with the fixed conditioning camera downstream code
-   uses (yaw 0, pitch 0.2, pivot at the origin: :class:`engine.inference.ViewSettings`), then
+   uses (yaw 0, pitch 0.2, pivot at the origin: :class:`engine.generator.inference.ViewSettings`), then
    ``G.render(ws, c)``; L1 on the super-resolved image and on the raw neural render (against the world
    render, area-downsampled), L1 on the accumulated opacity against the world's coverage, plus the shape
    phase's 3-D losses (ray depth is monitored, not trained: see ``compute_losses``). The background is
@@ -64,7 +64,7 @@ from engine.generator.config import get_preset  # noqa: E402
 from engine.generator.loading import load_generator, save_generator  # noqa: E402
 from engine.generator.renderer import pixel_rays  # noqa: E402
 from engine.generator.triplane import RenderOptions, TriPlaneGenerator  # noqa: E402
-from engine.inference import ViewSettings  # noqa: E402
+from engine.generator.inference import ViewSettings  # noqa: E402
 from engine.world import HeadGeometry, get_style, render_heads, to_physical  # noqa: E402
 from engine.world.latent import identity_from_latent  # noqa: E402
 from engine.world.sdf import geometry_distance  # noqa: E402
@@ -399,7 +399,7 @@ def contact_sheet(images: Tensor, targets: Tensor, path: str | Path) -> None:
 
 def mesh_check(G: TriPlaneGenerator, resolution: int = 128, seed: int = 0) -> dict:
     """Marching cubes of one held-out head, queried as ``python -m engine generate`` does."""
-    from engine.inference import head_mesh
+    from engine.generator.inference import head_mesh
     from engine.mesh import MeshConfig
 
     c_cond = conditioning_camera(G)
