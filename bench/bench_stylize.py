@@ -1,6 +1,6 @@
 """Benchmark stylization training: seconds per iteration and memory per phase (render, guidance, backward).
 
-Runs the real training loop (:func:`engine.stylize.stylize`, all stages on: single view + mirror, 2×2 grid,
+Runs the real training loop (:func:`engine.stylize.loop.stylize`, all stages on: single view + mirror, 2×2 grid,
 rank re-weighting, Tweedie, LDIS) for ``--steps`` iterations and reports
 
 * s/iteration (mean over the steps after ``--warmup``), from the loop's own progress events;
@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 from engine.distill import DistillConfig  # noqa: E402
 from engine.generator.loading import resolve_device  # noqa: E402
-from engine.stylize import stylize  # noqa: E402
-from engine.stylize_config import StylizeConfig  # noqa: E402
+from engine.stylize.loop import stylize  # noqa: E402
+from engine.stylize.config import StylizeConfig  # noqa: E402
 
 PHASES = ("render", "guidance", "backward")
 GIB = 1024**3

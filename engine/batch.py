@@ -42,7 +42,7 @@ from .gltf import write_glb
 from .mesh import Mesh
 from .provenance import Provenance, settings_fingerprint, sha256_file
 from .scans import input_kind, list_inputs
-from .stylize_cancel import CancelToken
+from .stylize.cancel import CancelToken
 
 EventSink = Callable[..., None]
 REPORT_FIELDS = ("input", "output", "identity_similarity", "seconds", "status", "error")

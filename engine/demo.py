@@ -38,8 +38,8 @@ from .mesh import write_mesh
 from .pack import load_manifest
 from .pipeline import HeadJob, embedded_backends, extract_head, render_views, resolve_models, resolve_prompt, stylized_generator, view_settings
 from .report_html import write_demo_report
-from .stylize_cancel import CancelToken
-from .style_presets import STYLE_PRESETS
+from .stylize.cancel import CancelToken
+from .stylize.presets import STYLE_PRESETS
 
 EventSink = Callable[..., None]
 

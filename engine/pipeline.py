@@ -5,7 +5,7 @@ This is what the Blender **Stylize Head** button, ``python -m engine head`` and 
 models (empty = the embedded pack). :func:`run_head`
 
 1. resolves the models (verifying the embedded pack's hashes when it is used) and the prompt;
-2. stylizes the generator with :func:`engine.stylize.stylize`, **cached**: the run folder is named by a hash
+2. stylizes the generator with :func:`engine.stylize.loop.stylize`, **cached**: the run folder is named by a hash
    of every setting that changes the weights plus the models' fingerprints, so pressing the button again
    for another seed or mesh resolution reuses the stylized generator, and a cancelled run resumes where it
    stopped;
@@ -45,11 +45,11 @@ from .io.images import image_grid, save_png, to_uint8
 from .generator.inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
 from .mesh import Mesh, MeshConfig, write_npz, write_ply
 from .pack import PackPaths, require_pack, sha256_file
-from .stylize import stylize
-from .stylize_cancel import CancelToken
-from .stylize_config import StylizeConfig
-from .style_presets import get_style_preset, preset_prompt
-from .training_state import read_latest
+from .stylize.loop import stylize
+from .stylize.cancel import CancelToken
+from .stylize.config import StylizeConfig
+from .stylize.presets import get_style_preset, preset_prompt
+from .stylize.training_state import read_latest
 
 EventSink = Callable[..., None]
 METHODS = ("ld", "sds")

@@ -133,7 +133,7 @@ def test_second_run_does_nothing_new(scan_folder, tmp_path):
 
 
 def test_cancel_stops_after_the_current_item(scan_folder, tmp_path):
-    from engine.stylize_cancel import CancelToken
+    from engine.stylize.cancel import CancelToken
 
     cancel = CancelToken(tmp_path / "stop")
     events = []

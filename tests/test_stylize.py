@@ -16,11 +16,11 @@ from engine.cli import main as cli_main
 from engine.distill import DistillConfig
 from engine.errors import CheckpointError, ConfigError
 from engine.generator.loading import load_generator
-from engine.stylize import stylize
-from engine.stylize_cancel import CancelToken
-from engine.stylize_config import StylizeConfig
-from engine.stylize_step import derived_generator, step_generator
-from engine.training_state import read_latest
+from engine.stylize.loop import stylize
+from engine.stylize.cancel import CancelToken
+from engine.stylize.config import StylizeConfig
+from engine.stylize.step import derived_generator, step_generator
+from engine.stylize.training_state import read_latest
 
 PROMPT = "a zombie head"
 FROZEN_GROUPS = ("backbone.mapping.", "decoder.", "torgb.", "bcg_synthesis.", "t_mapping.")
@@ -364,8 +364,8 @@ def test_cli_bad_paths_are_one_line_errors(tiny, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 def test_grid_stage_gradient_stops_before_super_resolution(tiny, tmp_path):
     from engine.generator.camera import sample_cameras
-    from engine.stylize import _build_run
-    from engine.stylize_step import NullPhases, StepReport, grid_loss, sample_ws
+    from engine.stylize.loop import _build_run
+    from engine.stylize.step import NullPhases, StepReport, grid_loss, sample_ws
 
     ctx = _build_run(make_config(tiny, tmp_path), torch.device("cpu"), None).ctx
     assert (ctx.sizes.native, ctx.sizes.latent, ctx.sizes.tile, ctx.sizes.latent_tile) == (32, 8, 16, 4)
@@ -386,7 +386,7 @@ def test_grid_stage_gradient_stops_before_super_resolution(tiny, tmp_path):
 
 
 def test_training_state_errors(tmp_path):
-    from engine.training_state import prune_checkpoints, read_training_state
+    from engine.stylize.training_state import prune_checkpoints, read_training_state
 
     (tmp_path / "latest").write_text("checkpoints/step_000001\n")
     with pytest.raises(CheckpointError, match="state.json"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
 from ..io.events import emit
-from ..stylize_cancel import CancelToken
+from ..stylize.cancel import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,8 +12,8 @@ import argparse
 from ..demo import DemoConfig, run_demo
 from ..io.events import log
 from ..pipeline import METHODS
-from ..style_presets import STYLE_PRESETS
-from ..stylize_cancel import CancelToken
+from ..stylize.presets import STYLE_PRESETS
+from ..stylize.cancel import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

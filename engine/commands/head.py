@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 from ..pipeline import METHODS, HeadJob, run_head
-from ..style_presets import STYLE_PRESETS
-from ..stylize_cancel import CancelToken
+from ..stylize.presets import STYLE_PRESETS
+from ..stylize.cancel import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

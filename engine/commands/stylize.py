@@ -2,7 +2,7 @@
 
 A fresh run needs ``--prompt``, ``--generator``, ``--diffusion`` and ``--out``; ``--resume --out DIR``
 continues the run saved in DIR with its saved settings (``--steps`` may raise the total; other training
-options, if given, must match). Progress is printed as JSON lines on stdout (see :mod:`engine.stylize`);
+options, if given, must match). Progress is printed as JSON lines on stdout (see :mod:`engine.stylize.loop`);
 Ctrl-C, SIGTERM or creating ``--cancel-file`` stop the run cleanly after the current step with a checkpoint.
 Exit status 0 when the run finished or was cancelled cleanly (the last event says which), 2 on bad input.
 """
@@ -99,8 +99,8 @@ def _overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
 
 def build_config(args: argparse.Namespace):
     """The StylizeConfig this command line asks for (the saved one, with overrides, on --resume)."""
-    from ..stylize_config import StylizeConfig
-    from ..training_state import read_latest
+    from ..stylize.config import StylizeConfig
+    from ..stylize.training_state import read_latest
 
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
@@ -138,8 +138,8 @@ def _check_paths(config) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stylize import stylize
-    from ..stylize_cancel import CancelToken
+    from ..stylize.loop import stylize
+    from ..stylize.cancel import CancelToken
 
     config = build_config(args)
     _check_paths(config)

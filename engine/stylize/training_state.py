@@ -27,11 +27,11 @@ from typing import Any, Mapping
 import safetensors.torch
 import torch
 
-from .errors import CheckpointError, ConfigError
-from .generator.checkpoint import save_checkpoint
-from .io.atomic import write_bytes, write_json, write_text
-from .io.checkpoint import read_json_object
-from .stylize_config import StylizeConfig
+from ..errors import CheckpointError, ConfigError
+from ..generator.checkpoint import save_checkpoint
+from ..io.atomic import write_bytes, write_json, write_text
+from ..io.checkpoint import read_json_object
+from .config import StylizeConfig
 
 STATE_FORMAT = "head-stylizer-training"
 STATE_VERSION = 1

@@ -1,7 +1,7 @@
 """Stylize a 3D head generator toward a text prompt: the training loop of likelihood distillation.
 
 :func:`stylize` fine-tunes a trainable copy of the generator (synthesis + super-resolution weights, biases
-frozen, as the paper) against a frozen copy, one :func:`engine.stylize_step.compute_step_gradients` + Adam
+frozen, as the paper) against a frozen copy, one :func:`engine.stylize.step.compute_step_gradients` + Adam
 step at a time, and takes care of everything around it:
 
 * **Events** (JSON lines through ``on_event``, :func:`engine.io.events.emit` by default): ``started``,
@@ -12,9 +12,9 @@ step at a time, and takes care of everything around it:
   by construction, so their strength is reported per stage instead (``stages.single.grad_abs_mean``, with
   the drawn timestep ``t``, DDIM step index and the ᾱ used). Non-finite numbers are sent as null.
 * **Checkpoints** every ``checkpoint_every`` steps and at the end or on cancel, through
-  :mod:`engine.training_state`; ``resume=True`` continues from ``<out>/latest`` and reproduces exactly the
+  :mod:`engine.stylize.training_state`; ``resume=True`` continues from ``<out>/latest`` and reproduces exactly the
   parameters an uninterrupted run would have reached (each step's randomness depends only on (seed, step)).
-* **Cancel**: a :class:`~engine.stylize_cancel.CancelToken` (cancel file, signals, or code) is polled after
+* **Cancel**: a :class:`~engine.stylize.cancel.CancelToken` (cancel file, signals, or code) is polled after
   every step; the loop stops after the current step and writes a checkpoint.
 
 Missing ControlNets: without an edge ControlNet the single-view stage runs unconditioned; without a depth
@@ -32,15 +32,15 @@ from typing import Callable
 
 import torch
 
-from .errors import CheckpointError, ConfigError
-from .io.events import emit, log
-from .generator.camera import cameras_at
-from .generator.loading import load_generator, resolve_device
-from .io.images import image_grid, save_png, to_uint8
-from .generator.inference import camera_config_for, render_images
-from .stylize_cancel import CancelToken
-from .stylize_config import StylizeConfig
-from .stylize_step import (
+from ..errors import CheckpointError, ConfigError
+from ..io.events import emit, log
+from ..generator.camera import cameras_at
+from ..generator.loading import load_generator, resolve_device
+from ..io.images import image_grid, save_png, to_uint8
+from ..generator.inference import camera_config_for, render_images
+from .cancel import CancelToken
+from .config import StylizeConfig
+from .step import (
     PREVIEW_STREAM,
     LdisMemory,
     Phases,
@@ -97,7 +97,7 @@ def _controlnet_folder(config: StylizeConfig, kind: str) -> Path | None:
 
 
 def _load_guidance(config: StylizeConfig, device: torch.device):
-    from .guidance import Guidance, GuidanceConfig, MemoryOptions
+    from ..guidance import Guidance, GuidanceConfig, MemoryOptions
 
     d = config.distill
     edge = _controlnet_folder(config, "edge")
@@ -123,8 +123,8 @@ def _load_guidance(config: StylizeConfig, device: torch.device):
 
 
 def _load_lpips(config: StylizeConfig):
-    from .distill import LpipsLoss
-    from .errors import InputError
+    from ..distill import LpipsLoss
+    from ..errors import InputError
 
     if not config.lpips_path or config.distill.lpips_weight <= 0:
         return None

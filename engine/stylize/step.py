@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .distill import (
+from ..distill import (
     LpipsLoss,
     alpha_bar_for,
     distillation_gradient,
@@ -48,12 +48,12 @@ from .distill import (
     tile_2x2,
     tweedie_loss,
 )
-from .errors import ConfigError
-from .generator.camera import CameraConfig, mirror_camera, sample_cameras
-from .generator.triplane import RenderOptions, TriPlaneGenerator
-from .guidance.control import canny_edges, depth_control
-from .generator.inference import clamp_cutoff
-from .stylize_config import StylizeConfig
+from ..errors import ConfigError
+from ..generator.camera import CameraConfig, mirror_camera, sample_cameras
+from ..generator.triplane import RenderOptions, TriPlaneGenerator
+from ..guidance.control import canny_edges, depth_control
+from ..generator.inference import clamp_cutoff
+from .config import StylizeConfig
 
 GRID_VIEWS = 4
 
@@ -129,7 +129,7 @@ class StageSizes:
 
 @dataclass
 class StylizeContext:
-    """The models and fixed tensors of a run (built once by :mod:`engine.stylize`)."""
+    """The models and fixed tensors of a run (built once by :mod:`engine.stylize.loop`)."""
 
     config: StylizeConfig
     frozen: TriPlaneGenerator
