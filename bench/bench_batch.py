@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if encoder_path.is_file() and len(inverted) >= 2:
         from engine.batch import _front_render
         from engine.generator.loading import load_generator
-        from engine.recognition import load_identity_encoder
+        from engine.evaluate.recognition import load_identity_encoder
 
         encoder = load_identity_encoder(encoder_path)
         base = load_generator(args.generator or str(pack_paths().generator), "cpu").generator

@@ -6,7 +6,7 @@
 For every (style, variant) the embedded pack's generator is stylized once (through the same cached
 pipeline as ``engine head``; reruns reuse the runs in ``--out``/cache), then the same fixed latents (seeds
 0..N-1) are rendered before and after from the front, ±45° and +90°, and scored with the embedded identity
-encoder and style classifier (:mod:`engine.evaluate`):
+encoder and style classifier (:mod:`engine.evaluate.metrics`):
 
 * **id-sim**: cosine between each head's identity embedding before and after stylization (mean over heads
   and views) — does the stylized head still look like *that* person?
@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.io.atomic import write_json  # noqa: E402
-from engine.evaluate import evaluate_renders  # noqa: E402
+from engine.evaluate.metrics import evaluate_renders  # noqa: E402
 from engine.generator.camera import cameras_at  # noqa: E402
 from engine.generator.loading import load_generator  # noqa: E402
 from engine.generator.inference import camera_config_for, render_images, seed_latent  # noqa: E402

@@ -413,7 +413,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     # offline identity model, used for the inversion's feature loss and the report's similarity.
     encoder_path = (sources.pack.identity_encoder if sources.pack is not None else pack_paths().identity_encoder)
     if encoder_path.is_file():
-        from .recognition import load_identity_encoder
+        from .evaluate.recognition import load_identity_encoder
 
         encoder = load_identity_encoder(encoder_path, next(base.parameters()).device)
     inversion = InversionConfig() if settings.inversion_steps is None else InversionConfig(steps=settings.inversion_steps)

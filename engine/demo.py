@@ -8,7 +8,7 @@ likelihood distillation on the CPU, then for a handful of heads (seeds) it write
 * ``turntable.gif`` (the first head, before | after side by side, a full orbit),
 * ``meshes/seed_<s>_{before,after}.ply`` + ``.obj`` for the first head (vertex colours),
 * ``metrics.json`` (identity similarity before→after, identity diversity, multi-view consistency, style
-  scores; see :mod:`engine.evaluate`) and ``report.html`` that shows all of it.
+  scores; see :mod:`engine.evaluate.metrics`) and ``report.html`` that shows all of it.
 
 Everything reuses :mod:`engine.pipeline` (the same code as Blender's Stylize Head), so the stylized generator
 is cached in ``<out>/cache`` and a second run with the same settings only re-renders.
@@ -171,7 +171,7 @@ def run_demo(config: DemoConfig, cancel: CancelToken | None = None, on_event: Ev
     if config.evaluate:
         on_event("stage", stage="evaluate", message="identity, diversity, consistency and style")
         t = time.perf_counter()
-        from .evaluate import evaluate_renders
+        from .evaluate.metrics import evaluate_renders
 
         identity_backend, style_backend = embedded_backends(sources.pack)
         style = STYLE_PRESETS[config.style].embedded_style

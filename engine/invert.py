@@ -12,7 +12,7 @@ The objective, per step, over a few of the target views (cycled, so every view i
 * mask loss: L1 between the render's opacity (``image_mask``) and the target's coverage — it pins the
   silhouette, which identity is largely made of for the procedural heads;
 * feature loss: 1 − cosine between identity-encoder embeddings of render and target when the embedded
-  pack's encoder (:mod:`engine.recognition`) is given, else an L1 on a fixed, VGG-free feature pyramid
+  pack's encoder (:mod:`engine.evaluate.recognition`) is given, else an L1 on a fixed, VGG-free feature pyramid
   (box-filtered image and its Sobel gradients at three scales) — cheap, and edges carry the facial layout.
   The encoder term is weighted 0.1: at 0.5 the optimiser paints colour noise that raises the encoder's score
   without looking more like the source (seen on the pack generator);
@@ -155,7 +155,7 @@ def resize_to(x: Tensor, size: int) -> Tensor:
 
 
 def encoder_embedder(encoder: torch.nn.Module) -> Embedder:
-    """A differentiable embedder from an identity encoder (``engine.recognition.IdentityEncoder``): its
+    """A differentiable embedder from an identity encoder (``engine.evaluate.recognition.IdentityEncoder``): its
     ``forward``, not ``embed`` (which runs without gradients, so the loss would not move W+). The encoder's
     own weights are frozen."""
     encoder.eval().requires_grad_(False)

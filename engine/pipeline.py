@@ -10,7 +10,7 @@ models (empty = the embedded pack). :func:`run_head`
    for another seed or mesh resolution reuses the stylized generator, and a cancelled run resumes where it
    stopped;
 3. renders the head before and after from the named views, extracts a vertex-coloured mesh from the
-   stylized tri-grid density, and scores identity preservation and style with :mod:`engine.evaluate`
+   stylized tri-grid density, and scores identity preservation and style with :mod:`engine.evaluate.metrics`
    backends when they are available;
 4. writes ``head.json``, ``head.npz``/``head.ply`` and the view PNGs into ``out_dir`` (atomically).
 
@@ -319,7 +319,7 @@ def extract_head(
 
 def embedded_backends(pack: PackPaths) -> tuple[Any, Any]:
     """(identity backend, style backend) from the pack's recognition models."""
-    from .evaluate import EmbeddedIdentityBackend, EmbeddedStyleBackend
+    from .evaluate.metrics import EmbeddedIdentityBackend, EmbeddedStyleBackend
 
     return EmbeddedIdentityBackend(pack.identity_encoder), EmbeddedStyleBackend(pack.style_classifier)
 
@@ -333,7 +333,7 @@ def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, sou
     """
     if sources.pack is None or not sources.pack.identity_encoder.is_file():
         return {}
-    from .evaluate import evaluate_renders
+    from .evaluate.metrics import evaluate_renders
 
     identity_backend, style_backend = embedded_backends(sources.pack)
     report = evaluate_renders(before[None], after[None], style or "unknown", identity_backend,

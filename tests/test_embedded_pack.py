@@ -31,7 +31,7 @@ def test_pack_hashes_verify_and_it_stays_within_budget():
 def test_pack_models_load_offline_through_the_production_loaders(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    from engine.evaluate import EmbeddedIdentityBackend, EmbeddedStyleBackend
+    from engine.evaluate.metrics import EmbeddedIdentityBackend, EmbeddedStyleBackend
     from engine.generator.loading import load_generator
     from engine.guidance import load_diffusion_models
 

@@ -1,4 +1,4 @@
-"""engine.evaluate: metrics with hand-computed cosines, the backend registry, evaluate_renders, embedded models."""
+"""engine.evaluate.metrics: metrics with hand-computed cosines, the backend registry, evaluate_renders, embedded models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from engine import evaluate as ev
+from engine.evaluate import metrics as ev
 from engine.errors import ConfigError, InputError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

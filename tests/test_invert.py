@@ -128,7 +128,7 @@ PACK = ROOT / "engine" / "pack" / "embedded-v1"
 def test_pack_inversion_keeps_identity(tmp_path):
     """Procedural scans invert to heads the identity encoder matches to their source better than to others."""
     from engine.invert import scan_target
-    from engine.recognition import load_identity_encoder
+    from engine.evaluate.recognition import load_identity_encoder
     from engine.scans import load_scan
     from engine.world import ScanExport, export_scan, sample_identities
     from engine.batch import _front_render

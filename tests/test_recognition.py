@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import CheckpointError, ConfigError, InputError
-from engine.recognition import (
+from engine.evaluate.recognition import (
     AugmentConfig,
     BackboneConfig,
     IdentityEncoder,
@@ -28,8 +28,8 @@ from engine.recognition import (
     save_recognition_model,
     supervised_contrastive,
 )
-from engine.recognition.augment import random_affine, random_blur
-from engine.recognition.data import render_set
+from engine.evaluate.recognition.augment import random_affine, random_blur
+from engine.evaluate.recognition.data import render_set
 from engine.world import STYLES, render_heads, sample_identities
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     generator = args.generator if args.generator is not None else str(require_pack().generator)
     encoder = None
     if pack_paths().identity_encoder.is_file():  # the feature loss uses the pack's encoder whatever the generator
-        from ..recognition import load_identity_encoder
+        from ..evaluate.recognition import load_identity_encoder
 
         encoder = load_identity_encoder(pack_paths().identity_encoder)
     emit("stage", stage="load", message=f"loading {generator}")

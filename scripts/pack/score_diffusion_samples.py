@@ -29,7 +29,7 @@ DEFAULT_SAMPLES = Path("/tmp/pack_prior_samples.pt")
 
 def style_accuracy(samples_path: Path, classifier_path: Path) -> dict:
     """Fraction of samples classified as their prompted style, overall and per conditioning kind."""
-    from engine.recognition import load_style_classifier
+    from engine.evaluate.recognition import load_style_classifier
 
     classifier = load_style_classifier(classifier_path)
     data = torch.load(samples_path, map_location="cpu", weights_only=True)

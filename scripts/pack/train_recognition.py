@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:
 
 from engine.io.atomic import write_json, write_text  # noqa: E402
 from engine.io.events import log  # noqa: E402
-from engine.recognition import (  # noqa: E402
+from engine.evaluate.recognition import (  # noqa: E402
     AugmentConfig,
     IdentityEncoder,
     IdentityEncoderConfig,
@@ -63,7 +63,7 @@ from engine.recognition import (  # noqa: E402
     save_recognition_model,
     supervised_contrastive,
 )
-from engine.recognition.data import RenderSet, ViewSampling, render_set, training_set  # noqa: E402
+from engine.evaluate.recognition.data import RenderSet, ViewSampling, render_set, training_set  # noqa: E402
 from engine.world import STYLES, sample_identities  # noqa: E402
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out people come from a seed stream disjoint from training

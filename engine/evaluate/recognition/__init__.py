@@ -1,9 +1,9 @@
 """Small recognition networks of the embedded model pack: identity encoder and style classifier.
 
 They are trained on the procedural head world (``scripts/pack/train_recognition.py``) and used by
-:mod:`engine.evaluate` to measure stylization without downloading ArcFace or CLIP::
+:mod:`engine.evaluate.metrics` to measure stylization without downloading ArcFace or CLIP::
 
-    from engine.recognition import load_identity_encoder, load_style_classifier
+    from engine.evaluate.recognition import load_identity_encoder, load_style_classifier
 
     encoder = load_identity_encoder("engine/pack/embedded-v1/recognition/identity_encoder.safetensors")
     emb = encoder.embed(images)            # images (N, 3, H, W) in [-1, 1], any size → (N, 64) unit vectors

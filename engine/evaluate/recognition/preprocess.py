@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ...errors import InputError
 
 
 def check_images(images: Tensor, name: str = "images") -> Tensor:

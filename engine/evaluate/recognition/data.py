@@ -1,7 +1,7 @@
 """Labelled renders of the procedural head world for training and testing the recognition networks.
 
 Heads are rendered once on a black background and kept *premultiplied* together with their coverage mask,
-so :mod:`engine.recognition.augment` can put a fresh random background behind every use of a render at no
+so :mod:`engine.evaluate.recognition.augment` can put a fresh random background behind every use of a render at no
 cost. Images are stored as uint8 (a 7 000-render set is ~120 MB instead of ~470 MB in float32).
 """
 
@@ -14,10 +14,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..io.configs import JsonConfig
-from ..errors import ConfigError
-from ..generator.camera import CameraConfig, cameras_at
-from ..world import STYLES, render_heads, sample_identities
+from ...io.configs import JsonConfig
+from ...errors import ConfigError
+from ...generator.camera import CameraConfig, cameras_at
+from ...world import STYLES, render_heads, sample_identities
 
 # Heads of the world are centred on the origin, so cameras look at it (see engine.world).
 WORLD_CAMERA = CameraConfig(pivot=(0.0, 0.0, 0.0))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ...errors import InputError
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:

@@ -3,7 +3,7 @@ and does the result show the style?
 
 The measures need an identity embedding (ArcFace in the paper) and a style score (CLIP in the paper). Both
 are *backends* behind two small protocols, looked up by name in a registry, so the same code runs with the
-embedded pack's networks (:mod:`engine.recognition`, no downloads; the default ``"embedded"``) or with
+embedded pack's networks (:mod:`engine.evaluate.recognition`, no downloads; the default ``"embedded"``) or with
 full-size models a user has on disk.
 
 Metrics (all on cosine similarity of embeddings):
@@ -21,7 +21,7 @@ Adding a backend (e.g. ArcFace exported to ONNX, or CLIP): write a class with th
 register a factory for it; nothing is downloaded, the user points at local files::
 
     import numpy as np, onnxruntime, torch
-    from engine.evaluate import register_identity_backend, get_identity_backend
+    from engine.evaluate.metrics import register_identity_backend, get_identity_backend
 
     class ArcFaceOnnx:
         name = "arcface-onnx"
@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError, InputError
+from ..errors import ConfigError, InputError
 from .recognition import load_identity_encoder, load_style_classifier
 from .recognition.preprocess import check_images
 
@@ -147,7 +147,7 @@ def style_backend_names() -> list[str]:
 # Embedded backends (the pack's recognition networks)
 # ==================================================================================================
 def _pack_file(attribute: str) -> Path:
-    from .pack import pack_paths  # imported late: the pack module is optional for custom backends
+    from ..pack import pack_paths  # imported late: the pack module is optional for custom backends
 
     return getattr(pack_paths(), attribute)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..io.configs import JsonConfig
+from ...io.configs import JsonConfig
 
 
 @dataclass(frozen=True)
