@@ -15,7 +15,7 @@ Models are loaded once (:class:`BatchModels`); then, per input, in sorted order:
 * **Cancel.** The :class:`CancelToken` is checked between items: everything finished is kept, the rest is
   reported as ``cancelled``.
 * **Consent.** :func:`run_batch` refuses to start unless the caller confirms consent; the flag is recorded
-  in every provenance record (:mod:`engine.provenance`). Source files are hashed, never copied.
+  in every provenance record (:mod:`engine.heads.provenance`). Source files are hashed, never copied.
 
 The three model steps are injected callables (:class:`BatchModels`), so the driver is testable with stubs;
 :func:`load_engine_models` builds the real ones (embedded pack or given checkpoints).
@@ -38,10 +38,10 @@ import torch
 from .io.atomic import write_json, write_text
 from .errors import ConfigError, EngineError, InputError
 from .io.events import emit, log
-from .gltf import write_glb
+from .heads.gltf import write_glb
 from .mesh import Mesh
-from .provenance import Provenance, settings_fingerprint, sha256_file
-from .scans import input_kind, list_inputs
+from .heads.provenance import Provenance, settings_fingerprint, sha256_file
+from .heads.scans import input_kind, list_inputs
 from .stylize.cancel import CancelToken
 
 EventSink = Callable[..., None]
@@ -173,7 +173,7 @@ def output_stems(inputs: list[Path]) -> list[str]:
 
 
 def item_kind(path: Path) -> str:
-    """"views" for a folder of Blender-rendered views, else what :func:`engine.scans.input_kind` says."""
+    """"views" for a folder of Blender-rendered views, else what :func:`engine.heads.scans.input_kind` says."""
     if path.is_dir():
         failed = path / "failed.json"
         if failed.is_file() and not (path / VIEWS_MANIFEST).is_file():
@@ -361,7 +361,7 @@ def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], 
 
 def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
     """The generator's front view of ``ws`` over white, as the scan targets are (cameras at the origin)."""
-    from .invert import composite, scan_cameras
+    from .heads.invert import composite, scan_cameras
     from .generator.triplane import RenderOptions
 
     cameras, _ = scan_cameras(G, (0.0,), (0.0,))
@@ -376,12 +376,12 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator
     (cached by :func:`engine.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
     from .generator.loading import load_generator
-    from .invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
+    from .heads.invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
     from .generator.inference import load_w_plus
     from .pack import pack_paths
     from .pipeline import HeadJob, extract_head, resolve_models, resolve_prompt, stylized_generator
-    from .provenance import model_hashes
-    from .scans import ScanNormalization, load_scan, read_image
+    from .heads.provenance import model_hashes
+    from .heads.scans import ScanNormalization, load_scan, read_image
 
     job = HeadJob(
         out_dir=str(Path(settings.cache_dir or "out/batch-cache")),
@@ -471,8 +471,8 @@ def views_target(folder: Path, resolution: int):
     ``cameras.json``: ``{"source": name, "source_sha256": hex, "views": [{"name": str, "file": png,
     "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see operators/scan_render.py).
     """
-    from .invert import InversionTarget
-    from .scans import read_image
+    from .heads.invert import InversionTarget
+    from .heads.scans import read_image
 
     manifest = folder / VIEWS_MANIFEST
     try:

@@ -4,10 +4,10 @@ Formats: ``.obj``, ``.ply``, ``.glb``/``.gltf`` and ``.fbx`` through Blender's o
 reader, so this is the only way FBX scans enter the batch).
 
 Coordinates. Blender is z-up and its importers already turn y-up files into z-up, so an imported head
-faces −y (Blender's front view). The generator's world is y-up, facing +z (engine/scans.py documents the
+faces −y (Blender's front view). The generator's world is y-up, facing +z (engine/heads/scans.py documents the
 normalisation convention). ``world = (x, z, −y)`` maps Blender to the generator and ``blender = (x, −z, y)``
 back. The normalisation — up-extent units heuristic, centring on the procedural world's mean bust centre —
-is the engine's (:func:`engine.scans.normalization_matrix` for a z-up mesh), re-implemented here in numpy
+is the engine's (:func:`engine.heads.scans.normalization_matrix` for a z-up mesh), re-implemented here in numpy
 because Blender's Python has no torch; tests/test_blender_batch.py checks both give the same matrix.
 
 Cameras. Each view is the generator's camera for (yaw, pitch) — PanoHead's orbit of radius 2.7 around the
@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Kept equal to engine.scans (checked by tests/test_blender_batch.py).
+# Kept equal to engine.heads.scans (checked by tests/test_blender_batch.py).
 REFERENCE_CENTRE = (0.0, -0.105, -0.012)
 REFERENCE_HEIGHT = 0.73
 UNIT_TO_WORLD = {"mm": 0.0016, "cm": 0.016, "m": 1.6, "world": 1.0}

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from engine.batch import BatchModels, ConsentRequired, HeadOutput, Inverted, collect_inputs, run_batch
-from engine.gltf import read_gltf
-from engine.provenance import REQUIRED_FIELDS, sha256_file
-from engine.scans import load_scan
+from engine.heads.gltf import read_gltf
+from engine.heads.provenance import REQUIRED_FIELDS, sha256_file
+from engine.heads.scans import load_scan
 from engine.world import ScanExport, export_scan, head_mesh, sample_identities
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -220,9 +220,9 @@ def test_views_folders_from_blender(tmp_path):
     from PIL import Image
 
     from engine.batch import views_target
-    from engine.invert import scan_cameras
+    from engine.heads.invert import scan_cameras
     from engine.generator.loading import load_generator
-    from engine.scan_views import ScanViewConfig, render_scan_views
+    from engine.heads.scan_views import ScanViewConfig, render_scan_views
 
     G = load_generator("tiny").generator
     cams, names = scan_cameras(G, (0.0, 90.0), (0.0, 0.0))
@@ -262,7 +262,7 @@ def test_output_names_stay_unique():
 
 
 def test_model_hashes_come_from_the_pack_manifest_or_the_files(tmp_path):
-    from engine.provenance import model_hashes, sha256_file
+    from engine.heads.provenance import model_hashes, sha256_file
 
     pack = tmp_path / "pack"
     (pack / "generator").mkdir(parents=True)

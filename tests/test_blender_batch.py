@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.generator.camera import CameraConfig, cameras_at
-from engine.scans import ScanNormalization, normalization_matrix
+from engine.heads.scans import ScanNormalization, normalization_matrix
 from operators import scan_render
 from tests.blender.runner import HAVE_BPY, REPO_ROOT, run_bpy
 
@@ -37,7 +37,7 @@ def test_view_plan_cameras_equal_the_generators():
     pitch = torch.tensor([math.radians(v) for v in scan_render.DEFAULT_PITCHES_DEG])
     reference = cameras_at(yaw, pitch, CameraConfig(pivot=(0.0, 0.0, 0.0))).c.double()
     np.testing.assert_allclose(np.array([v["camera"] for v in plan]), reference.numpy(), atol=1e-6)
-    from engine.invert import scan_cameras
+    from engine.heads.invert import scan_cameras
     from engine.generator.loading import load_generator
 
     _, names = scan_cameras(load_generator("tiny").generator)
@@ -77,7 +77,7 @@ result(manifest=str(path), objects=len(bpy.data.objects), scenes=len(bpy.data.sc
     data = json.loads(Path(r["manifest"]).read_text())
     assert len(data["views"]) == 6 and data["source"] == "alice.ply" and len(data["source_sha256"]) == 64
     assert r["objects"] == 0 or r["objects"] < 4  # the imported scan, camera and light are removed again
-    from engine.scans import read_image
+    from engine.heads.scans import read_image
     from engine.world import render_heads
 
     ids = torch.load(scan_folder / "ids.pt")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.gltf import glb_bytes, linear_to_srgb, parse_gltf, read_gltf, srgb_to_linear, write_glb
+from engine.heads.gltf import glb_bytes, linear_to_srgb, parse_gltf, read_gltf, srgb_to_linear, write_glb
 from engine.mesh import Mesh, vertex_normals
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from engine.errors import ConfigError, InputError
 from engine.generator.loading import load_generator
 from engine.generator.triplane import RenderOptions
 from engine.generator.inference import load_w_plus
-from engine.invert import (
+from engine.heads.invert import (
     InversionConfig,
     InversionTarget,
     composite,
@@ -127,9 +127,9 @@ PACK = ROOT / "engine" / "pack" / "embedded-v1"
                     reason="embedded pack generator or identity encoder not built yet")
 def test_pack_inversion_keeps_identity(tmp_path):
     """Procedural scans invert to heads the identity encoder matches to their source better than to others."""
-    from engine.invert import scan_target
+    from engine.heads.invert import scan_target
     from engine.evaluate.recognition import load_identity_encoder
-    from engine.scans import load_scan
+    from engine.heads.scans import load_scan
     from engine.world import ScanExport, export_scan, sample_identities
     from engine.batch import _front_render
 

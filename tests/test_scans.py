@@ -12,8 +12,8 @@ import torch
 from engine.errors import InputError
 from engine.generator.camera import CameraConfig, cameras_at
 from engine.mesh import Mesh
-from engine.scan_views import ScanViewConfig, project, render_scan_views
-from engine.scans import (
+from engine.heads.scan_views import ScanViewConfig, project, render_scan_views
+from engine.heads.scans import (
     REFERENCE_CENTRE,
     REFERENCE_HEIGHT,
     ScanNormalization,
@@ -90,7 +90,7 @@ def test_normalisation_recovers_the_world_frame(tmp_path, identity, world_mesh, 
 
 
 def test_gltf_scans_are_read_y_up(tmp_path, identity, world_mesh):
-    from engine.gltf import write_glb
+    from engine.heads.gltf import write_glb
 
     path = write_glb(world_mesh, tmp_path / "w.glb")
     scan = load_scan(path, ScanNormalization(units="world"))

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh-resolution", type=int, default=128)
     p.add_argument("--image-yaw", type=float, default=0.0, help="pose of portrait inputs, degrees (default frontal)")
     p.add_argument("--image-pitch", type=float, default=0.0)
-    p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto", help="scan up axis (see engine/scans.py)")
+    p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto", help="scan up axis (see engine/heads/scans.py)")
     p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")
     p.add_argument("--scan-yaw", type=float, default=0.0, help="turntable angle of the scans to undo, degrees")
     p.add_argument("--generator", default=None)

@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import item_kind, views_target
     from ..generator.checkpoint import save_checkpoint
     from ..generator.loading import load_generator
-    from ..invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_target
-    from ..scans import ScanNormalization, load_scan, read_image
+    from ..heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_target
+    from ..heads.scans import ScanNormalization, load_scan, read_image
 
     source = Path(args.input)
     kind = item_kind(source)

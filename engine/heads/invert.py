@@ -1,6 +1,6 @@
 """Invert views of a head into the generator: multi-view W+ optimisation with optional pivotal tuning.
 
-Given images of one head from cameras whose poses are known (:mod:`engine.scan_views` renders them from a
+Given images of one head from cameras whose poses are known (:mod:`engine.heads.scan_views` renders them from a
 scan; a portrait comes with a user pose), find the W+ latent whose renders match them. Stylization then
 only has to apply the stylized generator to that latent, so the stylized head keeps the scan's identity.
 
@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .io.atomic import write_with
-from .io.configs import JsonConfig
-from .errors import ConfigError, InputError
-from .generator.camera import CameraConfig, cameras_at
-from .generator.triplane import RenderOptions, TriPlaneGenerator
+from ..io.atomic import write_with
+from ..io.configs import JsonConfig
+from ..errors import ConfigError, InputError
+from ..generator.camera import CameraConfig, cameras_at
+from ..generator.triplane import RenderOptions, TriPlaneGenerator
 
 Embedder = Callable[[Tensor], Tensor]  # images (N, 3, H, W) in [-1, 1] → (N, D) unit embeddings
 BACKGROUND_VALUES = {"white": 1.0, "black": -1.0}
@@ -247,7 +247,7 @@ def _pick_start(G: TriPlaneGenerator, objective: _Objective, config: InversionCo
     candidates, labels = [w_avg], ["mean"]
     if config.start_candidates:
         device = w_avg.device
-        from .generator.inference import ViewSettings, map_latents
+        from ..generator.inference import ViewSettings, map_latents
 
         settings = ViewSettings()  # the conditioning camera and truncation every other command maps seeds with
         z = torch.randn(config.start_candidates, G.z_dim, generator=torch.Generator().manual_seed(config.start_seed))

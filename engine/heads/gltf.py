@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .io.atomic import write_bytes
-from .errors import InputError
-from .mesh import Mesh, vertex_normals
+from ..io.atomic import write_bytes
+from ..errors import InputError
+from ..mesh import Mesh, vertex_normals
 
 GLB_MAGIC = 0x46546C67  # b"glTF"
 CHUNK_JSON = 0x4E4F534A  # b"JSON"

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError, InputError
-from .generator.camera import check_camera_vector, split_camera_vector
-from .mesh import Mesh, vertex_normals
+from ..errors import ConfigError, InputError
+from ..generator.camera import check_camera_vector, split_camera_vector
+from ..mesh import Mesh, vertex_normals
 
 BACKGROUND_COLOURS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5)}
 
@@ -181,7 +181,7 @@ class MeshTensors:
 
 def _shade(albedo: Tensor, normal: Tensor, view_dir: Tensor, cam_rotation: Tensor, config: ScanViewConfig) -> Tensor:
     """Linear RGB (M, 3) under the world's camera-fixed studio lights (see module docstring)."""
-    from .world.styles import Lighting
+    from ..world.styles import Lighting
 
     lighting = Lighting()
     normal = F.normalize(normal, dim=-1)

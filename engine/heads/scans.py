@@ -4,7 +4,7 @@ Supported inputs (by suffix; anything else is reported as unsupported, never gue
 
 * Scans: ``.ply`` (binary little-endian, via :func:`engine.mesh.read_ply`), ``.obj`` (``v x y z [r g b]``,
   polygons fan-triangulated, ``v/vt/vn`` references and negative indices accepted), ``.glb``/``.gltf``
-  (:mod:`engine.gltf`) and mesh ``.npz`` files (:func:`engine.mesh.write_npz`). ``.fbx`` is a proprietary
+  (:mod:`engine.heads.gltf`) and mesh ``.npz`` files (:func:`engine.mesh.write_npz`). ``.fbx`` is a proprietary
   format with no open reader: it is refused with a message pointing at the Blender batch operator, which
   imports it with Blender's own importer.
 * Portraits: ``.png``/``.jpg``/``.jpeg``. The pose comes from the user (default: frontal).
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, InputError
-from .mesh import Mesh, read_npz, read_ply
+from ..errors import ConfigError, InputError
+from ..mesh import Mesh, read_npz, read_ply
 
 SCAN_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -250,7 +250,7 @@ def normalization_matrix(vertices: np.ndarray, config: ScanNormalization, up_axi
 
 def transform_mesh(mesh: Mesh, matrix: np.ndarray) -> Mesh:
     """``mesh`` moved by a similarity transform, with fresh unit normals."""
-    from .mesh import vertex_normals
+    from ..mesh import vertex_normals
 
     vertices = (mesh.vertices.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
     faces = mesh.faces.astype(np.int32)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import __version__
+from .. import __version__
 
 TOOL_NAME = "head-stylizer"
 PROVENANCE_SCHEMA = 1
