@@ -3,7 +3,7 @@
 Run ``python bench/bench_batch.py`` (``--help`` for options). It exports ``--scans`` procedural heads as
 scanner-like PLY files (mm, z-up, origin at the base of the bust), loads the models once and stylizes the
 generator (cached under ``--cache``; its time is reported separately because it is paid once per style,
-not per scan), then runs :func:`engine.batch.run_batch` and reports, per scan, the time of each step:
+not per scan), then runs :func:`engine.app.batch.run_batch` and reports, per scan, the time of each step:
 read + normalise + render the calibrated views + W+ inversion, stylized mesh extraction and glb writing.
 
 It also measures what the acceptance criterion of the inversion asks: the identity encoder's cosine between
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
 
-from engine.batch import BatchSettings, collect_inputs, load_engine_models, run_batch  # noqa: E402
+from engine.app.batch import BatchSettings, collect_inputs, load_engine_models, run_batch  # noqa: E402
 from engine.world import ScanExport, export_scan, sample_identities  # noqa: E402
 
 TARGET_SECONDS_PER_SCAN = 60.0
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     encoder_path = pack_paths().identity_encoder
     if encoder_path.is_file() and len(inverted) >= 2:
-        from engine.batch import _front_render
+        from engine.app.batch import _front_render
         from engine.generator.loading import load_generator
         from engine.evaluate.recognition import load_identity_encoder
 

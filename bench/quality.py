@@ -40,7 +40,7 @@ from engine.generator.camera import cameras_at  # noqa: E402
 from engine.generator.loading import load_generator  # noqa: E402
 from engine.generator.inference import camera_config_for, render_images, seed_latent  # noqa: E402
 from engine.stylize.presets import STYLE_PRESETS  # noqa: E402
-from engine.pipeline import HeadJob, embedded_backends, resolve_models, resolve_prompt, stylized_generator, view_settings  # noqa: E402
+from engine.app.pipeline import HeadJob, embedded_backends, resolve_models, resolve_prompt, stylized_generator, view_settings  # noqa: E402
 
 YAWS_DEGREES = (0.0, 45.0, -45.0, 90.0)
 

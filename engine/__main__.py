@@ -1,5 +1,5 @@
-"""``python -m engine …`` — the engine's command line (see ``engine.cli``)."""
+"""``python -m engine …`` — the engine's command line (see ``engine.app.cli``)."""
 
-from .cli import main
+from .app.cli import main
 
 raise SystemExit(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.batch import collect_inputs, run_batch  # noqa: E402
+from engine.app.batch import collect_inputs, run_batch  # noqa: E402
 
 from test_batch import stub_models  # noqa: E402
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batch import BatchModels, ConsentRequired, HeadOutput, Inverted, collect_inputs, run_batch
+from engine.app.batch import BatchModels, ConsentRequired, HeadOutput, Inverted, collect_inputs, run_batch
 from engine.heads.gltf import read_gltf
 from engine.heads.provenance import REQUIRED_FIELDS, sha256_file
 from engine.heads.scans import load_scan
@@ -219,7 +219,7 @@ def test_views_folders_from_blender(tmp_path):
     target with the recorded cameras; a folder Blender marked failed.json is a failed row naming the scan."""
     from PIL import Image
 
-    from engine.batch import views_target
+    from engine.app.batch import views_target
     from engine.heads.invert import scan_cameras
     from engine.generator.loading import load_generator
     from engine.heads.scan_views import ScanViewConfig, render_scan_views
@@ -256,7 +256,7 @@ def test_views_folders_from_blender(tmp_path):
 
 
 def test_output_names_stay_unique():
-    from engine.batch import output_stems
+    from engine.app.batch import output_stems
 
     assert output_stems([Path("a.ply"), Path("a.obj"), Path("b.glb")]) == ["a_ply", "a_obj", "b"]
 

@@ -356,7 +356,7 @@ def test_build_script_makes_an_installable_zip(tmp_path):
         names = set(archive.namelist())
         archive.extractall(tmp_path / "repo" / "head_stylizer")
     assert {"blender_manifest.toml", "__init__.py", "operators/stylize.py", "panels/main.py",
-            "engine/__main__.py", "engine/pipeline.py"} <= names
+            "engine/__main__.py", "engine/app/pipeline.py"} <= names
     assert not any(n.startswith(("tests/", "bench/", "tools/", ".venv/")) or n.endswith(".pyc") for n in names)
     r = run_bpy(f"""
 install_extension({str(tmp_path / 'repo')!r})

@@ -191,7 +191,7 @@ def test_every_panel_setting_is_an_option_of_the_real_engine_head_command(tmp_pa
     """The command the panel builds parses with ``python -m engine head``'s own parser, value for value."""
     import argparse
 
-    from engine.commands.head import add_arguments, job_from_args
+    from engine.app.commands.head import add_arguments, job_from_args
 
     latent = tmp_path / "w.npz"
     latent.write_bytes(b"x")

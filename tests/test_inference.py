@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.cli import main as cli_main
-from engine.commands.render import parse_seeds
+from engine.app.cli import main as cli_main
+from engine.app.commands.render import parse_seeds
 from engine.errors import ConfigError, InputError
 from engine.generator.camera import NAMED_VIEW_YAWS_DEG, cameras_at
 from engine.generator.loading import load_generator, save_generator

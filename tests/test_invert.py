@@ -131,7 +131,7 @@ def test_pack_inversion_keeps_identity(tmp_path):
     from engine.evaluate.recognition import load_identity_encoder
     from engine.heads.scans import load_scan
     from engine.world import ScanExport, export_scan, sample_identities
-    from engine.batch import _front_render
+    from engine.app.batch import _front_render
 
     G = load_generator(PACK / "generator" / "generator.safetensors").generator
     encoder = load_identity_encoder(PACK / "recognition" / "identity_encoder.safetensors")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.demo import DemoConfig, run_demo
+from engine.app.demo import DemoConfig, run_demo
 from engine.errors import CheckpointError, ConfigError
 from engine.generator.config import get_preset
 from engine.generator.loading import save_generator

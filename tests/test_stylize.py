@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engine.generator.checkpoint import load_checkpoint
-from engine.cli import main as cli_main
+from engine.app.cli import main as cli_main
 from engine.distill import DistillConfig
 from engine.errors import CheckpointError, ConfigError
 from engine.generator.loading import load_generator

@@ -12,7 +12,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 DEFAULT_SEEDS = "0"
 
@@ -55,9 +55,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.events import emit
-    from ..generator.loading import load_generator
-    from ..generator.inference import (
+    from ...io.events import emit
+    from ...generator.loading import load_generator
+    from ...generator.inference import (
         Subject,
         ViewSettings,
         check_compatible,

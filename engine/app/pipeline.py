@@ -33,23 +33,23 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from .io.atomic import write_json, write_with
-from .io.configs import JsonConfig
-from .distill import DistillConfig
-from .errors import ConfigError
-from .io.events import emit, log
-from .generator.camera import named_views, orbit_cameras
-from .generator.loading import load_generator, resolve_device
-from .generator.triplane import TriPlaneGenerator
-from .io.images import image_grid, save_png, to_uint8
-from .generator.inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
-from .mesh import Mesh, MeshConfig, write_npz, write_ply
-from .pack import PackPaths, require_pack, sha256_file
-from .stylize.loop import stylize
-from .stylize.cancel import CancelToken
-from .stylize.config import StylizeConfig
-from .stylize.presets import get_style_preset, preset_prompt
-from .stylize.training_state import read_latest
+from ..io.atomic import write_json, write_with
+from ..io.configs import JsonConfig
+from ..distill import DistillConfig
+from ..errors import ConfigError
+from ..io.events import emit, log
+from ..generator.camera import named_views, orbit_cameras
+from ..generator.loading import load_generator, resolve_device
+from ..generator.triplane import TriPlaneGenerator
+from ..io.images import image_grid, save_png, to_uint8
+from ..generator.inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
+from ..mesh import Mesh, MeshConfig, write_npz, write_ply
+from ..pack import PackPaths, require_pack, sha256_file
+from ..stylize.loop import stylize
+from ..stylize.cancel import CancelToken
+from ..stylize.config import StylizeConfig
+from ..stylize.presets import get_style_preset, preset_prompt
+from ..stylize.training_state import read_latest
 
 EventSink = Callable[..., None]
 METHODS = ("ld", "sds")
@@ -319,7 +319,7 @@ def extract_head(
 
 def embedded_backends(pack: PackPaths) -> tuple[Any, Any]:
     """(identity backend, style backend) from the pack's recognition models."""
-    from .evaluate.metrics import EmbeddedIdentityBackend, EmbeddedStyleBackend
+    from ..evaluate.metrics import EmbeddedIdentityBackend, EmbeddedStyleBackend
 
     return EmbeddedIdentityBackend(pack.identity_encoder), EmbeddedStyleBackend(pack.style_classifier)
 
@@ -333,7 +333,7 @@ def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, sou
     """
     if sources.pack is None or not sources.pack.identity_encoder.is_file():
         return {}
-    from .evaluate.metrics import evaluate_renders
+    from ..evaluate.metrics import evaluate_renders
 
     identity_backend, style_backend = embedded_backends(sources.pack)
     report = evaluate_renders(before[None], after[None], style or "unknown", identity_backend,

@@ -2,7 +2,7 @@
 
 Needs ``--i-have-consent`` (checked before anything is loaded; exit status 2 without it). Progress is JSON
 lines on stdout (``item`` events per input, ``progress`` with ``stage: batch``, then ``done`` or
-``cancelled``); a cancel file, SIGINT or SIGTERM stops after the current item. See :mod:`engine.batch`.
+``cancelled``); a cancel file, SIGINT or SIGTERM stops after the current item. See :mod:`engine.app.batch`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
-from ..io.events import emit
-from ..stylize.cancel import CancelToken
+from ...io.events import emit
+from ...stylize.cancel import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

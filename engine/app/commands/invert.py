@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io.atomic import write_json
-from ..io.events import emit, log
+from ...io.atomic import write_json
+from ...io.events import emit, log
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,22 +32,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..batch import item_kind, views_target
-    from ..generator.checkpoint import save_checkpoint
-    from ..generator.loading import load_generator
-    from ..heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_target
-    from ..heads.scans import ScanNormalization, load_scan, read_image
+    from ...generator.checkpoint import save_checkpoint
+    from ...generator.loading import load_generator
+    from ...heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_target
+    from ...heads.scans import ScanNormalization, load_scan, read_image
 
     source = Path(args.input)
     kind = item_kind(source)
     if kind == "latent":
         log(f"{source} is already a W+ latent; nothing to invert")
         return 2
-    from ..pack import pack_paths, require_pack
+    from ...pack import pack_paths, require_pack
 
     generator = args.generator if args.generator is not None else str(require_pack().generator)
     encoder = None
     if pack_paths().identity_encoder.is_file():  # the feature loss uses the pack's encoder whatever the generator
-        from ..evaluate.recognition import load_identity_encoder
+        from ...evaluate.recognition import load_identity_encoder
 
         encoder = load_identity_encoder(pack_paths().identity_encoder)
     emit("stage", stage="load", message=f"loading {generator}")

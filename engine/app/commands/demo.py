@@ -1,4 +1,4 @@
-"""``python -m engine demo``: the main job on the embedded model pack (see :mod:`engine.demo`).
+"""``python -m engine demo``: the main job on the embedded model pack (see :mod:`engine.app.demo`).
 
 Stylizes the pack's generator toward one world style with likelihood distillation on this machine,
 renders a few heads before/after from six views, a turntable and meshes, measures identity preservation
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 
 from ..demo import DemoConfig, run_demo
-from ..io.events import log
+from ...io.events import log
 from ..pipeline import METHODS
-from ..stylize.presets import STYLE_PRESETS
-from ..stylize.cancel import CancelToken
+from ...stylize.presets import STYLE_PRESETS
+from ...stylize.cancel import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ likelihood distillation on the CPU, then for a handful of heads (seeds) it write
 * ``metrics.json`` (identity similarity before→after, identity diversity, multi-view consistency, style
   scores; see :mod:`engine.evaluate.metrics`) and ``report.html`` that shows all of it.
 
-Everything reuses :mod:`engine.pipeline` (the same code as Blender's Stylize Head), so the stylized generator
+Everything reuses :mod:`engine.app.pipeline` (the same code as Blender's Stylize Head), so the stylized generator
 is cached in ``<out>/cache`` and a second run with the same settings only re-renders.
 """
 
@@ -26,20 +26,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .io.atomic import write_json, write_with
-from .io.configs import JsonConfig
-from .errors import ConfigError
-from .io.events import emit
-from .generator.camera import orbit_cameras
-from .generator.loading import load_generator, resolve_device
-from .io.images import image_grid, save_png, to_uint8
-from .generator.inference import camera_config_for, render_images, seed_latent
-from .mesh import write_mesh
-from .pack import load_manifest
+from ..io.atomic import write_json, write_with
+from ..io.configs import JsonConfig
+from ..errors import ConfigError
+from ..io.events import emit
+from ..generator.camera import orbit_cameras
+from ..generator.loading import load_generator, resolve_device
+from ..io.images import image_grid, save_png, to_uint8
+from ..generator.inference import camera_config_for, render_images, seed_latent
+from ..mesh import write_mesh
+from ..pack import load_manifest
 from .pipeline import HeadJob, embedded_backends, extract_head, render_views, resolve_models, resolve_prompt, stylized_generator, view_settings
 from .report_html import write_demo_report
-from .stylize.cancel import CancelToken
-from .stylize.presets import STYLE_PRESETS
+from ..stylize.cancel import CancelToken
+from ..stylize.presets import STYLE_PRESETS
 
 EventSink = Callable[..., None]
 
@@ -171,7 +171,7 @@ def run_demo(config: DemoConfig, cancel: CancelToken | None = None, on_event: Ev
     if config.evaluate:
         on_event("stage", stage="evaluate", message="identity, diversity, consistency and style")
         t = time.perf_counter()
-        from .evaluate.metrics import evaluate_renders
+        from ..evaluate.metrics import evaluate_renders
 
         identity_backend, style_backend = embedded_backends(sources.pack)
         style = STYLE_PRESETS[config.style].embedded_style

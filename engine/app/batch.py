@@ -35,14 +35,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .io.atomic import write_json, write_text
-from .errors import ConfigError, EngineError, InputError
-from .io.events import emit, log
-from .heads.gltf import write_glb
-from .mesh import Mesh
-from .heads.provenance import Provenance, settings_fingerprint, sha256_file
-from .heads.scans import input_kind, list_inputs
-from .stylize.cancel import CancelToken
+from ..io.atomic import write_json, write_text
+from ..errors import ConfigError, EngineError, InputError
+from ..io.events import emit, log
+from ..heads.gltf import write_glb
+from ..mesh import Mesh
+from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
+from ..heads.scans import input_kind, list_inputs
+from ..stylize.cancel import CancelToken
 
 EventSink = Callable[..., None]
 REPORT_FIELDS = ("input", "output", "identity_similarity", "seconds", "status", "error")
@@ -361,8 +361,8 @@ def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], 
 
 def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
     """The generator's front view of ``ws`` over white, as the scan targets are (cameras at the origin)."""
-    from .heads.invert import composite, scan_cameras
-    from .generator.triplane import RenderOptions
+    from ..heads.invert import composite, scan_cameras
+    from ..generator.triplane import RenderOptions
 
     cameras, _ = scan_cameras(G, (0.0,), (0.0,))
     device = next(G.parameters()).device
@@ -374,14 +374,14 @@ def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
 
 def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit) -> BatchModels:
     """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator
-    (cached by :func:`engine.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
-    from .generator.loading import load_generator
-    from .heads.invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
-    from .generator.inference import load_w_plus
-    from .pack import pack_paths
+    (cached by :func:`engine.app.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
+    from ..generator.loading import load_generator
+    from ..heads.invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
+    from ..generator.inference import load_w_plus
+    from ..pack import pack_paths
     from .pipeline import HeadJob, extract_head, resolve_models, resolve_prompt, stylized_generator
-    from .heads.provenance import model_hashes
-    from .heads.scans import ScanNormalization, load_scan, read_image
+    from ..heads.provenance import model_hashes
+    from ..heads.scans import ScanNormalization, load_scan, read_image
 
     job = HeadJob(
         out_dir=str(Path(settings.cache_dir or "out/batch-cache")),
@@ -413,7 +413,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     # offline identity model, used for the inversion's feature loss and the report's similarity.
     encoder_path = (sources.pack.identity_encoder if sources.pack is not None else pack_paths().identity_encoder)
     if encoder_path.is_file():
-        from .evaluate.recognition import load_identity_encoder
+        from ..evaluate.recognition import load_identity_encoder
 
         encoder = load_identity_encoder(encoder_path, next(base.parameters()).device)
     inversion = InversionConfig() if settings.inversion_steps is None else InversionConfig(steps=settings.inversion_steps)
@@ -471,8 +471,8 @@ def views_target(folder: Path, resolution: int):
     ``cameras.json``: ``{"source": name, "source_sha256": hex, "views": [{"name": str, "file": png,
     "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see operators/scan_render.py).
     """
-    from .heads.invert import InversionTarget
-    from .heads.scans import read_image
+    from ..heads.invert import InversionTarget
+    from ..heads.scans import read_image
 
     manifest = folder / VIEWS_MANIFEST
     try:

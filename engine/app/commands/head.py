@@ -2,7 +2,7 @@
 
 The generator is stylized toward the prompt once per settings and cached (``--cache``); then the head
 (``--seed`` or ``--latent``) is rendered before/after, meshed and scored. Every model path defaults to the
-embedded pack. Progress is JSON lines on stdout (see :mod:`engine.pipeline`); creating ``--cancel-file``,
+embedded pack. Progress is JSON lines on stdout (see :mod:`engine.app.pipeline`); creating ``--cancel-file``,
 SIGINT or SIGTERM stop the stylization after the current step (exit 0, last event ``cancelled``).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 from ..pipeline import METHODS, HeadJob, run_head
-from ..stylize.presets import STYLE_PRESETS
-from ..stylize.cancel import CancelToken
+from ...stylize.presets import STYLE_PRESETS
+from ...stylize.cancel import CancelToken
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

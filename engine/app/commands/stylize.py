@@ -14,8 +14,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InputError
-from ..generator.config import PRESETS
+from ...errors import ConfigError, InputError
+from ...generator.config import PRESETS
 
 # CLI flag → top-level StylizeConfig field (flags default to None: "not given").
 _TOP_LEVEL = {
@@ -99,8 +99,8 @@ def _overrides(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
 
 def build_config(args: argparse.Namespace):
     """The StylizeConfig this command line asks for (the saved one, with overrides, on --resume)."""
-    from ..stylize.config import StylizeConfig
-    from ..stylize.training_state import read_latest
+    from ...stylize.config import StylizeConfig
+    from ...stylize.training_state import read_latest
 
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
@@ -124,7 +124,7 @@ def build_config(args: argparse.Namespace):
 
 def _check_paths(config) -> None:
     """Fail fast, with the path in the message, before any model is loaded."""
-    from ..errors import CheckpointError
+    from ...errors import CheckpointError
 
     if config.generator not in PRESETS and not Path(config.generator).exists():
         raise CheckpointError(f"--generator {config.generator}: no such file (or preset: {sorted(PRESETS)})")
@@ -138,8 +138,8 @@ def _check_paths(config) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stylize.loop import stylize
-    from ..stylize.cancel import CancelToken
+    from ...stylize.loop import stylize
+    from ...stylize.cancel import CancelToken
 
     config = build_config(args)
     _check_paths(config)

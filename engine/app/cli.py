@@ -1,6 +1,6 @@
 """Command line of the engine: ``python -m engine <command> …``.
 
-Each command lives in ``engine/commands/<name>.py`` and provides ``add_arguments(parser)`` and
+Each command lives in ``engine/app/commands/<name>.py`` and provides ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so ``--help`` stays fast and
 one command's heavy imports (diffusers) never slow another. User errors (:class:`EngineError`) print one
 line on stderr and exit with status 2 — never a traceback.
@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import EngineError
+from ..errors import EngineError
 
 COMMANDS: dict[str, str] = {
     "generate": "Render multi-view images and a coloured mesh of a generated head.",
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, subparsers = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in COMMANDS:
-        module = importlib.import_module(f"engine.commands.{command}")
+        module = importlib.import_module(f"engine.app.commands.{command}")
         module.add_arguments(subparsers[command])
     args = parser.parse_args(argv)
     if args.command is None:
