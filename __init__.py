@@ -10,14 +10,16 @@ from __future__ import annotations
 
 
 def register() -> None:
-    from . import operators, panels
+    from . import bridge, operators, panels
 
+    bridge.register()
     operators.register()
     panels.register()
 
 
 def unregister() -> None:
-    from . import operators, panels
+    from . import bridge, operators, panels
 
     panels.unregister()
     operators.unregister()
+    bridge.unregister()

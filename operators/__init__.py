@@ -1,18 +1,18 @@
-"""Blender operators: Stylize Head, Cancel, Import Head, Export glTF, Render Turntable (+ Batch, if present).
+"""Blender operators: Stylize Head, Cancel, Import Head, Export glTF, Render Turntable, Check Python (+ Batch).
 
-Modules that need ``bpy`` are imported inside :func:`register`, so the pure-Python parts
-(:mod:`.job`, :mod:`.engine_process`) and the repository root stay importable without Blender.
+Only ``bpy.types.Operator`` classes live here; the settings, preferences and the engine process they use are
+in ``bridge/``. Modules that need ``bpy`` are imported inside :func:`register`.
 
-The batch operators (``batch.py``, ``scan_render.py``) are written separately; each exports a ``CLASSES``
-tuple and is registered here when it exists (guarded import: the extension works without them).
+The batch operators (``batch.py``) are written separately; the module exports a ``CLASSES`` tuple and is
+registered here when it exists (guarded import: the extension works without it).
 """
 
 from __future__ import annotations
 
 import importlib
 
-_CORE_MODULES = ("properties", "preferences", "stylize", "head_io", "turntable")
-_OPTIONAL_MODULES = ("batch", "scan_render")
+_CORE_MODULES = ("check_python", "stylize", "head_io", "turntable")
+_OPTIONAL_MODULES = ("batch",)
 _registered: list[type] = []
 _handlers: list[tuple[list, object]] = []
 
@@ -42,13 +42,12 @@ def _menu_export(self, context):
 def register() -> None:
     import bpy
 
-    from . import properties, stylize
+    from . import stylize
 
     for module in _modules():
         for cls in getattr(module, "CLASSES", ()):
             bpy.utils.register_class(cls)
             _registered.append(cls)
-    properties.register_scene_property()
     for handler_list, handler in stylize.HANDLERS:
         if handler not in handler_list:
             handler_list.append(handler)
@@ -60,7 +59,7 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import properties, stylize
+    from . import stylize
 
     stylize.kill_running_engines()
     bpy.types.TOPBAR_MT_file_export.remove(_menu_export)
@@ -69,6 +68,5 @@ def unregister() -> None:
         handler_list, handler = _handlers.pop()
         if handler in handler_list:
             handler_list.remove(handler)
-    properties.unregister_scene_property()
     while _registered:
         bpy.utils.unregister_class(_registered.pop())

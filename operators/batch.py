@@ -22,8 +22,8 @@ from typing import Any
 
 import bpy
 
-from . import engine_process, scan_render
-from .job import engine_environment
+from ..bridge import engine_process, scan_render
+from ..bridge.job import engine_environment
 
 _SESSION: "BatchSession | None" = None
 
@@ -175,7 +175,7 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
 
 
 def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
-    from .preferences import _abspath, engine_root, get_preferences, resolve_python
+    from ..bridge.preferences import _abspath, engine_root, get_preferences, resolve_python
 
     if not settings.consent:
         return None, "Tick \"I have the subjects' consent\" before running a batch"

@@ -7,7 +7,7 @@ from pathlib import Path
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from .mesh_import import HeadFileError, import_head
+from ..bridge.mesh_import import HeadFileError, import_head
 from .stylize import load_head_json, resolve_in
 
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import bpy
 
-from . import engine_process
-from .engine_process import EngineProcess
-from .job import StylizeRequest, engine_argv, engine_environment
-from .mesh_import import HeadFileError, import_head
-from .preferences import build_request
-from .properties import settings_of
+from ..bridge import engine_process
+from ..bridge.engine_process import EngineProcess
+from ..bridge.job import StylizeRequest, engine_argv, engine_environment
+from ..bridge.mesh_import import HeadFileError, import_head
+from ..bridge.preferences import build_request
+from ..bridge.properties import settings_of
 
 # The progress bar covers the whole run: stylization steps fill the first 85 %, the later stages
 # (before/after views, marching cubes, scoring) move it on as they start; "done" completes it.
@@ -303,7 +303,7 @@ def _on_load_pre(*_args) -> None:
 
 @bpy.app.handlers.persistent
 def _on_load_post(*_args) -> None:
-    from .properties import reset_run_state
+    from ..bridge.properties import reset_run_state
 
     for scene in bpy.data.scenes:
         if hasattr(scene, "head_stylizer"):

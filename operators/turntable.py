@@ -122,7 +122,7 @@ class HEADSTYLIZER_OT_render_turntable(bpy.types.Operator):
         return obj is not None and obj.type == "MESH"
 
     def execute(self, context):
-        from .preferences import get_preferences, output_root
+        from ..bridge.preferences import get_preferences, output_root
 
         obj = context.active_object
         if self.directory:

@@ -4,7 +4,7 @@
 Blender ships its extension command line (``blender_ext.py``: ``validate``, ``build``) inside its bundled
 scripts; the ``bpy`` wheel carries the same file, so the zip is built exactly as ``blender --command
 extension build`` would, honouring ``[build] paths_exclude_pattern`` of ``blender_manifest.toml``. The zip
-holds the extension (``__init__.py``, ``operators/``, ``panels/``) and the ``engine/`` package with the
+holds the extension (``__init__.py``, ``operators/``, ``panels/``, ``bridge/``) and the ``engine/`` package with the
 embedded model pack, which the extension runs out of process.
 
 Usage::
@@ -57,7 +57,7 @@ def check_zip(path: Path) -> dict[str, int]:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
     required = ["blender_manifest.toml", "__init__.py", "operators/__init__.py", "panels/__init__.py",
-                "engine/__main__.py"]
+                "bridge/__init__.py", "engine/__main__.py"]
     missing = [n for n in required if n not in names]
     if missing:
         raise SystemExit(f"error: {path} lacks {missing}")

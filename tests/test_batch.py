@@ -215,7 +215,7 @@ def test_cli_end_to_end_on_the_pack(tmp_path):
 
 
 def test_views_folders_from_blender(tmp_path):
-    """A views folder (RGBA PNGs + cameras.json, as operators/scan_render.py writes) becomes an inversion
+    """A views folder (RGBA PNGs + cameras.json, as bridge/scan_render.py writes) becomes an inversion
     target with the recorded cameras; a folder Blender marked failed.json is a failed row naming the scan."""
     from PIL import Image
 

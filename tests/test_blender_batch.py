@@ -1,4 +1,4 @@
-"""Blender batch: the numpy normalisation/cameras of operators/scan_render.py equal the engine's; inside
+"""Blender batch: the numpy normalisation/cameras of bridge/scan_render.py equal the engine's; inside
 Blender (bpy module, background), scans are imported, normalised and rendered from the generator's
 cameras (silhouettes match the procedural world's own renders), and the Batch operator runs the engine
 out of process (a fake engine here), refusing to start without consent."""
@@ -15,7 +15,7 @@ import torch
 
 from engine.generator.camera import CameraConfig, cameras_at
 from engine.heads.scans import ScanNormalization, normalization_matrix
-from operators import scan_render
+from bridge import scan_render
 from tests.blender.runner import HAVE_BPY, REPO_ROOT, run_bpy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -70,7 +70,7 @@ def scan_folder(tmp_path_factory) -> Path:
 def test_blender_views_match_the_world_through_the_same_cameras(scan_folder, tmp_path):
     r = run_bpy(f"""
 from pathlib import Path
-from bl_ext.hs_tests.head_stylizer.operators import scan_render
+from bl_ext.hs_tests.head_stylizer.bridge import scan_render
 path = scan_render.prepare_scan_views(Path({str(scan_folder / 'alice.ply')!r}), Path({str(tmp_path / 'views')!r}), resolution=64, samples=4)
 result(manifest=str(path), objects=len(bpy.data.objects), scenes=len(bpy.data.scenes))
 """)

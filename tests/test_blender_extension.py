@@ -251,7 +251,7 @@ del os.environ["FAKE_ENGINE_FAIL"]
 errors["ok"] = press()
 
 # empty interpreter = Blender's own, used only if torch imports there (checked in a subprocess)
-from bl_ext.hs_tests.head_stylizer.operators import engine_process, preferences
+from bl_ext.hs_tests.head_stylizer.bridge import engine_process, preferences
 p.python_path = ""
 default_python = preferences.resolve_python(p)
 no_torch = os.path.join({str(tmp_path)!r}, "python-without-torch")
@@ -280,8 +280,9 @@ result(errors=errors, status=status_after_bad_path, objects=[o.name for o in bpy
 def test_cancel_stops_the_engine_and_loading_a_file_kills_a_running_one(head_npz, tmp_path):
     r = run_bpy(_fake(head_npz, tmp_path / "out", FAKE_ENGINE_STEP_SECONDS="0.05") + f"""
 import time
-from bl_ext.hs_tests.head_stylizer.operators import stylize, engine_process
-from bl_ext.hs_tests.head_stylizer.operators.preferences import build_request
+from bl_ext.hs_tests.head_stylizer.operators import stylize
+from bl_ext.hs_tests.head_stylizer.bridge import engine_process
+from bl_ext.hs_tests.head_stylizer.bridge.preferences import build_request
 
 def gone(pid):
     try:
@@ -355,13 +356,13 @@ def test_build_script_makes_an_installable_zip(tmp_path):
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "repo" / "head_stylizer")
-    assert {"blender_manifest.toml", "__init__.py", "operators/stylize.py", "panels/main.py",
+    assert {"blender_manifest.toml", "__init__.py", "operators/stylize.py", "panels/main.py", "bridge/preferences.py",
             "engine/__main__.py", "engine/app/pipeline.py"} <= names
     assert not any(n.startswith(("tests/", "bench/", "tools/", ".venv/")) or n.endswith(".pyc") for n in names)
     r = run_bpy(f"""
 install_extension({str(tmp_path / 'repo')!r})
 result(path=extension().__file__, registered=hasattr(bpy.types, "HEADSTYLIZER_PT_main"),
-       engine_root=__import__(MODULE + ".operators.preferences", fromlist=["x"]).EXTENSION_ROOT.as_posix())
+       engine_root=__import__(MODULE + ".bridge.preferences", fromlist=["x"]).EXTENSION_ROOT.as_posix())
 """, install=False)
     assert r["registered"] and r["path"].startswith(str(tmp_path / "repo"))
     assert r["engine_root"] == (tmp_path / "repo" / "head_stylizer").as_posix()

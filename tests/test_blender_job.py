@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operators import engine_process
-from operators.engine_process import CancelPolicy, EngineProcess, parse_event_line
-from operators.job import PRESETS, ModelPaths, StylizeRequest, check_request, engine_argv, engine_environment, \
+from bridge import engine_process
+from bridge.engine_process import CancelPolicy, EngineProcess, parse_event_line
+from bridge.job import PRESETS, ModelPaths, StylizeRequest, check_request, engine_argv, engine_environment, \
     strength_to_guidance_scale
 
 FAKE_ROOT = Path(__file__).parent / "blender" / "fake_engine"

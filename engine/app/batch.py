@@ -469,7 +469,7 @@ def views_target(folder: Path, resolution: int):
     """An inversion target from a folder Blender rendered: ``cameras.json`` + RGBA PNGs (alpha = coverage).
 
     ``cameras.json``: ``{"source": name, "source_sha256": hex, "views": [{"name": str, "file": png,
-    "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see operators/scan_render.py).
+    "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see bridge/scan_render.py).
     """
     from ..heads.invert import InversionTarget
     from ..heads.scans import read_image

@@ -288,5 +288,3 @@ def prepare_scan_views(source: Path, folder: Path, resolution: int = 128, sample
             bpy.data.meshes.remove(mesh)
     return write_views_manifest(folder, source, plan, matrix, fov_degrees, radius)
 
-
-CLASSES: tuple = ()  # functions only; the operator lives in operators/batch.py
