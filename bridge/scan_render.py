@@ -8,7 +8,7 @@ faces −y (Blender's front view). The generator's world is y-up, facing +z (eng
 normalisation convention). ``world = (x, z, −y)`` maps Blender to the generator and ``blender = (x, −z, y)``
 back. The normalisation — up-extent units heuristic, centring on the procedural world's mean bust centre —
 is the engine's (:func:`engine.heads.scans.normalization_matrix` for a z-up mesh), re-implemented here in numpy
-because Blender's Python has no torch; tests/test_blender_batch.py checks both give the same matrix.
+because Blender's Python has no torch; tests/blender/test_batch.py checks both give the same matrix.
 
 Cameras. Each view is the generator's camera for (yaw, pitch) — PanoHead's orbit of radius 2.7 around the
 world origin, looking at the origin (where normalised heads sit), 18.837° FOV with PanoHead's rounded
@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Kept equal to engine.heads.scans (checked by tests/test_blender_batch.py).
+# Kept equal to engine.heads.scans (checked by tests/blender/test_batch.py).
 REFERENCE_CENTRE = (0.0, -0.105, -0.012)
 REFERENCE_HEIGHT = 0.73
 UNIT_TO_WORLD = {"mm": 0.0016, "cm": 0.016, "m": 1.6, "world": 1.0}

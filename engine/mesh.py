@@ -44,7 +44,7 @@ ProgressFn = Callable[[float], None]
 DEFAULT_PAD_DEPTH = 1000.0
 
 # PyMCubes winds triangles outward when the inside of the surface holds the *larger* values, which is our
-# density convention; flip here if that ever changes (tests/test_mesh.py checks it on a sphere).
+# density convention; flip here if that ever changes (tests/engine/test_mesh.py checks it on a sphere).
 MCUBES_WINDS_OUTWARD_FOR_DENSE_INSIDE = True
 
 

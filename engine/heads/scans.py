@@ -50,7 +50,7 @@ INPUT_KINDS = ("scan", "image", "latent")
 
 # Procedural world busts (engine.world.head_mesh), measured over the neutral and random identities: all are
 # 0.496 wide (the shoulders), 0.71–0.76 tall and 0.36–0.38 deep, with bounding-box centre about
-# (0, −0.105, −0.012). tests/test_scans.py re-measures them.
+# (0, −0.105, −0.012). tests/engine/heads/test_scans.py re-measures them.
 REFERENCE_CENTRE = (0.0, -0.105, -0.012)
 REFERENCE_HEIGHT = 0.73
 WORLD_UNITS_PER_CM = 0.016  # engine.world.sdf.WORLD_UNITS_PER_CM (kept here to avoid importing the world)

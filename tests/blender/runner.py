@@ -1,6 +1,6 @@
 """Run a Blender scenario in a fresh Python with the ``bpy`` module (background mode) and read its result.
 
-Used by ``tests/test_blender_*.py``. The scenario code runs after :mod:`bpy_harness` is imported and the
+Used by ``tests/blender/test_*.py``. The scenario code runs after :mod:`bpy_harness` is imported and the
 extension is installed; it reports with ``result(**fields)``. A scenario that raises fails the test with
 Blender's stderr attached.
 """

@@ -19,7 +19,7 @@ from bridge import scan_render
 from tests.blender.runner import HAVE_BPY, REPO_ROOT, run_bpy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-FAKE_ENGINE = REPO_ROOT / "tests" / "batch_fake_engine"
+FAKE_ENGINE = REPO_ROOT / "tests" / "blender" / "batch_fake_engine"
 
 
 def test_blender_normalisation_equals_the_engines():

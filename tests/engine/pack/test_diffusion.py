@@ -15,7 +15,7 @@ from engine.world.styles import STYLES
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _load_training_module():

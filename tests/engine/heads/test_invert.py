@@ -27,7 +27,7 @@ from engine.heads.invert import (
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 FAST = InversionConfig(steps=12, neural_resolution=16, start_candidates=0, views_per_step=2, learning_rate=0.08, feature_weight=0.2)
 
 

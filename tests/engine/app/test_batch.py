@@ -23,7 +23,7 @@ from engine.heads.scans import load_scan
 from engine.world import ScanExport, export_scan, head_mesh, sample_identities
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TESTS = Path(__file__).resolve().parent
 
 

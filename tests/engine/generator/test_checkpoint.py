@@ -36,7 +36,7 @@ from engine.generator.safe_pickle import (
     read_pickled_network,
 )
 
-MANIFEST = Path(__file__).parent / "data" / "panohead_G_ema_manifest.json"
+MANIFEST = Path(__file__).resolve().parents[2] / "data" / "panohead_G_ema_manifest.json"
 
 
 def _bits(tensor: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from scripts.pack import train_generator as tg
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PACK_GENERATOR = Path(__file__).resolve().parents[1] / "engine/pack/embedded-v1/generator/generator.safetensors"
+PACK_GENERATOR = Path(__file__).resolve().parents[3] / "engine/pack/embedded-v1/generator/generator.safetensors"
 # Held-out front-view PSNR of the shipped file: 18.0 dB mean over 6 heads (reports/generator.json) minus a margin.
 PACK_FRONT_PSNR_MIN = 16.5
 

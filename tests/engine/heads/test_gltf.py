@@ -17,7 +17,7 @@ from engine.errors import InputError
 from engine.heads.gltf import glb_bytes, linear_to_srgb, parse_gltf, read_gltf, srgb_to_linear, write_glb
 from engine.mesh import Mesh, vertex_normals
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def tetra(colours: bool = True) -> Mesh:

@@ -18,7 +18,7 @@ from bridge.engine_process import CancelPolicy, EngineProcess, parse_event_line
 from bridge.job import PRESETS, ModelPaths, StylizeRequest, check_request, engine_argv, engine_environment, \
     strength_to_guidance_scale
 
-FAKE_ROOT = Path(__file__).parent / "blender" / "fake_engine"
+FAKE_ROOT = Path(__file__).parent / "fake_engine"
 PY = sys.executable
 
 

@@ -21,7 +21,7 @@ from engine.generator.loading import load_generator, save_generator
 from engine.generator.triplane import RenderOptions, TriPlaneGenerator
 from engine.mesh import read_ply
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 MANIFESTS = [
     REPO / "tests" / "data" / "panohead_G_ema_manifest.json",
     REPO.parent / "shared" / "reference" / "panohead_G_ema_manifest.json",

@@ -2,7 +2,7 @@
 
 Stylize Head runs against a fake engine (``tests/blender/fake_engine``) that speaks the JSON-line protocol
 and hands back a real head mesh from ``engine.world.head_mesh``; the end-to-end run on the embedded model
-pack is in ``test_blender_real_engine.py``.
+pack is in ``test_real_engine.py``.
 """
 
 from __future__ import annotations

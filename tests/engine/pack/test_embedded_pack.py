@@ -13,7 +13,7 @@ import pytest
 from engine.pack import MANIFEST_NAME, load_manifest, pack_paths, verify_pack
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 PACK = pack_paths()
 
 

@@ -1,4 +1,4 @@
-"""Subprocess used by tests/test_batch.py: runs the batch driver with stub models that take a while per item,
+"""Subprocess used by tests/engine/app/test_batch.py: runs the batch driver with stub models that take a while per item,
 so the test can SIGKILL it after the first item finished and check that a rerun completes the rest."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from engine.app.batch import collect_inputs, run_batch  # noqa: E402
 
