@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     encoder_path = pack_paths().identity_encoder
     if encoder_path.is_file() and len(inverted) >= 2:
         from engine.app.batch import _front_render
-        from engine.generator.loading import load_generator
         from engine.evaluate.recognition import load_identity_encoder
+        from engine.generator.loading import load_generator
 
         encoder = load_identity_encoder(encoder_path)
         base = load_generator(args.generator or str(pack_paths().generator), "cpu").generator

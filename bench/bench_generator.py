@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.generator.inference import head_mesh  # noqa: E402
 from engine.generator.camera import cameras_at  # noqa: E402
+from engine.generator.inference import head_mesh  # noqa: E402
 from engine.generator.loading import load_generator, resolve_device  # noqa: E402
 from engine.generator.triplane import RenderOptions  # noqa: E402
 from engine.mesh import MeshConfig  # noqa: E402

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
 
+from bridge.mesh_import import create_head_object, read_head_npz, yup_to_zup  # noqa: E402
 from engine.mesh import write_npz  # noqa: E402
 from engine.world.identity import sample_identities  # noqa: E402
 from engine.world.scan import head_mesh  # noqa: E402
-from bridge.mesh_import import create_head_object, read_head_npz, yup_to_zup  # noqa: E402
 
 
 def make_head(path: Path, resolution: int) -> tuple[int, int, float]:

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a pl
 
 from engine.distill import DistillConfig  # noqa: E402
 from engine.generator.loading import resolve_device  # noqa: E402
-from engine.stylize.loop import stylize  # noqa: E402
 from engine.stylize.config import StylizeConfig  # noqa: E402
+from engine.stylize.loop import stylize  # noqa: E402
 
 PHASES = ("render", "guidance", "backward")
 GIB = 1024**3

@@ -34,13 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.io.atomic import write_json  # noqa: E402
+from engine.app.pipeline import HeadJob, embedded_backends, resolve_models, resolve_prompt, stylized_generator, view_settings  # noqa: E402
 from engine.evaluate.metrics import evaluate_renders  # noqa: E402
 from engine.generator.camera import cameras_at  # noqa: E402
-from engine.generator.loading import load_generator  # noqa: E402
 from engine.generator.inference import camera_config_for, render_images, seed_latent  # noqa: E402
+from engine.generator.loading import load_generator  # noqa: E402
+from engine.io.atomic import write_json  # noqa: E402
 from engine.stylize.presets import STYLE_PRESETS  # noqa: E402
-from engine.app.pipeline import HeadJob, embedded_backends, resolve_models, resolve_prompt, stylized_generator, view_settings  # noqa: E402
 
 YAWS_DEGREES = (0.0, 45.0, -45.0, 90.0)
 

@@ -31,8 +31,8 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import torch
 
-from .io.atomic import write_with
 from .errors import ConfigError, EngineError, InputError
+from .io.atomic import write_with
 
 PointFn = Callable[[torch.Tensor], torch.Tensor]
 Bounds = tuple[tuple[float, float, float], tuple[float, float, float]]

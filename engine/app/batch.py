@@ -35,13 +35,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..io.atomic import write_json, write_text
 from ..errors import ConfigError, EngineError, InputError
-from ..io.events import emit, log
 from ..heads.gltf import write_glb
-from ..mesh import Mesh
 from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
 from ..heads.scans import input_kind, list_inputs
+from ..io.atomic import write_json, write_text
+from ..io.events import emit, log
+from ..mesh import Mesh
 from ..stylize.cancel import CancelToken
 
 EventSink = Callable[..., None]
@@ -361,8 +361,8 @@ def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], 
 
 def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
     """The generator's front view of ``ws`` over white, as the scan targets are (cameras at the origin)."""
-    from ..heads.invert import composite, scan_cameras
     from ..generator.triplane import RenderOptions
+    from ..heads.invert import composite, scan_cameras
 
     cameras, _ = scan_cameras(G, (0.0,), (0.0,))
     device = next(G.parameters()).device
@@ -375,13 +375,13 @@ def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
 def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit) -> BatchModels:
     """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator
     (cached by :func:`engine.app.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
+    from ..generator.inference import load_w_plus
     from ..generator.loading import load_generator
     from ..heads.invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
-    from ..generator.inference import load_w_plus
-    from ..pack import pack_paths
-    from .pipeline import HeadJob, extract_head, resolve_models, resolve_prompt, stylized_generator
     from ..heads.provenance import model_hashes
     from ..heads.scans import ScanNormalization, load_scan, read_image
+    from ..pack import pack_paths
+    from .pipeline import HeadJob, extract_head, resolve_models, resolve_prompt, stylized_generator
 
     job = HeadJob(
         out_dir=str(Path(settings.cache_dir or "out/batch-cache")),

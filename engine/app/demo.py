@@ -26,20 +26,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
+from ..generator.camera import orbit_cameras
+from ..generator.inference import camera_config_for, render_images, seed_latent
+from ..generator.loading import load_generator, resolve_device
 from ..io.atomic import write_json, write_with
 from ..io.configs import JsonConfig
-from ..errors import ConfigError
 from ..io.events import emit
-from ..generator.camera import orbit_cameras
-from ..generator.loading import load_generator, resolve_device
 from ..io.images import image_grid, save_png, to_uint8
-from ..generator.inference import camera_config_for, render_images, seed_latent
 from ..mesh import write_mesh
 from ..pack import load_manifest
-from .pipeline import HeadJob, embedded_backends, extract_head, render_views, resolve_models, resolve_prompt, stylized_generator, view_settings
-from .report_html import write_demo_report
 from ..stylize.cancel import CancelToken
 from ..stylize.presets import STYLE_PRESETS
+from .pipeline import HeadJob, embedded_backends, extract_head, render_views, resolve_models, resolve_prompt, stylized_generator, view_settings
+from .report_html import write_demo_report
 
 EventSink = Callable[..., None]
 

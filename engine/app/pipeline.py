@@ -33,21 +33,21 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from ..io.atomic import write_json, write_with
-from ..io.configs import JsonConfig
 from ..distill import DistillConfig
 from ..errors import ConfigError
-from ..io.events import emit, log
 from ..generator.camera import named_views, orbit_cameras
+from ..generator.inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
 from ..generator.loading import load_generator, resolve_device
 from ..generator.triplane import TriPlaneGenerator
+from ..io.atomic import write_json, write_with
+from ..io.configs import JsonConfig
+from ..io.events import emit, log
 from ..io.images import image_grid, save_png, to_uint8
-from ..generator.inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
 from ..mesh import Mesh, MeshConfig, write_npz, write_ply
 from ..pack import PackPaths, require_pack, sha256_file
-from ..stylize.loop import stylize
 from ..stylize.cancel import CancelToken
 from ..stylize.config import StylizeConfig
+from ..stylize.loop import stylize
 from ..stylize.presets import get_style_preset, preset_prompt
 from ..stylize.training_state import read_latest
 

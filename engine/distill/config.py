@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..io.configs import JsonConfig
 from ..errors import ConfigError
+from ..io.configs import JsonConfig
 
 METHODS = ("ld", "sds")
 SDS_VARIANTS = ("official", "textbook")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from ..io.configs import JsonConfig
 from ..errors import ConfigError
+from ..io.configs import JsonConfig
 
 # Channels per tri-grid plane slice. Fixed in PanoHead (the decoder reads 32 features).
 PLANE_FEATURES = 32

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io.atomic import write_json, write_with
 from ..errors import ConfigError, InputError
+from ..io.atomic import write_json, write_with
 from ..io.events import emit
-from .camera import CameraConfig, cameras_at, named_views, orbit_cameras
-from .triplane import RenderOptions, TriPlaneGenerator
 from ..io.images import image_grid, save_png, to_uint8
 from ..mesh import Mesh, MeshConfig, extract_mesh
+from .camera import CameraConfig, cameras_at, named_views, orbit_cameras
+from .triplane import RenderOptions, TriPlaneGenerator
 
 BACKGROUNDS = ("none", "white", "model")
 

@@ -21,8 +21,8 @@ from typing import Iterable
 
 import torch
 
-from ..io.atomic import write_json, write_text
 from ..errors import ConfigError
+from ..io.atomic import write_json, write_text
 from .models import CONTROL_KINDS, quiet_progress_bars
 
 BOS_TOKEN = "<|startoftext|>"

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.atomic import write_bytes
 from ..errors import InputError
+from ..io.atomic import write_bytes
 from ..mesh import Mesh, vertex_normals
 
 GLB_MAGIC = 0x46546C67  # b"glTF"

@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..io.atomic import write_with
-from ..io.configs import JsonConfig
 from ..errors import ConfigError, InputError
 from ..generator.camera import CameraConfig, cameras_at
 from ..generator.triplane import RenderOptions, TriPlaneGenerator
+from ..io.atomic import write_with
+from ..io.configs import JsonConfig
 
 Embedder = Callable[[Tensor], Tensor]  # images (N, 3, H, W) in [-1, 1] → (N, D) unit embeddings
 BACKGROUND_VALUES = {"white": 1.0, "black": -1.0}

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import CheckpointError
 from ..io.atomic import write_json
 from ..io.checkpoint import read_json_object
-from ..errors import CheckpointError
 
 PACK_NAME = "head-stylizer-embedded"
 PACK_VERSION = "1.0.0"

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from ..io.configs import JsonConfig
 from ..distill import DistillConfig
 from ..errors import ConfigError
+from ..io.configs import JsonConfig
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 

@@ -33,11 +33,11 @@ from typing import Callable
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..io.events import emit, log
 from ..generator.camera import cameras_at
-from ..generator.loading import load_generator, resolve_device
-from ..io.images import image_grid, save_png, to_uint8
 from ..generator.inference import camera_config_for, render_images
+from ..generator.loading import load_generator, resolve_device
+from ..io.events import emit, log
+from ..io.images import image_grid, save_png, to_uint8
 from .cancel import CancelToken
 from .config import StylizeConfig
 from .step import (

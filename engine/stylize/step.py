@@ -50,9 +50,9 @@ from ..distill import (
 )
 from ..errors import ConfigError
 from ..generator.camera import CameraConfig, mirror_camera, sample_cameras
+from ..generator.inference import clamp_cutoff
 from ..generator.triplane import RenderOptions, TriPlaneGenerator
 from ..guidance.control import canny_edges, depth_control
-from ..generator.inference import clamp_cutoff
 from .config import StylizeConfig
 
 GRID_VIEWS = 4

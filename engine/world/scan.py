@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io.atomic import write_json
 from ..errors import ConfigError
+from ..io.atomic import write_json
 from ..mesh import Mesh, MeshConfig, extract_mesh, write_mesh
 from .identity import check_identity, to_physical
 from .sdf import HEAD_BOUNDS, WORLD_UNITS_PER_CM, HeadGeometry, geometry_distance, geometry_sdf_and_material

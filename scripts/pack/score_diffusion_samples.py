@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.io.atomic import write_json  # noqa: E402
 from engine.errors import InputError  # noqa: E402
+from engine.io.atomic import write_json  # noqa: E402
 
 DEFAULT_SAMPLES = Path("/tmp/pack_prior_samples.pt")
 

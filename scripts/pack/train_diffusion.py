@@ -2,27 +2,38 @@
 
 Command (the pack's version; one CPU thread, the other core is left to the generator's training)::
 
-    python scripts/pack/train_diffusion.py --out engine/pack/embedded-v1 --seed 0
+    python scripts/pack/train_diffusion.py --out engine/pack/embedded-v1 --seed 0 \\
+        --baseline /tmp/prior_v1/diffusion --sheet docs/images/prior_v2_samples.png
 
-Stages (steps are the reproducible knobs; ``--*-minutes`` only cap a stage on a slow machine and the report
-says whether a cap cut one short):
+``--baseline`` is optional: another diffusion folder (here the pack's previous prior, e.g. extracted with
+``git archive e06626f engine/pack/embedded-v1/diffusion | tar -x --strip-components=3 -C /tmp/prior_v1``)
+that is evaluated with exactly the same held-out measurements and recorded in the report under ``baseline``.
+
+Stages (steps are the reproducible knobs; ``--*-minutes`` are only safety caps and the report says whether
+a cap cut a stage short):
 
 1. render the training set (``engine.world.dataset``: 6 styles × ``--identities`` heads × 4 views at 64²,
    plus one 2×2 grid per head and style) and a held-out set from other identities; cached in ``--cache``;
-2. ``AutoencoderKL`` (×4 downsampling) on all images; its ``scaling_factor`` is set to 1/std of the latents;
-3. the UNet on frozen posterior samples of the latents, with 10% empty prompts (classifier-free guidance);
+2. ``AutoencoderKL`` (×4 downsampling) on all images (L1 + MSE + image-gradient term, random h-flips); the
+   latents' ``shift_factor`` / ``scaling_factor`` are fitted to mean 0, std 1;
+3. the UNet **and the CLIP text encoder, jointly**, on frozen posterior samples of the latents (of each image
+   and of its mirror image), with prompts drawn from the style's prompts (the world's prompt half the time,
+   else a preset prompt or a paraphrase: ``diffusion_training.training_prompts``) and 10% empty prompts
+   (classifier-free guidance); an exponential moving average of the weights is kept and the better of
+   live / averaged weights on a held-out ε-MSE is used;
 4. the edge ControlNet (single views, Canny hints) and the depth ControlNet (single views and 2×2 grids, depth
-   hints), each copied from the trained UNet and trained with the UNet frozen (30% empty prompts);
-5. held-out metrics, DDIM samples per style prompt (→ ``/tmp/pack_prior_samples.{pt,png}``), and the folder
-   ``OUT/diffusion/`` (fp16 weights) + ``OUT/logs/diffusion.jsonl`` + ``OUT/reports/diffusion.json``.
+   hints), each copied from the trained UNet and trained with UNet and text encoder frozen (30% empty prompts);
+5. the folder ``OUT/diffusion/`` (fp16 weights) is written, then *loaded back through the production loader*
+   and measured on the held-out renders: VAE PSNR (overall, per style) and head colours, ε-MSE with and
+   without the prompt, the guidance strength ‖ε_text − ε_uncond‖ / ‖ε‖ per style (t uniform over the
+   schedule, t ≥ 700, and the DDIM timesteps 1…281 that stylization queries), DDIM samples per style prompt
+   (CFG 5; without control, with the depth and with the edge ControlNet) classified by the pack's style
+   classifier, and a contact sheet (``--sheet``); then ``OUT/logs/diffusion.jsonl`` and
+   ``OUT/reports/diffusion.json``.
 
-Measured for the pack (2-core VM shared with the generator and recognition trainings, ``--threads 1``,
-seed 0): 1875 s wall (VAE 334 s, all 450 steps; UNet 915 s, 1466 of 1500 steps before the 15-minute cap;
-ControlNets 271 s each, ~360 of 400 steps), with the renders read from the cache; rendering them the first
-time took about 5 minutes more. Held-out ε-MSE 0.064 (a fresh UNet: 1.14); 96% of the prior's DDIM samples
-are classified as the prompted style by the pack's style classifier (``score_diffusion_samples.py``).
-When a cap cuts a stage, its learning rate still anneals (progress = max(step, time) fraction), but the step
-count then depends on the machine's speed; ``reports/diffusion.json`` records the steps each stage ran.
+Measured for the pack (2-core VM shared with the generator's training and test runs, ``--threads 1`` under
+``nice -n 10``, seed 0, renders read from the cache; rendering them the first time takes about 3 minutes):
+see ``reports/diffusion.json`` (``stage_seconds``, ``steps``) — MEASURED_TIMES.
 """
 
 from __future__ import annotations
@@ -30,7 +41,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import platform
 import sys
 import time
@@ -39,15 +49,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 from diffusion_training import (  # noqa: E402
+    ALL_TIMESTEPS,
+    HIGH_NOISE_TIMESTEPS,
     PACK_SPEC,
+    STYLIZATION_TIMESTEPS,
     LatentNorm,
+    PromptBank,
     PromptTable,
+    WeightAverage,
     alphas_cumprod,
     build_tokenizer_and_encoder,
     ddim_sample,
@@ -56,8 +70,8 @@ from diffusion_training import (  # noqa: E402
     draw_training_noise,
     embed_prompts,
     encode_posterior,
+    guidance_strength,
     heldout_denoising_loss,
-    sample_latents,
     train_loop,
     vae_loss,
 )
@@ -69,6 +83,7 @@ from engine.world.styles import STYLES  # noqa: E402
 
 SAMPLES_PT = Path("/tmp/pack_prior_samples.pt")
 SAMPLES_PNG = Path("/tmp/pack_prior_samples.png")
+DDIM_STEPS, SAMPLE_GUIDANCE = 50, 5.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,16 +93,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--identities", type=int, default=160, help="training heads (each: 4 views × 6 styles)")
     p.add_argument("--heldout-identities", type=int, default=8)
-    p.add_argument("--vae-steps", type=int, default=450)
-    p.add_argument("--unet-steps", type=int, default=1500)
-    p.add_argument("--controlnet-steps", type=int, default=400)
+    p.add_argument("--vae-steps", type=int, default=900)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the image-gradient L1 term")
+    p.add_argument("--unet-steps", type=int, default=2000)
+    p.add_argument("--unet-lr", type=float, default=6e-4)
+    p.add_argument("--prompt-dropout", type=float, default=0.1, help="empty-prompt rate while training the UNet")
+    p.add_argument("--ema", type=float, default=0.995, help="decay of the UNet / text encoder weight average")
+    p.add_argument("--controlnet-steps", type=int, default=300)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--vae-minutes", type=float, default=7.0)
-    p.add_argument("--unet-minutes", type=float, default=15.0)
-    p.add_argument("--controlnet-minutes", type=float, default=4.5)
+    p.add_argument("--vae-minutes", type=float, default=25.0, help="safety cap only")
+    p.add_argument("--unet-minutes", type=float, default=50.0, help="safety cap only")
+    p.add_argument("--controlnet-minutes", type=float, default=12.0, help="safety cap only")
     p.add_argument("--cache", type=Path, default=Path("/tmp/pack_diffusion_cache"))
     p.add_argument("--samples-per-style", type=int, default=4)
+    p.add_argument("--baseline", type=Path, help="another diffusion folder to measure the same way (report: baseline)")
+    p.add_argument("--sheet", type=Path, help="also write the samples' contact sheet (PNG) here")
     return p.parse_args(argv)
 
 
@@ -128,6 +150,21 @@ def with_grids(samples: WorldSamples) -> WorldSamples:
     return WorldSamples.concatenate([samples, tile_grids(samples)])
 
 
+class Latents:
+    """Posterior mean / std of every training image and of its mirror image, and the latent normalisation."""
+
+    def __init__(self, vae, images: torch.Tensor) -> None:
+        self.mean, self.std = encode_posterior(vae, images)
+        self.mean_flip, self.std_flip = encode_posterior(vae, images.flip(-1))
+        self.norm = LatentNorm.fit(torch.cat([self.mean, self.mean_flip]))
+
+    def sample(self, rows: torch.Tensor, flip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        f = flip.view(-1, 1, 1, 1)
+        mean = torch.where(f, self.mean_flip[rows], self.mean[rows])
+        std = torch.where(f, self.std_flip[rows], self.std[rows])
+        return self.norm(mean + std * torch.randn(mean.shape, generator=generator))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Stages.
 
@@ -140,42 +177,66 @@ def train_vae(vae, images: torch.Tensor, args, log) -> dict:
         batch = images[rows]
         flip = torch.rand(batch.shape[0], generator=gen) < 0.5
         batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
-        return vae_loss(vae, batch, gen)
+        return vae_loss(vae, batch, gen, edge_weight=args.vae_edge_weight)
 
     vae.train()
-    summary = train_loop(vae.parameters(), step, args.vae_steps, 1e-3, warmup=20,
+    summary = train_loop(vae.parameters(), step, args.vae_steps, args.vae_lr, warmup=30,
                          max_seconds=60 * args.vae_minutes, log=log)  # fmt: skip
     vae.eval().requires_grad_(False)
     return summary
 
 
-def train_unet(unet, latents, prompts: PromptTable, style_index, alpha_bar, args, log) -> dict:
-    mean, std, scale = latents
+def train_unet_and_text(unet, encoder, latents: Latents, bank: PromptBank, style_index, alpha_bar, held, args, log) -> dict:
+    """UNet and text encoder together; returns the summary (with the EMA choice) and leaves both frozen."""
     gen = torch.Generator().manual_seed(args.seed + 23)
 
     def step(_: int):
-        rows = torch.randint(mean.shape[0], (args.batch,), generator=gen)
-        x0 = sample_latents(mean[rows], std[rows], scale, gen)
-        t, noise, drop = draw_training_noise(x0, gen, 0.1)
-        return denoising_loss(unet, x0, prompts.lookup(style_index[rows], drop), t, noise, alpha_bar), {}
+        rows = torch.randint(latents.mean.shape[0], (args.batch,), generator=gen)
+        flip = torch.rand(args.batch, generator=gen) < 0.5
+        x0 = latents.sample(rows, flip, gen)
+        t, noise, drop = draw_training_noise(x0, gen, args.prompt_dropout)
+        text = bank.embed(encoder)[bank.draw(style_index[rows], drop, gen)]
+        return denoising_loss(unet, x0, text, t, noise, alpha_bar), {}
 
     unet.train()
-    summary = train_loop(unet.parameters(), step, args.unet_steps, 4e-4, warmup=100,
-                         max_seconds=60 * args.unet_minutes, log=log)  # fmt: skip
+    encoder.train()
+    params = [*unet.parameters(), *encoder.parameters()]
+    average = WeightAverage(params, args.ema)
+    summary = train_loop(params, step, args.unet_steps, args.unet_lr, warmup=100,
+                         max_seconds=60 * args.unet_minutes, log=log, after_step=average.update)  # fmt: skip
     unet.eval().requires_grad_(False)
+    encoder.eval().requires_grad_(False)
+
+    # Live or averaged weights: whichever denoises the held-out renders (exact prompts) better.
+    held_latents, held_index = held
+
+    def heldout_loss() -> float:
+        with torch.no_grad():
+            table = bank.table(encoder)
+        return heldout_denoising_loss(unet, held_latents, table.lookup(held_index), args.seed + 1000, alpha_bar)
+
+    live = heldout_loss()
+    average.swap()
+    averaged = heldout_loss()
+    if averaged > live:
+        average.swap()
+    summary.update({"heldout_loss_live": live, "heldout_loss_ema": averaged, "ema_decay": args.ema,
+                    "weights": "ema" if averaged <= live else "live"})  # fmt: skip
     return summary
 
 
-def train_controlnet(net, unet, latents, hints, rows_allowed, prompts, style_index, alpha_bar, args, log, salt) -> dict:
-    mean, std, scale = latents
+def train_controlnet(net, unet, latents: Latents, hints, rows_allowed, bank_text, bank, style_index, alpha_bar, args, log, salt) -> dict:
     gen = torch.Generator().manual_seed(args.seed + salt)
 
     def step(_: int):
         rows = rows_allowed[torch.randint(rows_allowed.shape[0], (args.batch,), generator=gen)]
-        x0 = sample_latents(mean[rows], std[rows], scale, gen)
+        flip = torch.rand(args.batch, generator=gen) < 0.5
+        x0 = latents.sample(rows, flip, gen)
         t, noise, drop = draw_training_noise(x0, gen, 0.3)
-        hint = hints[rows].float().expand(-1, 3, -1, -1)
-        loss = denoising_loss(unet, x0, prompts.lookup(style_index[rows], drop), t, noise, alpha_bar, net, hint)
+        hint = hints[rows].float()
+        hint = torch.where(flip.view(-1, 1, 1, 1), hint.flip(-1), hint).expand(-1, 3, -1, -1)
+        text = bank_text[bank.draw(style_index[rows], drop, gen)]
+        loss = denoising_loss(unet, x0, text, t, noise, alpha_bar, net, hint)
         return loss, {}
 
     net.train()
@@ -185,88 +246,156 @@ def train_controlnet(net, unet, latents, hints, rows_allowed, prompts, style_ind
     return summary
 
 
+STYLE_NAMES = tuple(STYLES)
+
+
 # ----------------------------------------------------------------------------------------------------------
-# Evaluation.
+# Evaluation of a written folder, through the production loader.
 
 
-def evaluate(models, held: WorldSamples, prompts: PromptTable, alpha_bar, args) -> dict:
-    vae, unet, controlnets, scale = models["vae"], models["unet"], models["controlnets"], models["scale"]
+def load_folder(folder: Path):
+    from engine.guidance import load_diffusion_models
+
+    return load_diffusion_models(folder, edge_controlnet=folder / "controlnet_edge",
+                                 depth_controlnet=folder / "controlnet_depth", dtype="fp32")  # fmt: skip
+
+
+def _head_rgb(images: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Mean RGB in [0, 1] over the head pixels (mask-weighted) of a batch."""
+    weight = mask.float()
+    return [round(v, 4) for v in (((images + 1) / 2 * weight).sum((0, 2, 3)) / weight.sum().clamp_min(1e-6)).tolist()]
+
+
+def evaluate_folder(folder: Path, held: WorldSamples, alpha_bar, args, samples_path: Path, classifier: Path) -> tuple[dict, dict]:
+    """Held-out metrics of a diffusion folder as shipped (fp16 weights, production loader); (metrics, samples)."""
+    models = load_folder(folder)
+    vae, unet = models.vae, models.unet
+    norm = LatentNorm(shift=float(vae.config.shift_factor or 0.0), scale=float(vae.config.scaling_factor))
     with torch.no_grad():
         mean, _ = encode_posterior(vae, held.images)
         recon = vae.decode(mean).sample.clamp(-1, 1)
-    latents = scale(mean)
-    text = prompts.lookup(held.style_index)
-    empty = prompts.lookup(held.style_index, torch.ones_like(held.style_index, dtype=torch.bool))
+    latents = norm(mean)
+    table = PromptTable(embed_prompts(models.tokenizer, models.text_encoder, [STYLES[s].prompt for s in held.styles] + [""]))
+    text = table.lookup(held.style_index)
+    empty = table.lookup(held.style_index, torch.ones_like(held.style_index, dtype=torch.bool))
     seed = args.seed + 1000
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed + 999)
         fresh = build_unet(PACK_SPEC).eval()
-    metrics = {
+    squared = (recon - held.images).pow(2).flatten(1).mean(1)
+    metrics: dict = {
         "heldout_samples": len(held),
         "vae_l1": float((recon - held.images).abs().mean()),
-        "vae_psnr_db": float(10 * torch.log10(4.0 / (recon - held.images).pow(2).mean())),
+        "vae_psnr_db": float(10 * torch.log10(4.0 / squared.mean())),
         "unet_loss": heldout_denoising_loss(unet, latents, text, seed, alpha_bar),
         "unet_loss_empty_prompt": heldout_denoising_loss(unet, latents, empty, seed, alpha_bar),
         "fresh_unet_loss": heldout_denoising_loss(fresh, latents, text, seed, alpha_bar),
         "unet_loss_t_below_300": heldout_denoising_loss(unet, latents, text, seed, alpha_bar, t_max=300),
     }
-    for kind, net in controlnets.items():
-        hint = held.hint(kind)
-        metrics[f"controlnet_{kind}_loss"] = heldout_denoising_loss(unet, latents, text, seed, alpha_bar, net, hint)
-    metrics["unet_loss_note"] = "eps-MSE on held-out renders (other identities), fixed seeded noise, t uniform in 0..999"
-    return metrics
+    for kind, net in models.controlnets.items():
+        metrics[f"controlnet_{kind}_loss"] = heldout_denoising_loss(unet, latents, text, seed, alpha_bar, net, held.hint(kind))
 
-
-def sample_sheet(models, held: WorldSamples, prompts: PromptTable, args) -> dict:
-    """DDIM samples per style: without control, with the depth and with the edge ControlNet of held-out views."""
-    vae, unet, scale = models["vae"], models["unet"], models["scale"]
-    k = args.samples_per_style
+    # Guidance strength on single views (up to 16 per style: 4 heads × 4 views).
     singles = torch.arange(len(held) * 4 // 5)  # with_grids: the single views come first, then the grids
+    chosen = torch.cat([singles[held.style_index[singles] == s][:16] for s in range(len(held.styles))])
+    uncond = table.embeddings[table.empty_row : table.empty_row + 1]
+    ranges = {"all_t": ALL_TIMESTEPS, "t_ge_700": HIGH_NOISE_TIMESTEPS, "stylization_t": STYLIZATION_TIMESTEPS}
+    ratios = {name: guidance_strength(unet, latents[chosen], text[chosen], uncond, ts, seed + 1, alpha_bar)
+              for name, ts in ranges.items()}  # fmt: skip
+    samples = sample_sheet(models, norm, held, table, args, samples_path)
+    per_style: dict = {}
+    for s, name in enumerate(held.styles):
+        mine = held.style_index[chosen] == s
+        rows = (held.style_index == s) & (torch.arange(len(held)) < singles.numel())
+        depth_rows = [i for i, (st, c) in enumerate(zip(samples["styles"], samples["controls"])) if st == name and c == "depth"]
+        per_style[name] = {
+            **{f"guidance_{r}": round(float(v[mine].mean()), 5) for r, v in ratios.items()},
+            "vae_psnr_db": round(float(10 * torch.log10(4.0 / squared[rows].mean())), 3),
+            "head_rgb_world": _head_rgb(held.images[rows], held.mask[rows]),
+            "head_rgb_vae": _head_rgb(recon[rows], held.mask[rows]),
+            "head_rgb_depth_samples": _head_rgb(samples["images"][depth_rows], held.mask[samples["rows"]][: len(depth_rows)]),
+        }
+    metrics["guidance_strength"] = {
+        **{f"mean_{r}": round(float(v.mean()), 5) for r, v in ratios.items()},
+        "per_t_all": [round(float(x), 5) for x in ratios["all_t"].mean(0)],
+        "timesteps": {r: list(ts) for r, ts in ranges.items()},
+        "samples": int(chosen.numel()),
+        "definition": "‖ε_text − ε_uncond‖ / ‖ε‖ per held-out single view (exact style prompt vs empty prompt, "
+                      "ε the seeded noise, norms over the whole latent), averaged over the listed timesteps: "
+                      "all_t = uniform over 0…999, t_ge_700 = the noisy end, stylization_t = the DDIM timesteps "
+                      "of step indices 35…49 that LD/SDS query (t = 1…281)",
+    }  # fmt: skip
+    metrics["per_style"] = per_style
+    metrics["unet_loss_note"] = "eps-MSE on held-out renders (other identities), fixed seeded noise, t uniform in 0..999"
+    classified = classify_samples(samples_path, classifier)
+    if classified is not None:
+        metrics["prior_samples_classified_as_prompted_style"] = classified
+    return metrics, samples
+
+
+def sample_sheet(models, norm: LatentNorm, held: WorldSamples, table: PromptTable, args, path: Path) -> dict:
+    """DDIM samples per style: without control, with the depth and with the edge ControlNet of held-out views."""
+    vae, unet = models.vae, models.unet
+    k = args.samples_per_style
+    singles = torch.arange(len(held) * 4 // 5)
     rows_per_style = []
     for s in range(len(held.styles)):
         mine = singles[held.style_index[singles] == s]
         rows_per_style.append(mine[torch.arange(k) * 4 % mine.numel()])  # first view of k different heads
     rows = torch.cat(rows_per_style)
-    text = prompts.lookup(held.style_index[rows])
-    uncond = prompts.embeddings[prompts.empty_row : prompts.empty_row + 1]
+    text = table.lookup(held.style_index[rows])
+    uncond = table.embeddings[table.empty_row : table.empty_row + 1]
     images, styles, controls = [], [], []
     for kind in ("none", "depth", "edge"):
         gen = torch.Generator().manual_seed(args.seed + 77)
-        net = models["controlnets"].get(kind)
+        net = models.controlnets.get(kind)
         hint = None if net is None else held.hint(kind)[rows]
-        lat = ddim_sample(unet, text, uncond, gen, controlnet=net, hint=hint, guidance_scale=5.0)
-        images.append(decode(vae, lat, scale))
+        lat = ddim_sample(unet, text, uncond, gen, steps=DDIM_STEPS, controlnet=net, hint=hint, guidance_scale=SAMPLE_GUIDANCE)
+        images.append(decode(vae, lat, norm))
         styles += [held.styles[i] for i in held.style_index[rows].tolist()]
         controls += [kind] * rows.numel()
     images = torch.cat(images)
     reference = held.images[rows]
-    write_with(SAMPLES_PT, lambda tmp: torch.save(
-        {"images": images, "styles": styles, "controls": controls, "reference": reference,
-         "reference_styles": [held.styles[i] for i in held.style_index[rows].tolist()]}, tmp))  # fmt: skip
-    _save_sheet(images, reference, len(held.styles), k)
-    return {"samples": images.shape[0], "ddim_steps": 50, "guidance_scale": 5.0, "file": str(SAMPLES_PT)}
+    data = {"images": images, "styles": styles, "controls": controls, "reference": reference,
+            "reference_styles": [held.styles[i] for i in held.style_index[rows].tolist()]}  # fmt: skip
+    write_with(path, lambda tmp: torch.save(data, tmp))
+    return {**data, "rows": rows}
 
 
-def _save_sheet(images: torch.Tensor, reference: torch.Tensor, n_styles: int, k: int) -> None:
-    """One row per style: k uncontrolled | k depth-controlled | k edge-controlled | k held-out renders."""
-    from PIL import Image
+def save_sheet(samples: dict, style_names, k: int, path: Path, scale: int = 2) -> None:
+    """One row per style: its name | k samples without control | k depth-controlled | k held-out renders."""
+    from PIL import Image, ImageDraw
 
-    blocks = images.view(3, n_styles, k, *images.shape[1:])
-    ref = reference.view(n_styles, k, *reference.shape[1:])
-    rows = [torch.cat([*blocks[0, s], *blocks[1, s], *blocks[2, s], *ref[s]], dim=-1) for s in range(n_styles)]
-    sheet = torch.cat(rows, dim=-2)
-    array = ((sheet.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().byte().numpy()
-    big = Image.fromarray(array).resize((array.shape[1] * 2, array.shape[0] * 2), Image.NEAREST)
-    write_with(SAMPLES_PNG, lambda tmp: big.save(tmp))
+    images, reference, controls = samples["images"], samples["reference"], samples["controls"]
+    none = images[[i for i, c in enumerate(controls) if c == "none"]]
+    depth = images[[i for i, c in enumerate(controls) if c == "depth"]]
+    n = len(style_names)
+    size = images.shape[-1]
+    rows = [torch.cat([*none[s * k:(s + 1) * k], *depth[s * k:(s + 1) * k], *reference[s * k:(s + 1) * k]], -1)
+            for s in range(n)]  # fmt: skip
+    grid = torch.cat(rows, -2)
+    array = ((grid.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().byte().numpy()
+    body = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
+    label_w, header_h = 60 * scale // 2 + 30, 16
+    sheet = Image.new("RGB", (body.width + label_w, body.height + header_h), (255, 255, 255))
+    sheet.paste(body, (label_w, header_h))
+    draw = ImageDraw.Draw(sheet)
+    tile = size * scale
+    for j, title in enumerate((f"prior samples (DDIM {DDIM_STEPS}, CFG {SAMPLE_GUIDANCE:g})", "+ depth ControlNet",
+                               "held-out world renders")):  # fmt: skip
+        draw.text((label_w + j * k * tile + 4, 2), title, fill=(0, 0, 0))
+    for s, name in enumerate(style_names):
+        draw.text((4, header_h + s * tile + tile // 2 - 6), name, fill=(0, 0, 0))
+    write_with(path, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
 
 
-def classify_samples(classifier_path: Path) -> dict | None:
+def classify_samples(samples_path: Path, classifier_path: Path) -> dict | None:
     """Accuracy of the pack's style classifier on the samples, if that classifier has been trained yet."""
     if not classifier_path.is_file():
         return None
     from score_diffusion_samples import style_accuracy
 
-    return style_accuracy(SAMPLES_PT, classifier_path)
+    return style_accuracy(samples_path, classifier_path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,20 +428,24 @@ def main(argv=None) -> int:
     train, held = with_grids(train), with_grids(held)
     t = mark("render", t)
 
-    styles = tuple(STYLES)
-    tokenizer, encoder = build_tokenizer_and_encoder(PACK_SPEC, args.seed + 5)
-    prompts = PromptTable(embed_prompts(tokenizer, encoder, [STYLES[s].prompt for s in styles] + [""]))
+    styles = STYLE_NAMES
+    tokenizer, encoder = build_tokenizer_and_encoder(PACK_SPEC, args.seed + 5, trainable=True)
+    bank = PromptBank.build(tokenizer, encoder, styles)
     torch.manual_seed(args.seed)
     vae, unet = build_vae(PACK_SPEC), build_unet(PACK_SPEC)
 
     vae_summary = train_vae(vae, train.images, args, log("vae"))
     t = mark("vae", t)
-    mean, std = encode_posterior(vae, train.images)
-    scale = LatentNorm.fit(mean)
-    vae.register_to_config(scaling_factor=scale.scale, shift_factor=scale.shift)
-    unet_summary = train_unet(unet, (mean, std, scale), prompts, train.style_index, alpha_bar, args, log("unet"))
+    latents = Latents(vae, train.images)
+    vae.register_to_config(scaling_factor=latents.norm.scale, shift_factor=latents.norm.shift)
+    with torch.no_grad():
+        held_latents = latents.norm(encode_posterior(vae, held.images)[0])
+    unet_summary = train_unet_and_text(unet, encoder, latents, bank, train.style_index, alpha_bar,
+                                       (held_latents, held.style_index), args, log("unet"))  # fmt: skip
     t = mark("unet", t)
 
+    with torch.no_grad():
+        bank_text = bank.embed(encoder)
     n_single = len(train) * 4 // 5  # with_grids appends one grid per 4 single views
     all_rows = torch.arange(len(train))
     controlnets, cn_summaries = {}, {}
@@ -320,23 +453,30 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed + salt)
         net = build_controlnet(unet, PACK_SPEC, randomize_outputs=False)
         hints = train.edge if kind == "edge" else train.depth_hint
-        cn_summaries[kind] = train_controlnet(net, unet, (mean, std, scale), hints, rows, prompts, train.style_index,
+        cn_summaries[kind] = train_controlnet(net, unet, latents, hints, rows, bank_text, bank, train.style_index,
                                               alpha_bar, args, log(f"controlnet_{kind}"), salt)  # fmt: skip
         controlnets[kind] = net
         t = mark(f"controlnet_{kind}", t)
 
-    models = {"vae": vae, "unet": unet, "controlnets": controlnets, "scale": scale}
-    metrics = evaluate(models, held, prompts, alpha_bar, args)
-    sampling = sample_sheet(models, held, prompts, args)
-    classified = classify_samples(args.out / "recognition" / "style_classifier.safetensors")
-    if classified is not None:
-        metrics["prior_samples_classified_as_prompted_style"] = classified
-    t = mark("evaluate", t)
-
     folder = write_diffusion_folder(args.out / "diffusion", unet, encoder, PACK_SPEC, vae=vae,
                                     controlnets=controlnets, weights_dtype=torch.float16)  # fmt: skip
+    classifier = args.out / "recognition" / "style_classifier.safetensors"
+    metrics, samples = evaluate_folder(folder.sd_folder, held, alpha_bar, args, SAMPLES_PT, classifier)
+    save_sheet(samples, held.styles, args.samples_per_style, SAMPLES_PNG)
+    if args.sheet is not None:
+        save_sheet(samples, held.styles, args.samples_per_style, args.sheet)
+    t = mark("evaluate", t)
+    baseline = None
+    if args.baseline is not None:
+        baseline, base_samples = evaluate_folder(args.baseline, held, alpha_bar, args,
+                                                 SAMPLES_PT.with_name("pack_prior_samples_baseline.pt"), classifier)  # fmt: skip
+        save_sheet(base_samples, held.styles, args.samples_per_style, SAMPLES_PNG.with_name("pack_prior_samples_baseline.png"))
+        baseline = {"folder": str(args.baseline), **baseline}
+        t = mark("evaluate_baseline", t)
+
     log.write(args.out / "logs" / "diffusion.jsonl")
     wall = round(time.perf_counter() - started, 1)
+    prompts = [p for p in bank.prompts if p]
     report = {
         "model": "diffusion",
         "script": "scripts/pack/train_diffusion.py",
@@ -344,21 +484,27 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "threads": args.threads,
         "wall_seconds": wall,
+        "training_seconds": round(sum(v for k, v in timings.items() if k in ("vae", "unet", "controlnet_edge", "controlnet_depth")), 1),
         "stage_seconds": timings,
         "steps": {"vae": vae_summary, "unet": unet_summary, **{f"controlnet_{k}": v for k, v in cn_summaries.items()}},
         "batch": {"vae": args.vae_batch, "unet": args.batch, "controlnet": args.batch},
+        "optimisation": {"vae_lr": args.vae_lr, "vae_loss": f"L1 + MSE + {args.vae_edge_weight} × image-gradient L1 + 1e-6 KL",
+                         "unet_lr": args.unet_lr, "unet_trains": "UNet + CLIP text encoder jointly",
+                         "controlnet_lr": 6e-4, "augmentation": "random horizontal flips (latents of mirrored images)"},
         "data": {
             "source": "engine.world procedural heads, 64² renders, styles " + ", ".join(styles),
             "train_identities": args.identities, "heldout_identities": args.heldout_identities,
             "views_per_identity": train_config.views_per_identity,
             "train_samples": len(train), "heldout_samples": len(held),
             "grids_per_set": "one 2×2 grid per identity and style (included in the sample counts)",
-            "prompt_dropout": {"unet": 0.1, "controlnet": 0.3},
+            "prompt_dropout": {"unet": args.prompt_dropout, "controlnet": 0.3},
+            "prompts": {name: [p for p, o in zip(bank.prompts, bank.owner.tolist()) if o == s] for s, name in enumerate(styles)},
+            "exact_prompt_probability": 0.5,
             "renders_from_cache": train_hit and held_hit,
         },
-        "architecture": {**asdict(PACK_SPEC), "text_encoder": "fixed random CLIPTextModel (not trained)",
-                          "vae_scaling_factor": scale.scale,
-                          "vae_shift_factor": scale.shift, "weights_dtype": "float16"},  # fmt: skip
+        "architecture": {**asdict(PACK_SPEC), "text_encoder": "CLIPTextModel trained jointly with the UNet",
+                          "vae_scaling_factor": latents.norm.scale,
+                          "vae_shift_factor": latents.norm.shift, "weights_dtype": "float16"},  # fmt: skip
         "parameters": {
             "unet": sum(p.numel() for p in unet.parameters()),
             "vae": sum(p.numel() for p in vae.parameters()),
@@ -366,8 +512,13 @@ def main(argv=None) -> int:
             **{f"controlnet_{k}": sum(p.numel() for p in n.parameters()) for k, n in controlnets.items()},
         },
         "folder_bytes": folder_bytes(folder.sd_folder),
+        "heldout_note": "measured on the written folder (fp16 weights) loaded with engine.guidance.load_diffusion_models",
         "heldout": metrics,
-        "sampling": sampling,
+        "baseline": baseline,
+        "sampling": {"samples": int(samples["images"].shape[0]), "ddim_steps": DDIM_STEPS,
+                     "guidance_scale": SAMPLE_GUIDANCE, "file": str(SAMPLES_PT),
+                     "sheet": None if args.sheet is None else str(args.sheet)},  # fmt: skip
+        "training_prompt_count": len(prompts),
         "torch": torch.__version__,
         "platform": platform.platform(),
     }

@@ -61,10 +61,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from engine.errors import ConfigError, EngineError  # noqa: E402
 from engine.generator.camera import CameraConfig, cameras_at, named_views, split_camera_vector  # noqa: E402
 from engine.generator.config import get_preset  # noqa: E402
+from engine.generator.inference import ViewSettings  # noqa: E402
 from engine.generator.loading import load_generator, save_generator  # noqa: E402
 from engine.generator.renderer import pixel_rays  # noqa: E402
 from engine.generator.triplane import RenderOptions, TriPlaneGenerator  # noqa: E402
-from engine.generator.inference import ViewSettings  # noqa: E402
 from engine.world import HeadGeometry, get_style, render_heads, to_physical  # noqa: E402
 from engine.world.latent import identity_from_latent  # noqa: E402
 from engine.world.sdf import geometry_distance  # noqa: E402

@@ -49,8 +49,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.io.atomic import write_json, write_text  # noqa: E402
-from engine.io.events import log  # noqa: E402
 from engine.evaluate.recognition import (  # noqa: E402
     AugmentConfig,
     IdentityEncoder,
@@ -64,6 +62,8 @@ from engine.evaluate.recognition import (  # noqa: E402
     supervised_contrastive,
 )
 from engine.evaluate.recognition.data import RenderSet, ViewSampling, render_set, training_set  # noqa: E402
+from engine.io.atomic import write_json, write_text  # noqa: E402
+from engine.io.events import log  # noqa: E402
 from engine.world import STYLES, sample_identities  # noqa: E402
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out people come from a seed stream disjoint from training

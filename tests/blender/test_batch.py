@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from bridge import scan_render
 from engine.generator.camera import CameraConfig, cameras_at
 from engine.heads.scans import ScanNormalization, normalization_matrix
-from bridge import scan_render
 from tests.blender.runner import HAVE_BPY, REPO_ROOT, run_bpy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -37,8 +37,8 @@ def test_view_plan_cameras_equal_the_generators():
     pitch = torch.tensor([math.radians(v) for v in scan_render.DEFAULT_PITCHES_DEG])
     reference = cameras_at(yaw, pitch, CameraConfig(pivot=(0.0, 0.0, 0.0))).c.double()
     np.testing.assert_allclose(np.array([v["camera"] for v in plan]), reference.numpy(), atol=1e-6)
-    from engine.heads.invert import scan_cameras
     from engine.generator.loading import load_generator
+    from engine.heads.invert import scan_cameras
 
     _, names = scan_cameras(load_generator("tiny").generator)
     assert [v["name"] for v in plan] == list(names)

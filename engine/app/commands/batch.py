@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
 from ...io.events import emit
 from ...stylize.cancel import CancelToken
+from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

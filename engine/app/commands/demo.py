@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import DemoConfig, run_demo
 from ...io.events import log
-from ..pipeline import METHODS
-from ...stylize.presets import STYLE_PRESETS
 from ...stylize.cancel import CancelToken
+from ...stylize.presets import STYLE_PRESETS
+from ..demo import DemoConfig, run_demo
+from ..pipeline import METHODS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

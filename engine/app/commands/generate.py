@@ -6,13 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from ...io.atomic import write_json
 from ...errors import EngineError
-from ...io.events import emit, log
 from ...generator.camera import named_views
-from ...generator.loading import load_generator
-from ...io.images import image_grid, save_png, to_uint8
 from ...generator.inference import ViewSettings, camera_config_for, head_mesh, render_images, seed_latent
+from ...generator.loading import load_generator
+from ...io.atomic import write_json
+from ...io.events import emit, log
+from ...io.images import image_grid, save_png, to_uint8
 from ...mesh import MeshConfig, write_mesh
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..pipeline import METHODS, HeadJob, run_head
-from ...stylize.presets import STYLE_PRESETS
 from ...stylize.cancel import CancelToken
+from ...stylize.presets import STYLE_PRESETS
+from ..pipeline import METHODS, HeadJob, run_head
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -31,11 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..batch import item_kind, views_target
     from ...generator.checkpoint import save_checkpoint
     from ...generator.loading import load_generator
     from ...heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_target
     from ...heads.scans import ScanNormalization, load_scan, read_image
+    from ..batch import item_kind, views_target
 
     source = Path(args.input)
     kind = item_kind(source)

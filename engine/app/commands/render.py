@@ -55,8 +55,6 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...io.events import emit
-    from ...generator.loading import load_generator
     from ...generator.inference import (
         Subject,
         ViewSettings,
@@ -66,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         render_subjects,
         seed_latent,
     )
+    from ...generator.loading import load_generator
+    from ...io.events import emit
 
     settings = ViewSettings(
         truncation_psi=args.psi,

@@ -138,8 +138,8 @@ def _check_paths(config) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...stylize.loop import stylize
     from ...stylize.cancel import CancelToken
+    from ...stylize.loop import stylize
 
     config = build_config(args)
     _check_paths(config)

@@ -14,9 +14,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ...io.configs import JsonConfig
 from ...errors import ConfigError
 from ...generator.camera import CameraConfig, cameras_at
+from ...io.configs import JsonConfig
 from ...world import STYLES, render_heads, sample_identities
 
 # Heads of the world are centred on the origin, so cameras look at it (see engine.world).

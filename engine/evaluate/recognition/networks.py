@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...io.configs import JsonConfig
 from ...errors import ConfigError
+from ...io.configs import JsonConfig
 from .preprocess import prepare_images
 
 

@@ -17,9 +17,9 @@ import safetensors.torch
 import torch
 
 from ... import __version__ as ENGINE_VERSION
+from ...errors import CheckpointError, ConfigError
 from ...io.atomic import write_bytes, write_json
 from ...io.checkpoint import checkpoint_files, load_state_into, read_json_object
-from ...errors import CheckpointError, ConfigError
 from .networks import IdentityEncoder, IdentityEncoderConfig, StyleClassifier, StyleClassifierConfig
 
 FORMAT_NAME = "head-stylizer-recognition"

@@ -220,8 +220,8 @@ def test_views_folders_from_blender(tmp_path):
     from PIL import Image
 
     from engine.app.batch import views_target
-    from engine.heads.invert import scan_cameras
     from engine.generator.loading import load_generator
+    from engine.heads.invert import scan_cameras
     from engine.heads.scan_views import ScanViewConfig, render_scan_views
 
     G = load_generator("tiny").generator

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.app.pipeline import HeadJob, resolve_models, resolve_prompt, run_head, stylize_cache_key, stylize_config_for
 from engine.errors import CheckpointError, ConfigError
 from engine.mesh import read_npz
-from engine.app.pipeline import HeadJob, resolve_models, resolve_prompt, run_head, stylize_cache_key, stylize_config_for
 from engine.stylize.cancel import CancelToken
 
 pytestmark = pytest.mark.usefixtures("single_thread")

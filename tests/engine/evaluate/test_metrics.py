@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from engine.evaluate import metrics as ev
 from engine.errors import ConfigError, InputError
+from engine.evaluate import metrics as ev
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -26,7 +26,6 @@ import torch
 from engine.errors import CheckpointError
 from engine.generator.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from engine.generator.config import get_preset
-from engine.io.checkpoint import checkpoint_files, load_manifest, load_state_into, manifest_mismatches, state_shapes
 from engine.generator.safe_pickle import (
     AttrDict,
     PersistentStub,
@@ -35,6 +34,7 @@ from engine.generator.safe_pickle import (
     panohead_config_from_init_kwargs,
     read_pickled_network,
 )
+from engine.io.checkpoint import checkpoint_files, load_manifest, load_state_into, manifest_mismatches, state_shapes
 
 MANIFEST = Path(__file__).resolve().parents[2] / "data" / "panohead_G_ema_manifest.json"
 

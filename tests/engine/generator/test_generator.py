@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.io.checkpoint import manifest_mismatches, state_shapes
 from engine.errors import CheckpointError, ConfigError
 from engine.generator.camera import cameras_at, mirror_camera
 from engine.generator.config import PLANE_FEATURES, get_preset
 from engine.generator.loading import load_generator, save_generator
 from engine.generator.triplane import RenderOptions, TriPlaneGenerator
+from engine.io.checkpoint import manifest_mismatches, state_shapes
 from engine.mesh import read_ply
 
 REPO = Path(__file__).resolve().parents[3]

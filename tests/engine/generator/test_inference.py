@@ -14,7 +14,6 @@ from engine.app.cli import main as cli_main
 from engine.app.commands.render import parse_seeds
 from engine.errors import ConfigError, InputError
 from engine.generator.camera import NAMED_VIEW_YAWS_DEG, cameras_at
-from engine.generator.loading import load_generator, save_generator
 from engine.generator.inference import (
     Subject,
     ViewSettings,
@@ -24,6 +23,7 @@ from engine.generator.inference import (
     render_subjects,
     seed_latent,
 )
+from engine.generator.loading import load_generator, save_generator
 
 VIEW_NAMES = [name for name, _ in NAMED_VIEW_YAWS_DEG]
 

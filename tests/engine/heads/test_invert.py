@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from engine.errors import ConfigError, InputError
+from engine.generator.inference import load_w_plus
 from engine.generator.loading import load_generator
 from engine.generator.triplane import RenderOptions
-from engine.generator.inference import load_w_plus
 from engine.heads.invert import (
     InversionConfig,
     InversionTarget,
@@ -127,11 +127,11 @@ PACK = ROOT / "engine" / "pack" / "embedded-v1"
                     reason="embedded pack generator or identity encoder not built yet")
 def test_pack_inversion_keeps_identity(tmp_path):
     """Procedural scans invert to heads the identity encoder matches to their source better than to others."""
-    from engine.heads.invert import scan_target
+    from engine.app.batch import _front_render
     from engine.evaluate.recognition import load_identity_encoder
+    from engine.heads.invert import scan_target
     from engine.heads.scans import load_scan
     from engine.world import ScanExport, export_scan, sample_identities
-    from engine.app.batch import _front_render
 
     G = load_generator(PACK / "generator" / "generator.safetensors").generator
     encoder = load_identity_encoder(PACK / "recognition" / "identity_encoder.safetensors")

@@ -11,7 +11,6 @@ import torch
 
 from engine.errors import InputError
 from engine.generator.camera import CameraConfig, cameras_at
-from engine.mesh import Mesh
 from engine.heads.scan_views import ScanViewConfig, project, render_scan_views
 from engine.heads.scans import (
     REFERENCE_CENTRE,
@@ -22,6 +21,7 @@ from engine.heads.scans import (
     read_image,
     read_obj,
 )
+from engine.mesh import Mesh
 from engine.world import ScanExport, export_scan, head_mesh, neutral_identities, render_heads, sample_identities
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.generator.checkpoint import load_checkpoint
 from engine.app.cli import main as cli_main
 from engine.distill import DistillConfig
 from engine.errors import CheckpointError, ConfigError
+from engine.generator.checkpoint import load_checkpoint
 from engine.generator.loading import load_generator
-from engine.stylize.loop import stylize
 from engine.stylize.cancel import CancelToken
 from engine.stylize.config import StylizeConfig
+from engine.stylize.loop import stylize
 from engine.stylize.step import derived_generator, step_generator
 from engine.stylize.training_state import read_latest
 
