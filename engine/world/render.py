@@ -377,9 +377,15 @@ def render_heads(
     *,
     background: str | Sequence[float] = "black",
     lighting: Lighting | None = None,
+    light_cameras: Tensor | None = None,
     config: TraceConfig = TraceConfig(),
 ) -> dict[str, Tensor]:
     """Render N heads, head i through camera i.
+
+    The studio lights follow the render camera (every view lit alike) unless ``light_cameras`` (N, 25) or
+    (1, 25) names the cameras they are fixed to: with one fixed camera the lighting stays on the head as the
+    view turns, so a surface point has one colour from every side (up to specular glints and the rim term),
+    the way a view-independent radiance field such as the generator's can reproduce it.
 
     Returns ``image`` (N, 3, R, R) in [-1, 1], ``depth`` (N, 1, R, R) ray distance to the surface
     (``config.background_depth`` where nothing is hit), ``mask`` (N, 1, R, R) coverage in [0, 1] and
@@ -408,9 +414,15 @@ def render_heads(
         origins, directions = pixel_rays(cam2world, intrinsics, resolution)
         pixel_size = _pixel_size(intrinsics, resolution)
         trace = sphere_trace(origins, directions, geometry, config, pixel_size)
+        light_c2w = cam2world
+        if light_cameras is not None:
+            check_camera_vector(light_cameras, "light_cameras")
+            if light_cameras.shape[0] not in (1, cameras.shape[0]):
+                raise InputError(f"light_cameras batch {light_cameras.shape[0]} must be 1 or {cameras.shape[0]}")
+            light_c2w = split_camera_vector(light_cameras.to(cameras))[0].expand(cameras.shape[0], -1, -1)
         surface = build_surface_buffer(
             origins, directions, trace, geometry, physical, pixel_size, resolution,
-            lighting.world_directions(cam2world), config,
+            lighting.world_directions(light_c2w), config,
         )
         colour = linear_to_srgb(style_obj.shade(surface, lighting).clamp(0.0, 1.0))
         back = make_background(

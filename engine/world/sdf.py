@@ -53,7 +53,7 @@ _TORSO_CUT_Y = (HEAD_BOUNDS[0][1] - HEAD_ORIGIN[1]) / WORLD_UNITS_PER_CM
 # Tighter shapes (local frame, cm) that together enclose every head of the identity space, including the
 # styles' reshapes: the cranium with the largest hair, and boxes around the lower face + neck + long hair
 # and around the shoulders. The renderer marches only where a ray crosses one of them, which skips most of
-# the empty space of HEAD_BOUNDS. tests/test_world.py checks the enclosure on extreme identities.
+# the empty space of HEAD_BOUNDS. tests/engine/world/test_world.py checks the enclosure on extreme identities.
 BOUNDING_ELLIPSOID = ((0.0, 1.5, -0.8), (12.5, 15.0, 16.0))  # (centre, radii)
 BOUNDING_BOXES = (
     ((-12.5, -25.0, -15.0), (12.5, -2.5, 13.0)),

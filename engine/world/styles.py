@@ -52,6 +52,10 @@ class Lighting:
     rim_intensity: float = 0.45
     sky: float = 0.32  # ambient from above (world up)
     ground: float = 0.12  # ambient from below
+    # Scales the view-dependent terms (highlights, and the photo rim / statue sheen). 0 gives a matte look
+    # whose colour at a surface point does not depend on the view: with head-fixed lights
+    # (``render_heads(light_cameras=…)``) that is what a view-independent radiance field can reproduce.
+    gloss: float = 1.0
 
     def mirrored(self) -> "Lighting":
         flip = lambda v: (-v[0], v[1], v[2])  # noqa: E731
@@ -212,7 +216,7 @@ def _specular(s: SurfaceBuffer, lighting: Lighting, shininess: float, lights=(0,
         half = F.normalize(s.light(index) + s.view, dim=-1)
         facing = (_dot(s.normal, s.light(index)) > 0).to(total.dtype)
         total = total + lighting.intensities[index] * facing * _dot(s.normal, half).clamp_min(0) ** shininess
-    return total * (shininess + 8) / 40.0 * s.occlusion
+    return total * (shininess + 8) / 40.0 * s.occlusion * lighting.gloss
 
 
 def _facing(s: SurfaceBuffer) -> Tensor:
@@ -336,7 +340,7 @@ def shade_photo(s: SurfaceBuffer, lighting: Lighting) -> Tensor:
     eyes = s.is_material(Material.SCLERA, Material.IRIS, Material.PUPIL)
     spec = torch.where(hair, 0.12 * _specular(s, lighting, 14.0), 0.10 * _specular(s, lighting, 24.0))
     spec = torch.where(eyes, 0.3 * spec + 0.6 * _specular(s, lighting, 120.0, lights=(0,)), spec)
-    rim = (1 - _facing(s)) ** 3 * 0.08
+    rim = (1 - _facing(s)) ** 3 * 0.08 * lighting.gloss
     return albedo * diffuse.unsqueeze(-1) + (spec + rim).unsqueeze(-1)
 
 
@@ -352,7 +356,7 @@ def shade_statue(s: SurfaceBuffer, lighting: Lighting) -> Tensor:
     albedo = _mix(marble, vein_colour.expand_as(marble), (0.8 * vein).unsqueeze(-1))
     diffuse = _diffuse(s, lighting, wrap=0.15)
     spec = _specular(s, lighting, 45.0) * 0.55
-    sheen = (1 - _facing(s)) ** 4 * 0.12
+    sheen = (1 - _facing(s)) ** 4 * 0.12 * lighting.gloss
     return albedo * diffuse.unsqueeze(-1) + (spec + sheen).unsqueeze(-1)
 
 
