@@ -233,9 +233,13 @@ class TriPlaneGenerator(nn.Module):
         directions = torch.zeros_like(points)
         return self.renderer.run_model(planes, self.decoder, points, directions, self.config.rendering)
 
-    def point_colors(self, planes: torch.Tensor, ws: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def point_colors(self, planes: torch.Tensor, ws: torch.Tensor, points: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """RGB in [0, 1] at points (N, M, 3): decoder features through the raw ToRGB head (a 1×1 conv, so
-        applying it per point equals applying it per pixel)."""
+        applying it per point equals applying it per pixel).
+
+        ``clamp=False`` leaves values outside [0, 1] as they are: a loss on clamped colours has no gradient
+        once a colour leaves the range, so training losses use the unclamped values.
+        """
         feats = self.query_points(planes, points)["rgb"]  # (N, M, C)
         if self.decoder.activation == "sigmoid":
             feats = feats * 2 - 1
@@ -244,7 +248,8 @@ class TriPlaneGenerator(nn.Module):
             rgb = self.torgb(img, ws[:, -1], fused_modconv=False).float().squeeze(-1).permute(0, 2, 1)
         else:
             rgb = feats[..., :3]
-        return ((rgb + 1) / 2).clamp(0, 1)
+        rgb = (rgb + 1) / 2
+        return rgb.clamp(0, 1) if clamp else rgb
 
     # ------------------------------------------------------------------------------------------ training
     def layer_group(self, name: str) -> nn.Module | None:

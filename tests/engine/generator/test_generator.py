@@ -237,3 +237,21 @@ def test_generate_command_reports_bad_checkpoint_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "broken" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_point_colors_unclamped_keeps_gradients_outside_the_range():
+    """Training losses use ``clamp=False``: a clamped colour outside [0, 1] has no gradient, and a colour
+    pushed out of range there could never come back."""
+    torch.manual_seed(0)
+    G = TriPlaneGenerator(get_preset("tiny"))
+    z = torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0))
+    ws = G.mapping(z, torch.zeros(2, G.c_dim))
+    planes = G.synthesize_planes(ws).detach().requires_grad_(True)
+    points = torch.rand(2, 64, 3, generator=torch.Generator().manual_seed(1)) - 0.5
+    with torch.no_grad():
+        G.torgb.bias.fill_(10.0)  # every colour far above 1
+    raw = G.point_colors(planes, ws, points, clamp=False)
+    clamped = G.point_colors(planes, ws, points)
+    assert raw.min() > 1.0 and torch.equal(clamped, raw.clamp(0, 1))
+    raw.sum().backward()
+    assert planes.grad.abs().sum() > 0
