@@ -82,7 +82,9 @@ from scripts.pack.training_checkpoint import (  # noqa: E402
 STYLE = "photo"
 TARGET_LIGHTING = Lighting(gloss=0.0)  # no highlights or rim: nothing in the targets depends on the view
 DEFAULT_WORK = REPO_ROOT / "scripts" / "pack" / "checkpoints" / "generator_v2"
-V1_GENERATOR = REPO_ROOT / "engine" / "pack" / "embedded-v1" / "generator" / "generator.safetensors"
+# The v1 pack generator (``scripts/pack/train_generator.py``), kept here because the field stage starts from it
+# and the pack's own generator file is replaced by v2.
+V1_GENERATOR = REPO_ROOT / "scripts" / "pack" / "checkpoints" / "generator_v1" / "generator.safetensors"
 EVAL_SEED = 1_000_003  # held-out latents come from a different stream than any training step's
 FEATURE_MATERIALS = (Material.SCLERA, Material.IRIS, Material.PUPIL, Material.LIPS, Material.BROW)
 EYE_MATERIALS = (Material.SCLERA, Material.IRIS, Material.PUPIL)
@@ -254,8 +256,11 @@ def make_batch(step: int, G: TriPlaneGenerator, config: StageConfig) -> Batch:
     if config.render:
         world = world_views(identity, c, G.img_resolution, G, world_background)
         native = G.config.rendering.neural_rendering_resolution
-        world_raw = world_views(identity, c, native, G, world_background)
-        field = field_targets(identity, c, world_raw, config, rng, half_box) if config.weight_field > 0 else None
+        # the raw render's targets: the output-size render area-averaged (one world render fewer per step)
+        world_raw = {k: F.adaptive_avg_pool2d(world[k], native) for k in ("image", "mask")}
+        field = None
+        if config.weight_field > 0:  # surface points need a point-sampled render (averaged depth is not a depth)
+            field = field_targets(identity, c, world_views(identity, c, native, G), config, rng, half_box)
     else:
         world = world_views(identity, c, config.target_resolution, G)
         world_raw = None
