@@ -33,6 +33,8 @@ import torch
 
 from .errors import ConfigError, EngineError, InputError
 from .io.atomic import write_with
+from .io.scan_references import check_ply_references
+from .io.untrusted import InputLimits, active_limits, check_count, load_npz, npz_headers, read_bytes
 
 PointFn = Callable[[torch.Tensor], torch.Tensor]
 Bounds = tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -178,6 +180,8 @@ class Mesh:
             raise InputError(f"{name}: faces must be a (F, 3) integer array, got {f.shape} {f.dtype}")
         if f.size and (f.min() < 0 or f.max() >= len(v)):
             raise InputError(f"{name}: face indices must lie in [0, {len(v)}), got [{f.min()}, {f.max()}]")
+        if not np.isfinite(v).all():
+            raise InputError(f"{name}: {int((~np.isfinite(v)).any(axis=1).sum())} vertex positions are NaN or infinite")
         for label, arr, dtype in (("vertex_colors", self.vertex_colors, np.uint8),
                                   ("vertex_normals", self.vertex_normals, np.float32)):
             if arr is not None and (arr.shape != v.shape or arr.dtype != dtype):
@@ -670,36 +674,48 @@ def write_ply(mesh: Mesh, path: str | os.PathLike, *, normals: bool = True) -> P
     return write_with(path, write)
 
 
-def read_ply(path: str | os.PathLike) -> Mesh:
-    """Read a binary little-endian triangle PLY (what :func:`write_ply` writes, or similar)."""
+def read_ply(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh:
+    """Read a binary little-endian triangle PLY (what :func:`write_ply` writes, or similar).
+
+    An untrusted file (:mod:`engine.io.untrusted`): a regular file within the size limit; the element counts
+    the header claims are checked against the vertex/face limits and against the bytes that follow the
+    header before any table is decoded; a ``comment TextureFile`` must stay inside the PLY's folder.
+    """
+    limits = active_limits(limits)
     name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read PLY ({exc})") from exc
+    data = read_bytes(path, "PLY", limits=limits)
     end = data.find(b"end_header")
     if not data.startswith(b"ply") or end < 0:
         raise InputError(f"{name}: not a PLY file (missing 'ply' magic or 'end_header')")
-    body_start = data.index(b"\n", end) + 1
+    newline = data.find(b"\n", end)
+    if newline < 0:
+        raise InputError(f"{name}: truncated PLY header (nothing after 'end_header')")
+    body_start = newline + 1
     lines = data[:end].decode("ascii", errors="replace").splitlines()
+    check_ply_references(path, lines, limits)
     elements: list[tuple[str, int, list[list[str]]]] = []
     for line in lines[1:]:
         words = line.split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
         if words[0] == "format":
-            if words[1] != "binary_little_endian":
-                raise InputError(f"{name}: only binary_little_endian PLY is supported, got {words[1]}")
+            if len(words) < 2 or words[1] != "binary_little_endian":
+                raise InputError(f"{name}: only binary_little_endian PLY is supported, got {' '.join(words[1:2]) or 'nothing'}")
         elif words[0] == "element":
             if len(words) != 3 or not words[2].isdigit():
                 raise InputError(f"{name}: malformed PLY header line {line!r}")
-            elements.append((words[1], int(words[2]), []))
+            count = int(words[2])
+            if words[1] == "vertex":
+                check_count(name, "PLY header claims vertex count", count, limits.max_vertices, "max_vertices")
+            elif words[1] == "face":
+                check_count(name, "PLY header claims face count", count, limits.max_faces, "max_faces")
+            elements.append((words[1], count, []))
         elif words[0] == "property" and elements:
             elements[-1][2].append(words[1:])
     try:
         vertex_table, faces = _read_ply_body(data, body_start, elements, name)
-    except (ValueError, KeyError, IndexError) as exc:
-        raise InputError(f"{name}: truncated or unsupported PLY body ({exc})") from exc
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InputError(f"{name}: truncated or unsupported PLY body ({exc})") from None
     if vertex_table is None or faces is None:
         raise InputError(f"{name}: PLY needs both a vertex and a face element")
     names = vertex_table.dtype.names
@@ -724,12 +740,22 @@ def _read_ply_body(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Decode the binary element tables; returns the vertex record array and (F, 3) int32 faces."""
     vertex_table = faces = None
+
+    def need(dtype: np.dtype, count: int, element: str) -> None:
+        size = dtype.itemsize * count
+        if offset + size > len(data):
+            raise InputError(
+                f"{name}: PLY header claims {count:,} {element} records ({size:,} bytes) but only "
+                f"{max(len(data) - offset, 0):,} bytes follow; the file is truncated or the count is false"
+            )
+
     for element, count, props in elements:
         if element == "face":
             if len(props) != 1 or props[0][0] != "list":
                 raise InputError(f"{name}: face element must be a single vertex_indices list")
             count_t, index_t = _PLY_TYPES[props[0][1]], _PLY_TYPES[props[0][2]]
             fdtype = np.dtype([("count", count_t), ("index", index_t, (3,))])
+            need(fdtype, count, element)
             table = np.frombuffer(data, dtype=fdtype, count=count, offset=offset)
             if count and not np.all(table["count"] == 3):
                 raise InputError(f"{name}: only triangle faces are supported")
@@ -739,6 +765,7 @@ def _read_ply_body(
             if any(p[0] == "list" for p in props):
                 raise InputError(f"{name}: list properties are only supported on faces (element {element!r})")
             edtype = np.dtype([(p[1], _PLY_TYPES[p[0]]) for p in props])
+            need(edtype, count, element)
             table = np.frombuffer(data, dtype=edtype, count=count, offset=offset)
             offset += edtype.itemsize * count
             if element == "vertex":
@@ -795,17 +822,19 @@ def write_npz(mesh: Mesh, path: str | os.PathLike) -> Path:
     return write_with(path, write)
 
 
-def read_npz(path: str | os.PathLike) -> Mesh:
-    """Read a mesh written by :func:`write_npz`."""
+def read_npz(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh:
+    """Read a mesh written by :func:`write_npz` (array sizes checked from the headers, no pickles)."""
+    limits = active_limits(limits)
     name = str(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{name}: cannot read mesh NPZ ({exc})") from exc
-    missing = {"vertices", "faces"} - set(arrays)
+    keys = {"vertices", "faces", "vertex_colors", "vertex_normals"}
+    headers = npz_headers(path, "mesh NPZ", limits=limits)
+    missing = {"vertices", "faces"} - set(headers)
     if missing:
         raise InputError(f"{name}: mesh NPZ lacks {sorted(missing)}")
+    for key, limit, label in (("vertices", limits.max_vertices, "max_vertices"), ("faces", limits.max_faces, "max_faces")):
+        shape = headers[key][0]
+        check_count(name, f"'{key}' count", shape[0] if shape else 0, limit, label)
+    arrays = load_npz(path, keys & set(headers), "mesh NPZ", limits=limits)
     return Mesh(
         vertices=arrays["vertices"],
         faces=arrays["faces"],

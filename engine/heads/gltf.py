@@ -12,13 +12,16 @@ any tool. Only what a coloured head mesh needs is supported:
   each moved by its node's world transform (TRS or matrix) and merged into one :class:`engine.mesh.Mesh`.
   Buffers may be the GLB's BIN chunk, base64 data URIs or ``.bin`` files next to a ``.gltf``. Sparse
   accessors, Draco/meshopt compression and strips/fans are refused with a clear :class:`InputError`.
+* Untrusted input (:mod:`engine.io.untrusted`): every buffer and image URI must name a regular file inside
+  the glTF's own folder (no absolute paths, no ``..``, also percent-encoded, no symbolic link out), checked
+  before anything is opened; accessor counts and vertex/face totals are checked against the limits before
+  allocating, and the node hierarchy must be a tree.
 
 Coordinates are written as given: glTF is y-up with the front facing +z, which is the generator's world frame.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import struct
@@ -29,6 +32,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.atomic import write_bytes
+from ..io.scan_references import check_gltf_references, read_gltf_document
+from ..io.untrusted import InputLimits, active_limits, check_count, decode_data_uri, read_reference
 from ..mesh import Mesh, vertex_normals
 
 GLB_MAGIC = 0x46546C67  # b"glTF"
@@ -159,32 +164,44 @@ def write_glb(mesh: Mesh, path: str | os.PathLike, extras: dict | None = None, n
 class GltfDocument:
     """A parsed glTF: the JSON document and its buffers as bytes."""
 
-    def __init__(self, document: dict, buffers: list[bytes], name: str):
+    def __init__(self, document: dict, buffers: list[bytes], name: str, limits: InputLimits | None = None):
         self.document, self.buffers, self.name = document, buffers, name
+        self.limits = active_limits(limits)
 
     @property
     def extras(self) -> dict:
-        extras = self.document.get("asset", {}).get("extras", {})
+        asset = self.document.get("asset", {})
+        extras = asset.get("extras", {}) if isinstance(asset, dict) else {}
         return extras if isinstance(extras, dict) else {}
 
+    def _index(self, value: Any, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InputError(f"{self.name}: {what} must be a non-negative integer, got {value!r}")
+        return value
+
     def accessor(self, index: int) -> np.ndarray:
-        """Accessor ``index`` as an (count, components) array (float for normalised integers)."""
+        """Accessor ``index`` as an (count, components) array (float for normalised integers).
+
+        The element count is checked against the limits before anything is allocated: no accessor of a
+        triangle mesh holds more than three indices per face.
+        """
         try:
             acc = self.document["accessors"][index]
             if "sparse" in acc:
                 raise InputError(f"{self.name}: sparse accessors are not supported")
             dtype = COMPONENT_DTYPES[acc["componentType"]]
             width = TYPE_SIZES[acc["type"]]
-            count = int(acc["count"])
+            count = self._index(acc["count"], f"accessor {index} count")
+            check_count(self.name, f"accessor {index} claims", count, 3 * self.limits.max_faces, "3 × max_faces elements")
             if "bufferView" not in acc:
                 return np.zeros((count, width), dtype=dtype)
-            view = self.document["bufferViews"][acc["bufferView"]]
-            buffer = self.buffers[view["buffer"]]
+            view = self.document["bufferViews"][self._index(acc["bufferView"], f"accessor {index} bufferView")]
+            buffer = self.buffers[self._index(view["buffer"], f"bufferView {acc['bufferView']} buffer")]
+            start = self._index(view.get("byteOffset", 0), "byteOffset") + self._index(acc.get("byteOffset", 0), "byteOffset")
+            element = dtype.itemsize * width
+            stride = self._index(view.get("byteStride", element) or element, "byteStride")
         except (KeyError, IndexError, TypeError) as exc:
             raise InputError(f"{self.name}: malformed accessor {index} ({exc!r})") from None
-        start = int(view.get("byteOffset", 0)) + int(acc.get("byteOffset", 0))
-        element = dtype.itemsize * width
-        stride = int(view.get("byteStride", element) or element)
         if count and start + stride * (count - 1) + element > len(buffer):
             raise InputError(f"{self.name}: accessor {index} reads past the end of its buffer")
         if count == 0:
@@ -198,69 +215,40 @@ class GltfDocument:
         return values
 
 
-def _read_uri(uri: str, base: Path, name: str) -> bytes:
-    if uri.startswith("data:"):
-        head, _, payload = uri.partition(",")
-        if not head.endswith(";base64"):
-            raise InputError(f"{name}: only base64 data URIs are supported")
-        return base64.b64decode(payload)
-    target = (base / uri).resolve()
-    try:
-        return target.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read buffer {uri!r} ({exc.strerror})") from None
+def parse_gltf(path: str | os.PathLike, limits: InputLimits | None = None) -> GltfDocument:
+    """Parse a ``.glb`` or ``.gltf`` file (any problem → :class:`InputError` naming the file).
 
-
-def parse_gltf(path: str | os.PathLike) -> GltfDocument:
-    """Parse a ``.glb`` or ``.gltf`` file (any problem → :class:`InputError` naming the file)."""
+    Every buffer and image URI must name a regular file inside the glTF's own folder
+    (:func:`engine.io.scan_references.check_gltf_references`); refused URIs are never opened.
+    """
+    limits = active_limits(limits)
     path = Path(path)
     name = str(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read glTF ({exc.strerror})") from None
-    bin_chunk: bytes | None = None
-    if data[:4] == b"glTF":
-        if len(data) < 20:
-            raise InputError(f"{name}: truncated GLB header")
-        _, version, length = struct.unpack_from("<III", data, 0)
-        if version != 2:
-            raise InputError(f"{name}: GLB version {version} is not supported (need 2)")
-        if length > len(data):
-            raise InputError(f"{name}: truncated GLB ({len(data)} of {length} bytes)")
-        offset, json_bytes = 12, None
-        while offset + 8 <= length:
-            chunk_len, chunk_type = struct.unpack_from("<II", data, offset)
-            chunk = data[offset + 8 : offset + 8 + chunk_len]
-            if len(chunk) != chunk_len:
-                raise InputError(f"{name}: truncated GLB chunk")
-            if chunk_type == CHUNK_JSON and json_bytes is None:
-                json_bytes = chunk
-            elif chunk_type == CHUNK_BIN and bin_chunk is None:
-                bin_chunk = chunk
-            offset += 8 + chunk_len
-        if json_bytes is None:
-            raise InputError(f"{name}: GLB has no JSON chunk")
-    else:
-        json_bytes = data
-    try:
-        document = json.loads(json_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{name}: glTF JSON is unreadable ({exc})") from None
-    if not isinstance(document, dict) or str(document.get("asset", {}).get("version", "")).split(".")[0] != "2":
+    document, bin_chunk = read_gltf_document(path, limits)
+    asset = document.get("asset", {})
+    if not isinstance(asset, dict) or str(asset.get("version", "")).split(".")[0] != "2":
         raise InputError(f"{name}: not a glTF 2.0 document")
-    required = set(document.get("extensionsRequired", []))
+    required = document.get("extensionsRequired", [])
     if required:
-        raise InputError(f"{name}: needs unsupported glTF extensions {sorted(required)} (export without compression)")
+        shown = sorted(map(str, required)) if isinstance(required, list) else required
+        raise InputError(f"{name}: needs unsupported glTF extensions {shown} (export without compression)")
+    check_gltf_references(document, path, limits)  # images too: Blender's importer would read them
     buffers = []
-    for i, buf in enumerate(document.get("buffers", [])):
-        if "uri" in buf:
-            buffers.append(_read_uri(buf["uri"], path.parent, name))
+    entries = document.get("buffers", [])
+    if not isinstance(entries, list):
+        raise InputError(f"{name}: 'buffers' is not a list")
+    for i, buf in enumerate(entries):
+        if isinstance(buf, dict) and "uri" in buf:
+            uri = buf["uri"]
+            if isinstance(uri, str) and uri.startswith("data:"):
+                buffers.append(decode_data_uri(uri, name, f"buffer {i}", limits))
+            else:
+                buffers.append(read_reference(uri, owner=path, what=f"buffer {i} uri", uri=True, limits=limits))
         elif i == 0 and bin_chunk is not None:
             buffers.append(bin_chunk)
         else:
             raise InputError(f"{name}: buffer {i} has no data")
-    return GltfDocument(document, buffers, name)
+    return GltfDocument(document, buffers, name, limits)
 
 
 def _quaternion_matrix(q: list[float]) -> np.ndarray:
@@ -285,26 +273,34 @@ def node_matrix(node: dict) -> np.ndarray:
 
 
 def _mesh_instances(doc: GltfDocument) -> list[tuple[int, np.ndarray]]:
-    """(mesh index, world matrix) for every mesh node under the default scene (all roots if no scene)."""
+    """(mesh index, world matrix) for every mesh node under the default scene (all roots if no scene).
+
+    glTF nodes form strict trees; a node reached twice (a cycle, or a shared child — which would let a few
+    nodes multiply into exponentially many mesh instances) is refused.
+    """
     d = doc.document
     nodes = d.get("nodes", [])
     scenes = d.get("scenes", [])
     if scenes:
-        roots = scenes[int(d.get("scene", 0))].get("nodes", [])
+        roots = scenes[doc._index(d.get("scene", 0), "scene")].get("nodes", [])
     else:
         children = {c for n in nodes for c in n.get("children", [])}
         roots = [i for i in range(len(nodes)) if i not in children]
     found: list[tuple[int, np.ndarray]] = []
-    stack = [(int(r), np.eye(4), 0) for r in roots]
+    seen: set[int] = set()
+    stack = [(doc._index(r, "scene node"), np.eye(4)) for r in roots]
     while stack:
-        index, parent, depth = stack.pop()
-        if depth > 256 or index >= len(nodes):
-            raise InputError(f"{doc.name}: node hierarchy is cyclic or references a missing node")
+        index, parent = stack.pop()
+        if index >= len(nodes):
+            raise InputError(f"{doc.name}: node hierarchy references a missing node {index}")
+        if index in seen:
+            raise InputError(f"{doc.name}: node {index} is reached twice; the node hierarchy must be a tree (no cycles or shared children)")
+        seen.add(index)
         node = nodes[index]
         world = parent @ node_matrix(node)
         if "mesh" in node:
-            found.append((int(node["mesh"]), world))
-        stack.extend((int(c), world, depth + 1) for c in node.get("children", []))
+            found.append((doc._index(node["mesh"], f"node {index} mesh"), world))
+        stack.extend((doc._index(c, f"node {index} child"), world) for c in node.get("children", []))
     if not found and not nodes:
         found = [(i, np.eye(4)) for i in range(len(d.get("meshes", [])))]
     return found
@@ -315,11 +311,23 @@ def _colors_to_srgb_bytes(colors: np.ndarray) -> np.ndarray:
     return np.round(linear_to_srgb(rgb) * 255.0).astype(np.uint8)
 
 
-def read_gltf(path: str | os.PathLike) -> tuple[Mesh, dict]:
-    """All triangles of a ``.glb``/``.gltf`` as one world-space :class:`Mesh`, plus ``asset.extras``."""
-    doc = parse_gltf(path)
+def read_gltf(path: str | os.PathLike, limits: InputLimits | None = None) -> tuple[Mesh, dict]:
+    """All triangles of a ``.glb``/``.gltf`` as one world-space :class:`Mesh`, plus ``asset.extras``.
+
+    Vertex and face totals (over every primitive and instance) are checked against the limits before each
+    primitive is added; any malformed field is an :class:`InputError` naming the file.
+    """
+    limits = active_limits(limits)
+    doc = parse_gltf(path, limits)
+    try:
+        return _read_mesh(doc, limits)
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, AttributeError, np.linalg.LinAlgError) as exc:
+        raise InputError(f"{doc.name}: malformed glTF ({type(exc).__name__}: {exc})") from None
+
+
+def _read_mesh(doc: GltfDocument, limits: InputLimits) -> tuple[Mesh, dict]:
     parts_v, parts_f, parts_c, parts_n = [], [], [], []
-    any_colors, offset = False, 0
+    any_colors, offset, faces = False, 0, 0
     for mesh_index, world in _mesh_instances(doc):
         try:
             primitives = doc.document["meshes"][mesh_index]["primitives"]
@@ -332,6 +340,7 @@ def read_gltf(path: str | os.PathLike) -> tuple[Mesh, dict]:
             if "POSITION" not in attrs:
                 raise InputError(f"{doc.name}: a primitive has no POSITION attribute")
             v = doc.accessor(attrs["POSITION"]).astype(np.float64)
+            check_count(doc.name, "vertex count", offset + len(v), limits.max_vertices, "max_vertices")
             v = v @ world[:3, :3].T + world[:3, 3]
             if "indices" in prim:
                 f = doc.accessor(prim["indices"]).reshape(-1).astype(np.int64)
@@ -339,6 +348,7 @@ def read_gltf(path: str | os.PathLike) -> tuple[Mesh, dict]:
                 f = np.arange(len(v), dtype=np.int64)
             if f.size % 3:
                 raise InputError(f"{doc.name}: triangle index count {f.size} is not a multiple of 3")
+            faces = check_count(doc.name, "face count", faces + f.size // 3, limits.max_faces, "max_faces")
             if f.size and (f.min() < 0 or f.max() >= len(v)):
                 raise InputError(f"{doc.name}: triangle indices out of range")
             n = None
@@ -349,6 +359,8 @@ def read_gltf(path: str | os.PathLike) -> tuple[Mesh, dict]:
             if "COLOR_0" in attrs:
                 c = _colors_to_srgb_bytes(doc.accessor(attrs["COLOR_0"]))
                 any_colors = True
+            if (n is not None and n.shape != v.shape) or (c is not None and c.shape != v.shape):
+                raise InputError(f"{doc.name}: NORMAL/COLOR_0 counts differ from POSITION's {len(v)}")
             parts_v.append(v)
             parts_f.append(f.reshape(-1, 3) + offset)
             parts_c.append(c if c is not None else np.full((len(v), 3), 255, np.uint8))

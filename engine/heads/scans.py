@@ -26,6 +26,12 @@ Normalisation convention (:func:`normalize_scan`) — what "the generator's fram
    cameras looking at the origin).
 
 The result's ``scan_to_world`` matrix records exactly what was done (also written to the batch sidecar).
+
+Inputs are untrusted (:mod:`engine.io.untrusted`): every reader opens only regular files within the size
+limit, checks claimed vertex/face/pixel counts before allocating, and refuses a file an input names (an
+OBJ's ``mtllib`` and its textures, a glTF's buffers and images, a views manifest's PNGs) unless it lies inside
+the input's own folder; :func:`check_input_entry` refuses batch entries that are symbolic links out of the
+input folder, FIFOs or devices.
 """
 
 from __future__ import annotations
@@ -40,6 +46,18 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from ..io.scan_references import check_obj_references, obj_mtllibs
+from ..io.untrusted import (
+    InputLimits,
+    active_limits,
+    check_count,
+    check_file,
+    check_reference,
+    npz_headers,
+    read_bytes,
+    read_image_rgba,
+    read_json,
+)
 from ..mesh import Mesh, read_npz, read_ply
 
 SCAN_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
@@ -92,12 +110,8 @@ class NormalizedScan:
 # Input classification
 # --------------------------------------------------------------------------------------------------
 def npz_kind(path: Path) -> str:
-    """"latent" or "scan" for a ``.npz``, by its arrays; unreadable → InputError."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-    except Exception as exc:  # numpy raises ValueError/OSError/BadZipFile/EOFError for broken files
-        raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+    """"latent" or "scan" for a ``.npz``, by its arrays (read from the headers only); unreadable → InputError."""
+    keys = set(npz_headers(path, ".npz file"))
     if "w" in keys:
         return "latent"
     if {"vertices", "faces"} <= keys:
@@ -105,8 +119,25 @@ def npz_kind(path: Path) -> str:
     raise InputError(f"{path}: .npz holds neither a W+ latent ('w') nor a mesh ('vertices', 'faces'): {sorted(keys)}")
 
 
+def check_input_entry(path: str | os.PathLike) -> Path:
+    """An entry of an input folder that may be read: a symbolic link must stay inside the folder, and a
+    file must be a regular file within the size limit (checked with ``os.stat``, nothing is opened)."""
+    path = Path(path)
+    if os.path.islink(path):
+        real, folder = path.resolve(), path.parent.resolve()
+        if not (real == folder or folder in real.parents):
+            raise InputError(f"{path}: symbolic link to {real}, outside the input folder {path.parent}; refused")
+    if not path.is_dir():
+        check_file(path, "input", root=path.parent)
+    return path
+
+
 def input_kind(path: str | os.PathLike) -> str:
-    """"scan", "image" or "latent" for a supported file; :class:`InputError` (with the reason) otherwise."""
+    """"scan", "image" or "latent" for a supported file; :class:`InputError` (with the reason) otherwise.
+
+    By suffix (only a ``.npz`` is opened, to tell a latent from a mesh); :func:`check_input_entry` is what
+    refuses links out of the folder, FIFOs and devices.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in BLENDER_ONLY_SUFFIXES:
@@ -114,23 +145,28 @@ def input_kind(path: str | os.PathLike) -> str:
             f"{path}: {suffix} scans have no open reader; import them with the Blender batch operator "
             "(Head Stylizer › Batch), which uses Blender's importer and renders the views for the engine"
         )
+    supported = SCAN_SUFFIXES + IMAGE_SUFFIXES + LATENT_SUFFIXES + BLENDER_ONLY_SUFFIXES
+    if suffix not in supported:
+        raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; supported: {', '.join(supported)}")
     if suffix in SCAN_SUFFIXES:
         return "scan"
     if suffix in IMAGE_SUFFIXES:
         return "image"
-    if suffix in LATENT_SUFFIXES:
-        return npz_kind(path)
-    supported = SCAN_SUFFIXES + IMAGE_SUFFIXES + LATENT_SUFFIXES + BLENDER_ONLY_SUFFIXES
-    raise InputError(f"{path}: unsupported file type {suffix or '(none)'!r}; supported: {', '.join(supported)}")
+    return npz_kind(path)
 
 
 def list_inputs(folder: str | os.PathLike) -> list[Path]:
-    """Every regular, non-hidden file of ``folder`` (sorted; sidecars ``.json`` and ``.mtl``/``.bin`` excluded)."""
+    """Every non-hidden entry of ``folder`` that is not a folder (sorted; sidecars ``.json``, ``.mtl``,
+    ``.bin`` … excluded). FIFOs, devices and symbolic links are listed too, so that the batch reports them
+    as failed with the reason instead of silently skipping them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: input folder not found")
     skip = {".json", ".mtl", ".bin", ".csv", ".txt", ".md"}
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in skip)
+    return sorted(
+        p for p in folder.iterdir()
+        if not p.name.startswith(".") and p.suffix.lower() not in skip and (p.is_symlink() or not p.is_dir())
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,18 +175,24 @@ def list_inputs(folder: str | os.PathLike) -> list[Path]:
 _SLASH_REFS = re.compile(r"/[^\s]*")
 
 
-def read_obj(path: str | os.PathLike) -> Mesh:
-    """Wavefront OBJ triangles (polygons fan-triangulated) with optional ``v x y z r g b`` colours."""
+def read_obj(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh:
+    """Wavefront OBJ triangles (polygons fan-triangulated) with optional ``v x y z r g b`` colours.
+
+    Materials are not read, but every ``mtllib`` and the texture maps it names must stay inside the OBJ's
+    folder (:func:`engine.io.scan_references.check_obj_references`), as for Blender's importer. Vertex and
+    face counts are checked against the limits before the tables are built.
+    """
+    limits = active_limits(limits)
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read OBJ ({exc.strerror})") from None
+    text = read_bytes(path, "OBJ", limits=limits).decode("utf-8", errors="replace")
+    check_obj_references(path, obj_mtllibs(text), limits)
     lines = text.splitlines()
     v_lines = [line[2:] for line in lines if line.startswith("v ")]
+    check_count(name, "OBJ vertex count", len(v_lines), limits.max_vertices, "max_vertices")
     f_lines = [_SLASH_REFS.sub("", line[2:]).split() for line in lines if line.startswith("f ")]
     if not v_lines or not f_lines:
         raise InputError(f"{name}: OBJ has no vertices or no faces")
+    check_count(name, "OBJ triangle count", sum(max(len(f) - 2, 0) for f in f_lines), limits.max_faces, "max_faces")
     try:
         widths = {len(line.split()) for line in v_lines}
         if len(widths) != 1 or widths.pop() not in (3, 4, 6, 7):
@@ -158,7 +200,7 @@ def read_obj(path: str | os.PathLike) -> Mesh:
         table = np.array(" ".join(v_lines).split(), dtype=np.float64).reshape(len(v_lines), -1)
         counts = np.array([len(f) for f in f_lines])
         refs = np.array([tok for f in f_lines for tok in f], dtype=np.int64)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise InputError(f"{name}: malformed OBJ ({exc})") from None
     if counts.min() < 3:
         raise InputError(f"{name}: OBJ face with fewer than 3 vertices")
@@ -176,7 +218,7 @@ def read_obj(path: str | os.PathLike) -> Mesh:
     if table.shape[1] >= 6:
         rgb = table[:, 3:6] if table.shape[1] == 6 else table[:, 4:7]
         scale = 255.0 if rgb.max() <= 1.0 + 1e-6 else 1.0
-        colors = np.clip(np.round(rgb * scale), 0, 255).astype(np.uint8)
+        colors = np.clip(np.nan_to_num(np.round(rgb * scale)), 0, 255).astype(np.uint8)
     return Mesh(vertices=table[:, :3].astype(np.float32), faces=faces.astype(np.int32), vertex_colors=colors).check(name)
 
 
@@ -277,20 +319,53 @@ def load_scan(path: str | os.PathLike, config: ScanNormalization = ScanNormaliza
 def read_image(path: str | os.PathLike, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A portrait as ((1, 3, R, R) in [-1, 1], (1, 1, R, R) mask): centre-cropped square, resized.
 
-    The mask is the alpha channel when there is one (a cut-out portrait), else all ones.
+    The mask is the alpha channel when there is one (a cut-out portrait), else all ones. The file is read
+    with :func:`engine.io.untrusted.read_image_rgba` (regular file, size and pixel limits before decoding).
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    rgba = read_image_rgba(path, "image").astype(np.float32) / 255.0
     h, w = rgba.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     square = torch.from_numpy(np.ascontiguousarray(rgba[top : top + side, left : left + side])).permute(2, 0, 1)[None]
     square = torch.nn.functional.interpolate(square, size=(resolution, resolution), mode="area")
     return square[:, :3] * 2.0 - 1.0, square[:, 3:4]
+
+
+# --------------------------------------------------------------------------------------------------
+# Views rendered by Blender
+# --------------------------------------------------------------------------------------------------
+VIEWS_MANIFEST = "cameras.json"
+
+
+@dataclass
+class ManifestView:
+    name: str
+    file: Path
+    camera: list[float]
+
+
+def read_views_manifest(folder: str | os.PathLike, limits: InputLimits | None = None) -> tuple[dict, list[ManifestView]]:
+    """The ``cameras.json`` of a folder Blender rendered (see bridge/scan_render.py) and its views.
+
+    Untrusted like any input: the manifest is size- and depth-limited, must be a regular file inside the
+    folder, and every view ``file`` must name a regular file inside the folder (checked before it is read).
+    """
+    folder = Path(folder)
+    manifest = folder / VIEWS_MANIFEST
+    data = read_json(manifest, "views manifest", root=folder, limits=limits)
+    if not isinstance(data, dict) or not isinstance(data.get("views"), list):
+        raise InputError(f"{manifest}: malformed views manifest (expected an object with a 'views' list)")
+    if not data["views"]:
+        raise InputError(f"{manifest}: lists no views")
+    views = []
+    for i, view in enumerate(data["views"]):
+        if not isinstance(view, dict) or not isinstance(view.get("camera"), list) or len(view["camera"]) != 25:
+            raise InputError(f"{manifest}: view {i} needs a 'file' and a 'camera' of 25 numbers")
+        camera = view["camera"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in camera):
+            raise InputError(f"{manifest}: view {i} camera holds a non-number or non-finite value")
+        file = check_reference(view.get("file"), owner=manifest, root=folder, what=f"view {i} file", limits=limits)
+        assert file is not None
+        views.append(ManifestView(str(view.get("name", view.get("file"))), file, [float(v) for v in camera]))
+    return data, views
