@@ -38,8 +38,9 @@ import torch
 from ..errors import ConfigError, EngineError, InputError
 from ..heads.gltf import write_glb
 from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
-from ..heads.scans import input_kind, list_inputs
+from ..heads.scans import VIEWS_MANIFEST, check_input_entry, input_kind, list_inputs
 from ..io.atomic import write_json, write_text
+from ..io.untrusted import read_json
 from ..io.events import emit, log
 from ..mesh import Mesh
 from ..stylize.cancel import CancelToken
@@ -47,7 +48,6 @@ from ..stylize.cancel import CancelToken
 EventSink = Callable[..., None]
 REPORT_FIELDS = ("input", "output", "identity_similarity", "seconds", "status", "error")
 STATUSES = ("done", "skipped", "failed", "cancelled")
-VIEWS_MANIFEST = "cameras.json"
 
 
 class ConsentRequired(ConfigError):
@@ -173,14 +173,18 @@ def output_stems(inputs: list[Path]) -> list[str]:
 
 
 def item_kind(path: Path) -> str:
-    """"views" for a folder of Blender-rendered views, else what :func:`engine.heads.scans.input_kind` says."""
+    """"views" for a folder of Blender-rendered views, else what :func:`engine.heads.scans.input_kind` says.
+
+    Inputs are untrusted (:mod:`engine.io.untrusted`): a symbolic link out of the input folder, a FIFO or a
+    device is refused here, before anything is read."""
+    check_input_entry(path)
     if path.is_dir():
         failed = path / "failed.json"
         if failed.is_file() and not (path / VIEWS_MANIFEST).is_file():
             try:
-                data = json.loads(failed.read_text(encoding="utf-8"))
+                data = read_json(failed, "Blender failure record", root=path)
                 reason = f"{data.get('source', path.name)}: {data.get('error', 'failed in Blender')}"
-            except (OSError, json.JSONDecodeError):
+            except (InputError, AttributeError):
                 reason = f"{path.name}: failed in Blender"
             raise InputError(f"Blender could not import or render the scan ({reason})")
         if not (path / VIEWS_MANIFEST).is_file():
@@ -192,8 +196,9 @@ def item_kind(path: Path) -> str:
 def source_hash(path: Path) -> str:
     """SHA-256 of the source file; for a views folder, the source hash Blender recorded in cameras.json."""
     if path.is_dir():
-        data = json.loads((path / VIEWS_MANIFEST).read_text(encoding="utf-8"))
-        return str(data.get("source_sha256") or sha256_file(path / VIEWS_MANIFEST))
+        data = read_json(path / VIEWS_MANIFEST, "views manifest", root=path)
+        recorded = data.get("source_sha256") if isinstance(data, dict) else None
+        return str(recorded or sha256_file(path / VIEWS_MANIFEST))
     return sha256_file(path)
 
 
@@ -469,27 +474,13 @@ def views_target(folder: Path, resolution: int):
     """An inversion target from a folder Blender rendered: ``cameras.json`` + RGBA PNGs (alpha = coverage).
 
     ``cameras.json``: ``{"source": name, "source_sha256": hex, "views": [{"name": str, "file": png,
-    "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see bridge/scan_render.py).
+    "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see bridge/scan_render.py);
+    read by :func:`engine.heads.scans.read_views_manifest` (every ``file`` must stay inside the folder).
     """
     from ..heads.invert import InversionTarget
-    from ..heads.scans import read_image
+    from ..heads.scans import read_image, read_views_manifest
 
-    manifest = folder / VIEWS_MANIFEST
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        views = data["views"]
-        images, masks, cams, names = [], [], [], []
-        for view in views:  # a handful of views
-            image, mask = read_image(folder / view["file"], resolution)
-            images.append(image)
-            masks.append(mask)
-            cams.append(torch.tensor(view["camera"], dtype=torch.float32))
-            names.append(str(view.get("name", view["file"])))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{manifest}: malformed views manifest ({type(exc).__name__}: {exc})") from None
-    if not views:
-        raise InputError(f"{manifest}: lists no views")
-    cameras = torch.stack(cams)
-    if cameras.shape[1] != 25:
-        raise InputError(f"{manifest}: each camera must have 25 numbers")
-    return InversionTarget(torch.cat(images), torch.cat(masks), cameras, tuple(names)).validate()
+    _, views = read_views_manifest(folder)
+    images, masks = zip(*(read_image(view.file, resolution) for view in views))  # a handful of views
+    cameras = torch.tensor([view.camera for view in views], dtype=torch.float32)
+    return InversionTarget(torch.cat(images), torch.cat(masks), cameras, tuple(v.name for v in views)).validate()
