@@ -24,9 +24,10 @@ import safetensors.torch
 import torch
 
 from .. import __version__ as ENGINE_VERSION
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..io.atomic import write_bytes, write_json
 from ..io.checkpoint import checkpoint_files, read_json_object
+from ..io.untrusted import open_checked
 from .config import GeneratorConfig
 
 __all__ = [
@@ -114,8 +115,13 @@ def save_checkpoint(
 
 
 def _sha256_of_file(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of an untrusted file (a regular file within the size limit; never a FIFO or a device)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    try:
+        handle = open_checked(path, "checkpoint tensors file")
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
+    with handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()

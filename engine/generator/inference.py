@@ -25,6 +25,7 @@ from ..errors import ConfigError, InputError
 from ..io.atomic import write_json, write_with
 from ..io.events import emit
 from ..io.images import image_grid, save_png, to_uint8
+from ..io.untrusted import load_npz, npz_headers
 from ..mesh import Mesh, MeshConfig, extract_mesh
 from .camera import CameraConfig, cameras_at, named_views, orbit_cameras
 from .triplane import RenderOptions, TriPlaneGenerator
@@ -132,20 +133,29 @@ def seed_latent(G: TriPlaneGenerator, seed: int, settings: ViewSettings) -> torc
     )
 
 
+LATENT_MAX_BYTES = 16 << 20  # a W+ latent is (1, num_ws, w_dim): PanoHead's is 28 kB
+
+
+def read_w_array(path: str | Path) -> np.ndarray:
+    """The ``w`` array of a W+ latent ``.npz``, as untrusted input: a regular file, no pickles, at most
+    :data:`LATENT_MAX_BYTES` declared, finite floating-point numbers, 2 or 3 dimensions. The shape is checked
+    against a generator by :func:`load_w_plus`."""
+    path = Path(path)
+    headers = npz_headers(path, "W+ latent file")
+    if "w" not in headers:
+        raise InputError(f"{path}: no array named 'w' (found {sorted(headers)}); expected a W+ latent .npz")
+    w = load_npz(path, {"w"}, "W+ latent file", max_bytes=LATENT_MAX_BYTES)["w"]
+    if w.ndim not in (2, 3):
+        raise InputError(f"{path}: 'w' has shape {tuple(w.shape)}; expected (1, num_ws, w_dim) or (num_ws, w_dim)")
+    if not np.issubdtype(w.dtype, np.floating) or not np.isfinite(w).all():
+        raise InputError(f"{path}: 'w' must hold finite floating-point numbers (dtype {w.dtype})")
+    return w
+
+
 def load_w_plus(path: str | Path, G: TriPlaneGenerator) -> torch.Tensor:
     """Read a W+ latent ``.npz`` (key ``w``) and check it fits ``G``; returns (1, num_ws, w_dim) float32."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: W+ latent file not found")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "w" not in archive.files:
-                raise InputError(f"{path}: no array named 'w' (found {sorted(archive.files)}); expected a W+ latent .npz")
-            w = np.asarray(archive["w"])
-    except InputError:
-        raise
-    except Exception as exc:  # numpy raises ValueError/OSError/BadZipFile for non-npz files
-        raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    w = read_w_array(path)
     expected = (G.num_ws, G.w_dim)
     found = tuple(w.shape)
     if w.ndim == 2:
@@ -155,8 +165,6 @@ def load_w_plus(path: str | Path, G: TriPlaneGenerator) -> torch.Tensor:
             f"{path}: 'w' has shape {found} but this generator needs "
             f"(1, {expected[0]}, {expected[1]}) or {expected} (num_ws, w_dim)"
         )
-    if not np.issubdtype(w.dtype, np.floating) or not np.isfinite(w).all():
-        raise InputError(f"{path}: 'w' must hold finite floating-point numbers (dtype {w.dtype})")
     return torch.from_numpy(w.astype(np.float32))
 
 

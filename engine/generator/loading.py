@@ -3,14 +3,14 @@ official PanoHead pickle. One entry point so the CLI, stylization and Blender al
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, InputError
 from ..io.checkpoint import load_state_into
+from ..io.untrusted import RAISE_HINT, current_limits, read_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import PRESETS, GeneratorConfig, get_preset
 from .triplane import TriPlaneGenerator
@@ -40,6 +40,25 @@ def _random_generator(config: GeneratorConfig, seed: int) -> TriPlaneGenerator:
         return TriPlaneGenerator(config)
 
 
+def check_model_size(config: GeneratorConfig, source: str) -> int:
+    """Parameter count of the generator ``config`` describes, built on the ``meta`` device (no memory is
+    allocated); a config from a file that asks for more than the limit is refused before the real build.
+    Returns the count (0 when the meta build is not possible; the real build then reports its own error)."""
+    limit = current_limits().max_model_parameters
+    try:
+        with torch.device("meta"):
+            probe = TriPlaneGenerator(config)
+        count = sum(t.numel() for t in probe.parameters()) + sum(t.numel() for t in probe.buffers())
+    except Exception:  # noqa: BLE001 - only a guard; an unbuildable config fails in the real build with its message
+        return 0
+    if count > limit:
+        raise CheckpointError(
+            f"{source}: the generator config asks for {count:,} parameters, over the limit of {limit:,}; "
+            f"refused before allocating ({RAISE_HINT})"
+        )
+    return count
+
+
 def load_generator(source: str | Path, device: str | torch.device = "cpu", init_seed: int = 0) -> LoadedGenerator:
     """Load a generator in eval mode with gradients off.
 
@@ -64,20 +83,25 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu", init_
 
             init_kwargs, state = load_panohead_pkl(path)
             config = panohead_config_from_init_kwargs(init_kwargs, source=str(path))
+            check_model_size(config, str(path))
             G = TriPlaneGenerator(config)
             load_state_into(G, state, str(path))
             loaded = LoadedGenerator(G, str(path), True, {})
         elif suffix == ".json" and not path.with_suffix(".safetensors").exists():
             try:
-                config = GeneratorConfig.from_dict(json.loads(path.read_text()))
-            except (json.JSONDecodeError, TypeError) as exc:
+                config = GeneratorConfig.from_dict(read_json(path, "generator config JSON"))
+            except InputError as exc:
+                raise ConfigError(str(exc)) from None
+            except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{path}: not a generator config JSON ({exc})") from None
             except ConfigError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
+            check_model_size(config, str(path))
             G = _random_generator(config, init_seed)
             loaded = LoadedGenerator(G, str(path), False, {})
         elif suffix in (".safetensors", ".json"):
             config, state, extra = load_checkpoint(path)
+            check_model_size(config, str(path))
             G = TriPlaneGenerator(config)
             load_state_into(G, state, str(path))
             loaded = LoadedGenerator(G, str(path), True, extra)

@@ -39,7 +39,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, InputError
+from ..io.untrusted import open_checked
 from .config import GeneratorConfig, RenderingConfig
 
 __all__ = [
@@ -380,11 +381,9 @@ def load_network_pickle(path: str | os.PathLike) -> Any:
     """Unpickle a network pickle with :class:`RestrictedUnpickler`; every failure is a CheckpointError."""
     path = Path(path)
     try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot open ({exc.strerror or exc})") from None
+        handle = open_checked(path, "file")  # untrusted: a regular file within the size limit
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
     with handle, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
         try:

@@ -10,14 +10,14 @@ manifest such as ``tests/data/panohead_G_ema_manifest.json``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
+from .untrusted import read_json
 
 __all__ = [
     "checkpoint_files",
@@ -52,18 +52,15 @@ def checkpoint_files(path: str | os.PathLike, default_name: str | None = None) -
 
 def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """Read a JSON file that must hold an object; every failure is a CheckpointError naming ``path`` and
-    saying what the file was supposed to be (``what``, e.g. "checkpoint metadata file")."""
+    saying what the file was supposed to be (``what``, e.g. "checkpoint metadata file").
+
+    Read as untrusted input (:func:`engine.io.untrusted.read_json`): a regular file (never a FIFO or a
+    device), within the JSON size and nesting limits."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable {what} ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON, unreadable {what} ({exc})") from None
+        data = read_json(path, what)
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -65,6 +65,7 @@ class InputLimits:
     max_image_pixels: int = 100_000_000  # width × height (Pillow's MAX_IMAGE_PIXELS is set to this)
     max_json_bytes: int = 64 * MiB  # manifests, sidecars, checkpoint metadata (a .gltf is a scan: max_file_bytes)
     max_json_depth: int = 100  # nesting of [] and {} (a glTF needs < 10)
+    max_model_parameters: int = 2_000_000_000  # a generator a checkpoint/config file describes (PanoHead: ~0.03 G)
 
     def validate(self) -> "InputLimits":
         for f in fields(self):
@@ -86,6 +87,7 @@ class InputLimits:
             max_image_pixels=d.max_image_pixels * 16,
             max_json_bytes=d.max_json_bytes * 16,
             max_json_depth=d.max_json_depth * 4,
+            max_model_parameters=d.max_model_parameters * 16,
         )
 
     def replace(self, **changes: Any) -> "InputLimits":
@@ -375,7 +377,7 @@ def parse_json(data: bytes | str, name: str, what: str = "JSON", *, limits: Inpu
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
-        raise InputError(f"{name}: {what} is unreadable ({exc})") from None
+        raise InputError(f"{name}: invalid JSON, unreadable {what} ({exc})") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", *, root: str | os.PathLike | None = None,
