@@ -25,6 +25,23 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# Commands that read files from the user (scans, portraits, latents, checkpoints, configs): they take the
+# untrusted-input limit flags (see engine/io/untrusted.py).
+FILE_COMMANDS = ("generate", "stylize", "render", "head", "batch", "invert")
+
+
+def add_input_limit_arguments(p: argparse.ArgumentParser) -> None:
+    from ..io.untrusted import InputLimits
+
+    d = InputLimits()
+    group = p.add_argument_group("input limits", "checked before anything is allocated (engine/io/untrusted.py)")
+    group.add_argument("--max-input-mb", type=float, default=None, metavar="MB",
+                       help=f"largest input file (or file it references) read, in MB (default {d.max_file_bytes >> 20})")
+    group.add_argument("--allow-large-inputs", action="store_true",
+                       help=f"raise every input limit 16× (file size, {d.max_vertices:,} vertices, {d.max_faces:,} faces, "
+                            f"{d.max_image_pixels:,} image pixels, JSON size, model size)")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,11 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     if command in COMMANDS:
         module = importlib.import_module(f"engine.app.commands.{command}")
         module.add_arguments(subparsers[command])
+        if command in FILE_COMMANDS:
+            add_input_limit_arguments(subparsers[command])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 1
     try:
+        if hasattr(args, "allow_large_inputs"):
+            from ..io.untrusted import limits_from_options, set_limits
+
+            set_limits(limits_from_options(args.max_input_mb, args.allow_large_inputs))
         return int(module.run(args) or 0)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -83,6 +83,10 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
 
 def run(args: argparse.Namespace) -> int:
     job = job_from_args(args).validate()
+    if job.latent:  # untrusted input: refuse a broken or hostile latent now, not after the stylization
+        from ...generator.inference import read_w_array
+
+        read_w_array(job.latent)
     cancel = CancelToken(args.cancel_file)
     with cancel.signal_handlers():
         run_head(job, cancel)

@@ -42,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     if kind == "latent":
         log(f"{source} is already a W+ latent; nothing to invert")
         return 2
+    # Read the input before any model is loaded, so a broken or hostile file fails in a moment.
+    if kind == "scan":
+        scan = load_scan(source, ScanNormalization(args.up_axis, args.units, args.scan_yaw))
+    elif kind == "image":
+        read_image(source, 8)
+    else:
+        views_target(source, 8)
     from ...pack import pack_paths, require_pack
 
     generator = args.generator if args.generator is not None else str(require_pack().generator)
@@ -55,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     if encoder is not None:
         encoder = encoder.to(next(G.parameters()).device)
     if kind == "scan":
-        scan = load_scan(source, ScanNormalization(args.up_axis, args.units, args.scan_yaw))
         target = scan_target(G, scan.mesh)
     elif kind == "image":
         image, mask = read_image(source, G.config.img_resolution)
