@@ -27,7 +27,7 @@ from .. import __version__ as ENGINE_VERSION
 from ..errors import CheckpointError, ConfigError, InputError
 from ..io.atomic import write_bytes, write_json
 from ..io.checkpoint import checkpoint_files, read_json_object
-from ..io.untrusted import open_checked
+from ..io.untrusted import check_file, open_checked
 from .config import GeneratorConfig
 
 __all__ = [
@@ -152,8 +152,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[GeneratorConfig, dict[str,
     """
     tensors_path, meta_path = checkpoint_files(path)
     meta = _read_metadata(meta_path)
-    if not tensors_path.is_file():
-        raise CheckpointError(f"{tensors_path}: checkpoint tensors file not found (metadata is {meta_path.name})")
+    try:
+        check_file(tensors_path, "checkpoint tensors file")  # a regular file (never a FIFO/device), size-capped
+    except InputError as exc:
+        raise CheckpointError(f"{exc} (metadata is {meta_path.name})") from None
     actual = _sha256_of_file(tensors_path)
     if actual != meta["tensors_sha256"]:
         size = tensors_path.stat().st_size

@@ -136,8 +136,11 @@ def check_obj_references(path: str | os.PathLike, mtllibs: Iterable[str], limits
             if mtl is None:
                 continue
             found.append(mtl)
-            text = read_bytes(mtl, f"material library of {path.name}", root=path.parent, limits=limits)
-            found += check_mtl_references(mtl, text.decode("utf-8", errors="replace"), path.parent, limits)
+            try:
+                text = read_bytes(mtl, "material library", root=path.parent, limits=limits)
+                found += check_mtl_references(mtl, text.decode("utf-8", errors="replace"), path.parent, limits)
+            except InputError as exc:
+                raise InputError(f"{path}: mtllib {name!r}: {exc}") from None
     return found
 
 

@@ -164,7 +164,7 @@ def _is_inside(path: Path, root: Path) -> bool:
 
 
 def check_file(path: str | os.PathLike, what: str = "input", *, root: str | os.PathLike | None = None,
-               limits: InputLimits | None = None, max_bytes: int | None = None) -> os.stat_result:
+               limits: InputLimits | None = None, max_bytes: int | None = None, limit_name: str = "input") -> os.stat_result:
     """``os.stat`` of an input that may be opened: it exists, is a regular file within the size limit and,
     with ``root``, resolves (symbolic links followed) inside ``root``. Nothing is opened."""
     limits = active_limits(limits)
@@ -187,17 +187,17 @@ def check_file(path: str | os.PathLike, what: str = "input", *, root: str | os.P
         raise InputError(f"{p}: {what} is {file_kind(st.st_mode)}, not a regular file; refused")
     cap = limits.max_file_bytes if max_bytes is None else max_bytes
     if st.st_size > cap:
-        raise InputError(f"{p}: {what} is {_mb(st.st_size)}, over the {_mb(cap)} input limit; {RAISE_HINT}")
+        raise InputError(f"{p}: {what} is {_mb(st.st_size)}, over the {_mb(cap)} {limit_name} limit; {RAISE_HINT}")
     return st
 
 
 def open_checked(path: str | os.PathLike, what: str = "input", *, root: str | os.PathLike | None = None,
-                 limits: InputLimits | None = None, max_bytes: int | None = None) -> BinaryIO:
+                 limits: InputLimits | None = None, max_bytes: int | None = None, limit_name: str = "input") -> BinaryIO:
     """Open an input for binary reading after :func:`check_file`; the open descriptor is checked again
     (``fstat``), so a file replaced by a FIFO or device in between is refused without reading from it."""
     limits = active_limits(limits)
     cap = limits.max_file_bytes if max_bytes is None else max_bytes
-    check_file(path, what, root=root, limits=limits, max_bytes=cap)
+    check_file(path, what, root=root, limits=limits, max_bytes=cap, limit_name=limit_name)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
@@ -208,7 +208,7 @@ def open_checked(path: str | os.PathLike, what: str = "input", *, root: str | os
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{path}: {what} is {file_kind(st.st_mode)}, not a regular file; refused")
         if st.st_size > cap:
-            raise InputError(f"{path}: {what} is {_mb(st.st_size)}, over the {_mb(cap)} input limit; {RAISE_HINT}")
+            raise InputError(f"{path}: {what} is {_mb(st.st_size)}, over the {_mb(cap)} {limit_name} limit; {RAISE_HINT}")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -218,11 +218,11 @@ def open_checked(path: str | os.PathLike, what: str = "input", *, root: str | os
 
 
 def read_bytes(path: str | os.PathLike, what: str = "input", *, root: str | os.PathLike | None = None,
-               limits: InputLimits | None = None, max_bytes: int | None = None) -> bytes:
+               limits: InputLimits | None = None, max_bytes: int | None = None, limit_name: str = "input") -> bytes:
     """The whole file, through :func:`open_checked` (never more than the limit, even if the file grows)."""
     limits = active_limits(limits)
     cap = limits.max_file_bytes if max_bytes is None else max_bytes
-    with open_checked(path, what, root=root, limits=limits, max_bytes=cap) as fh:
+    with open_checked(path, what, root=root, limits=limits, max_bytes=cap, limit_name=limit_name) as fh:
         try:
             data = fh.read(cap + 1)
         except OSError as exc:
@@ -385,7 +385,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", *, root: str | o
     """A JSON file, through :func:`read_bytes` and :func:`parse_json`."""
     limits = active_limits(limits)
     cap = limits.max_json_bytes if max_bytes is None else max_bytes
-    return parse_json(read_bytes(path, what, root=root, limits=limits, max_bytes=cap), str(path), what,
+    return parse_json(read_bytes(path, what, root=root, limits=limits, max_bytes=cap, limit_name="JSON"), str(path), what,
                       limits=limits, max_bytes=cap)
 
 
