@@ -1,7 +1,8 @@
 """Blender side of the batch: import a scan, normalise it, render calibrated views for the engine's inversion.
 
 Formats: ``.obj``, ``.ply``, ``.glb``/``.gltf`` and ``.fbx`` through Blender's own importers (FBX has no open
-reader, so this is the only way FBX scans enter the batch).
+reader, so this is the only way FBX scans enter the batch). Scans are untrusted: :func:`check_scan` applies
+the engine's rules (engine/io/untrusted.py) to the scan and every file it names before an importer runs.
 
 Coordinates. Blender is z-up and its importers already turn y-up files into z-up, so an imported head
 faces −y (Blender's front view). The generator's world is y-up, facing +z (engine/heads/scans.py documents the
@@ -143,6 +144,24 @@ def write_failure(folder: Path, source: Path, error: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Blender: import, normalise, render
 # --------------------------------------------------------------------------------------------------
+def _untrusted():
+    """The engine's untrusted-input rules (standard library only, so Blender's Python can run them)."""
+    try:
+        from ..engine.io import scan_references  # inside Blender: the extension ships the engine package
+    except ImportError:  # the repository root on sys.path (tests, tools): bridge is a top-level package
+        from engine.io import scan_references
+    return scan_references
+
+
+def check_scan(path: Path) -> list[Path]:
+    """Refuse a scan before Blender imports it (the engine's rules, engine/io/untrusted.py): it must be a
+    regular file inside its folder (a symbolic link may not lead out), within the size limit, and every file
+    it names — glTF buffers and images, OBJ material libraries and their textures, a PLY's TextureFile — must
+    lie inside the scan's folder; absolute paths, ``..`` (also percent-encoded), links out, FIFOs and devices
+    are refused without being opened. Raises the engine's InputError naming the scan and the reference."""
+    return _untrusted().check_scan_references(Path(path))
+
+
 def import_scan(path: Path):
     """Import ``path`` with Blender's importer; returns the imported mesh objects joined into one."""
     import bpy
@@ -273,6 +292,7 @@ def prepare_scan_views(source: Path, folder: Path, resolution: int = 128, sample
     """Import, normalise and render one scan into ``folder`` (views + cameras.json); the object is removed."""
     import bpy
 
+    check_scan(source)  # before any importer: Blender's follow every file a scan names
     folder.mkdir(parents=True, exist_ok=True)
     obj = import_scan(source)
     try:
