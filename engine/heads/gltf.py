@@ -179,20 +179,24 @@ class GltfDocument:
             raise InputError(f"{self.name}: {what} must be a non-negative integer, got {value!r}")
         return value
 
-    def accessor(self, index: int) -> np.ndarray:
+    def accessor(self, index: int, types: tuple[str, ...] | None = None) -> np.ndarray:
         """Accessor ``index`` as an (count, components) array (float for normalised integers).
 
-        The element count is checked against the limits before anything is allocated: no accessor of a
-        triangle mesh holds more than three indices per face.
+        ``types``: the accessor types the caller can use (e.g. ``("VEC3",)`` for positions). The type and
+        the number of values are checked before anything is allocated: no accessor of a triangle mesh holds
+        more values than three indices per face.
         """
         try:
             acc = self.document["accessors"][index]
             if "sparse" in acc:
                 raise InputError(f"{self.name}: sparse accessors are not supported")
             dtype = COMPONENT_DTYPES[acc["componentType"]]
+            if types is not None and acc["type"] not in types:
+                raise InputError(f"{self.name}: accessor {index} has type {acc['type']!r}; expected {' or '.join(types)}")
             width = TYPE_SIZES[acc["type"]]
             count = self._index(acc["count"], f"accessor {index} count")
-            check_count(self.name, f"accessor {index} claims", count, 3 * self.limits.max_faces, "3 × max_faces elements")
+            check_count(self.name, f"accessor {index} claims {count:,} elements; its value count", count * width,
+                        3 * self.limits.max_faces, "3 × max_faces")
             if "bufferView" not in acc:
                 return np.zeros((count, width), dtype=dtype)
             view = self.document["bufferViews"][self._index(acc["bufferView"], f"accessor {index} bufferView")]
@@ -339,11 +343,11 @@ def _read_mesh(doc: GltfDocument, limits: InputLimits) -> tuple[Mesh, dict]:
             attrs = prim.get("attributes", {})
             if "POSITION" not in attrs:
                 raise InputError(f"{doc.name}: a primitive has no POSITION attribute")
-            v = doc.accessor(attrs["POSITION"]).astype(np.float64)
+            v = doc.accessor(attrs["POSITION"], ("VEC3",)).astype(np.float64)
             check_count(doc.name, "vertex count", offset + len(v), limits.max_vertices, "max_vertices")
             v = v @ world[:3, :3].T + world[:3, 3]
             if "indices" in prim:
-                f = doc.accessor(prim["indices"]).reshape(-1).astype(np.int64)
+                f = doc.accessor(prim["indices"], ("SCALAR",)).reshape(-1).astype(np.int64)
             else:
                 f = np.arange(len(v), dtype=np.int64)
             if f.size % 3:
@@ -353,11 +357,11 @@ def _read_mesh(doc: GltfDocument, limits: InputLimits) -> tuple[Mesh, dict]:
                 raise InputError(f"{doc.name}: triangle indices out of range")
             n = None
             if "NORMAL" in attrs:
-                n = doc.accessor(attrs["NORMAL"]).astype(np.float64) @ np.linalg.inv(world[:3, :3])
+                n = doc.accessor(attrs["NORMAL"], ("VEC3",)).astype(np.float64) @ np.linalg.inv(world[:3, :3])
                 n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
             c = None
             if "COLOR_0" in attrs:
-                c = _colors_to_srgb_bytes(doc.accessor(attrs["COLOR_0"]))
+                c = _colors_to_srgb_bytes(doc.accessor(attrs["COLOR_0"], ("VEC3", "VEC4")))
                 any_colors = True
             if (n is not None and n.shape != v.shape) or (c is not None and c.shape != v.shape):
                 raise InputError(f"{doc.name}: NORMAL/COLOR_0 counts differ from POSITION's {len(v)}")

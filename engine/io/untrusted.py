@@ -445,8 +445,8 @@ def npz_headers(path: str | os.PathLike, what: str = ".npz file", *, limits: Inp
 def load_npz(path: str | os.PathLike, keys: set[str] | None = None, what: str = ".npz file", *,
              limits: InputLimits | None = None, max_bytes: int | None = None) -> dict[str, Any]:
     """The arrays ``keys`` (all when None) of a ``.npz``: every header is checked before any data is read —
-    object arrays (pickles) are refused and no array may declare more than ``max_bytes`` (default: the file
-    limit) — then the arrays are read with ``allow_pickle=False``."""
+    object arrays (pickles) are refused and the arrays may not declare more than ``max_bytes`` together
+    (default: the file limit) — then the arrays are read with ``allow_pickle=False``."""
     return _npz(path, what, keys, limits, load=True, max_bytes=max_bytes)
 
 
@@ -462,6 +462,7 @@ def _npz(path, what, keys, limits, load: bool, max_bytes: int | None = None):
                 if len(archive.namelist()) > 10_000:
                     raise InputError(f"{path}: {what} holds {len(archive.namelist()):,} members; refused")
                 headers: dict[str, tuple[tuple[int, ...], Any]] = {}
+                total = 0
                 for member in members:
                     key = member[:-4]
                     if keys is not None and key not in keys:
@@ -474,10 +475,11 @@ def _npz(path, what, keys, limits, load: bool, max_bytes: int | None = None):
                             "(only plain numeric arrays are read, never pickles)"
                         )
                     nbytes = math.prod(shape) * dtype.itemsize
-                    if nbytes > cap:
+                    total += nbytes
+                    if nbytes > cap or total > cap:
                         raise InputError(
                             f"{path}: array {key!r} of the {what} declares shape {tuple(shape)} ({_mb(nbytes)}), "
-                            f"over the {_mb(cap)} limit; {RAISE_HINT}"
+                            f"over the {_mb(cap)} limit{'' if nbytes > cap else ' for all arrays together'}; {RAISE_HINT}"
                         )
                     headers[key] = (tuple(shape), dtype)
                 if not load:

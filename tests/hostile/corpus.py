@@ -239,7 +239,11 @@ def build_corpus(root: Path) -> list[Case]:
     add("gltf_nan_constant.gltf", '{"asset": {"version": "2.0"}, "nodes": [{"matrix": [NaN]}]}', gl_r + (REFS,), "invert", r"non-standard JSON constant NaN")
     add("gltf_nan.gltf", json.dumps(gltf_document(vertices=np.array([[np.nan, 0, 0], *TETRA_V[1:]], np.float32))), gl_r, "invert", r"NaN or infinite")
     add("gltf_bad_index.gltf", json.dumps(gltf_document(faces=np.array([[0, 1, 77]]))), gl_r, "invert", r"indices out of range")
-    add("gltf_huge_count.gltf", json.dumps(gltf_document(count=10**12)), gl_r, "invert", r"claims 1,000,000,000,000 exceeds the limit")
+    add("gltf_huge_count.gltf", json.dumps(gltf_document(count=10**12)), gl_r, "invert", r"claims 1,000,000,000,000 elements.*exceeds the limit")
+    doc = gltf_document()
+    doc["accessors"][0] = {"componentType": 5126, "count": 100_000_000, "type": "MAT4"}  # no bufferView: zeros
+    add("gltf_mat4_zeros.gltf", json.dumps(doc), gl_r, "invert", r"accessor 0 has type 'MAT4'|value count 1,600,000,000 exceeds",
+        note="1.6 G implicit zeros; POSITION must be VEC3")
     bomb_nodes = [{"children": [i + 1, i + 1]} for i in range(60)] + [{"mesh": 0}]
     add("gltf_node_bomb.gltf", json.dumps(gltf_document(nodes=bomb_nodes)), gl_r, "invert", r"reached twice",
         note="61 nodes, each child listed twice: 2^60 mesh instances for a naive walk")
@@ -260,6 +264,11 @@ def build_corpus(root: Path) -> list[Case]:
     cases.append(Case("npz_bomb.npz", inp / "npz_bomb.npz", npz_r, "invert", r"declares shape \(10000000000, 3\)", True,
                       note="120 GB declared in a tiny zip"))
     npz_with_headers(inp / "npz_count_claim.npz", {"vertices": ("<f4", (60_000_000, 3), b"\0" * 48), "faces": ("<i4", (1, 3), b"\0" * 12)})
+    npz_with_headers(inp / "npz_total_bomb.npz", {"vertices": ("<f8", (40_000_000, 3), b"\0" * 48),
+                                                  "faces": ("<i8", (40_000_000, 3), b"\0" * 48),
+                                                  "vertex_normals": ("<f8", (40_000_000, 3), b"\0" * 48)})
+    cases.append(Case("npz_total_bomb.npz", inp / "npz_total_bomb.npz", npz_r, "invert", r"for all arrays together", True,
+                      note="three 0.96 GB arrays, each under the limit"))
     cases.append(Case("npz_count_claim.npz", inp / "npz_count_claim.npz", npz_r, "invert", r"'vertices' count 60,000,000 exceeds the limit", True))
     np.savez(inp / "npz_truncated.npz", vertices=TETRA_V, faces=TETRA_F)
     data = (inp / "npz_truncated.npz").read_bytes()
