@@ -112,7 +112,9 @@ def build_config(args: argparse.Namespace):
             raise InputError(f"--resume: {out / 'latest'} not found; there is no run to continue in {out}")
         base = state.config
     elif args.config:
-        base = StylizeConfig.from_json(Path(args.config))
+        from ...io.untrusted import read_json
+
+        base = StylizeConfig.from_dict(read_json(Path(args.config), "stylize config"))  # untrusted: size/depth-limited
     else:
         missing = [f"--{name}" for name in ("prompt", "generator", "diffusion") if name not in top]
         if missing:
