@@ -39,7 +39,7 @@ class Case:
     name: str
     path: Path  # what the reader / command is given
     readers: tuple[str, ...]  # reader names (test_readers.READERS)
-    command: str | None  # "invert", "head" (--latent), "generate" (--checkpoint) or None
+    command: str | None  # "invert", "head" (--latent), "generate" (--checkpoint), "stylize" (--config) or None
     match: str  # regular expression the message must match (the reason)
     batch: bool = False  # one of the --in / --views items of the batch
     traversal: bool = False  # names a file outside the input's folder: must be refused before any read of it
@@ -406,6 +406,11 @@ def _build_checkpoints(ckpt: Path, add, ck_r) -> None:
     add("fifo.pkl", None, ck_r, "generate", r"fifo\.pkl: file is a FIFO", batch=False, folder=ckpt)
     os.symlink("/dev/zero", ckpt / "dev_zero.pkl")
     add("dev_zero.pkl", None, ck_r, "generate", r"dev_zero\.pkl: file is a character device", batch=False, folder=ckpt)
+
+    # stylize --config (a StylizeConfig JSON)
+    os.mkfifo(ckpt / "stylize_fifo.json")
+    add("stylize_fifo.json", None, (), "stylize", r"stylize config is a FIFO", batch=False, folder=ckpt)
+    add("stylize_deep.json", '{"prompt": ' + deep_json(100_000) + "}", (), "stylize", r"nests 100001 levels deep", batch=False, folder=ckpt)
 
 
 if __name__ == "__main__":

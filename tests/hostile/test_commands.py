@@ -1,6 +1,6 @@
 """Every command that takes files against the hostile corpus, in process through ``engine.app.cli.main``:
 ``invert`` (scans, portraits, views folders, folder entries), ``head --latent`` (latents), ``generate
---checkpoint`` (checkpoints, configs, pickles) each exit with status 2 and one ``error:`` line naming the file
+--checkpoint`` (checkpoints, configs, pickles) and ``stylize --config`` each exit with status 2 and one ``error:`` line naming the file
 and the reason, within READ_SECONDS, and leave nothing in ``--out``; ``batch`` goes on past every hostile
 item, lists each as a failed row with its reason and still makes the good heads. (``head --mesh`` does not
 exist yet; when it does, its cases belong here.)"""
@@ -37,6 +37,7 @@ def warm_imports():
     import engine.app.commands.generate  # noqa: F401
     import engine.app.commands.head  # noqa: F401
     import engine.app.commands.invert  # noqa: F401
+    import engine.app.commands.stylize  # noqa: F401
     import engine.generator.checkpoint  # noqa: F401
     import engine.generator.loading  # noqa: F401
     import engine.heads.invert  # noqa: F401
@@ -47,6 +48,8 @@ def argv_for(case, out: Path) -> list[str]:
         return ["invert", str(case.path), "--out", str(out / "latent.npz"), "--device", "cpu"]
     if case.command == "head":
         return ["head", "--out", str(out), "--style-preset", "zombie", "--latent", str(case.path), "--device", "cpu"]
+    if case.command == "stylize":
+        return ["stylize", "--config", str(case.path), "--out", str(out)]
     assert case.command == "generate"
     return ["generate", "--checkpoint", str(case.path), "--out", str(out), "--device", "cpu"]
 
