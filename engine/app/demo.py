@@ -7,8 +7,11 @@ likelihood distillation on the CPU, then for a handful of heads (seeds) it write
 * ``views/seed_<s>_{before,after}_<view>.png`` and a per-head ``compare`` sheet (before row over after row),
 * ``turntable.gif`` (the first head, before | after side by side, a full orbit),
 * ``meshes/seed_<s>_{before,after}.ply`` + ``.obj`` for the first head (vertex colours),
-* ``metrics.json`` (identity similarity before→after, identity diversity, multi-view consistency, style
-  scores; see :mod:`engine.evaluate.metrics`) and ``report.html`` that shows all of it.
+* ``metrics.json`` (identity: re-identification top-1 of each stylized head among the demo's originals
+  against chance 1/N, per view and in reverse, the margin of its own-original cosine over the other
+  originals, the raw before→after cosine and the cosine two different originals get; identity diversity;
+  leave-one-out multi-view consistency; style scores; see :mod:`engine.evaluate.metrics`) and
+  ``report.html`` that shows all of it, identity next to its control.
 
 Everything reuses :mod:`engine.app.pipeline` (the same code as Blender's Stylize Head), so the stylized generator
 is cached in ``<out>/cache`` and a second run with the same settings only re-renders.

@@ -11,7 +11,12 @@ models (empty = the embedded pack). :func:`run_head`
    stopped;
 3. renders the head before and after from the named views, extracts a vertex-coloured mesh from the
    stylized tri-grid density, and scores identity preservation and style with :mod:`engine.evaluate.metrics`
-   backends when they are available;
+   (the embedded pack's identity encoder and style classifier, also for user models). Identity is scored
+   with a control: the stylized head is re-identified among its own original and a **fixed gallery** of
+   other heads — seeds ``GALLERY_FIRST_SEED`` … (``gallery_heads`` of them, the head's own seed skipped) of
+   the *base* generator, rendered before and after stylization from the same six views. The gallery's
+   identity embeddings are cached (the originals' per base generator, the stylized ones in the stylization's
+   run folder), so only the first head of a style pays for rendering them;
 4. writes ``head.json``, ``head.npz``/``head.ply`` and the view PNGs into ``out_dir`` (atomically).
 
 Progress goes through ``on_event`` as JSON-line events (see the module :mod:`engine.io.events`): ``stage``
@@ -62,6 +67,9 @@ EMBEDDED_NEURAL_RESOLUTION = 32  # the pack's diffusion model works at 64²: 32�
 FULL_DEFAULT_STEPS = 2000
 FULL_DEFAULT_LR = 1e-4
 VIEW_PITCH = math.radians(10.0)
+# The fixed identity gallery of `engine head`: seeds far from the ones people try first (0, 1, 7 …).
+GALLERY_FIRST_SEED = 10_000
+GALLERY_HEADS = 8
 # StylizeConfig fields that do not change the trained weights: excluded from the cache key.
 _NOT_IN_CACHE_KEY = ("out_dir", "device", "precision", "checkpoint_every", "preview_every", "keep_checkpoints",
                      "attention_slicing", "vae_slicing")
@@ -99,6 +107,7 @@ class HeadJob(JsonConfig):
     iso_level: float = 10.0
     turntable_frames: int = 0
     evaluate: bool = True
+    gallery_heads: int = GALLERY_HEADS  # other heads the stylized head is re-identified among (chance 1/(1 + n))
     device: str = "auto"
     precision: str = "auto"
     attention_slicing: bool = False
@@ -124,6 +133,8 @@ class HeadJob(JsonConfig):
             raise ConfigError(f"turntable frames must be ≥ 0, got {self.turntable_frames}")
         if not 0.0 <= self.truncation_psi <= 1.0:
             raise ConfigError(f"truncation ψ must be in [0, 1], got {self.truncation_psi}")
+        if not 1 <= self.gallery_heads <= 64:
+            raise ConfigError(f"gallery heads must be in 1..64, got {self.gallery_heads}")
         return self
 
     @property
@@ -324,27 +335,95 @@ def embedded_backends(pack: PackPaths) -> tuple[Any, Any]:
     return EmbeddedIdentityBackend(pack.identity_encoder), EmbeddedStyleBackend(pack.style_classifier)
 
 
-def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, sources: ModelSources) -> dict[str, Any]:
-    """Identity similarity (before vs after, averaged over views) and style score, with the pack's backends.
+def scoring_pack(sources: ModelSources) -> PackPaths:
+    """The pack whose recognition models score a head: the job's pack, else the shipped one (user models
+    are scored with the embedded encoder too — it is the only offline identity model)."""
+    from ..pack import pack_paths
 
-    Returns {} when no evaluation backend is available (a pack without recognition models), so a missing
-    score never fails a stylization. The style score needs a style the classifier knows (a preset with an
-    embedded style); a free-text prompt gets identity scores only.
+    return sources.pack if sources.pack is not None else pack_paths()
+
+
+def gallery_seeds(count: int, exclude: int | None = None) -> list[int]:
+    """The fixed gallery: the first ``count`` seeds from ``GALLERY_FIRST_SEED`` on, skipping ``exclude``."""
+    seeds = [s for s in range(GALLERY_FIRST_SEED, GALLERY_FIRST_SEED + count + 1) if s != exclude]
+    return seeds[:count]
+
+
+def _gallery_key(G: TriPlaneGenerator, encoder_path: Path, settings: ViewSettings) -> str:
+    from ..stylize.training_state import state_fingerprint
+
+    blob = json.dumps({"generator": state_fingerprint(G), "encoder": sha256_file(encoder_path),
+                       "views": dataclasses.asdict(settings)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cached_embeddings(folder: Path, seeds: list[int], G: TriPlaneGenerator, latents: dict[int, torch.Tensor],
+                       settings: ViewSettings, identity_backend: Any) -> torch.Tensor:
+    """(K, V, D) identity embeddings of the named views of ``seeds`` rendered by ``G``, cached per seed."""
+    from safetensors.torch import load_file, save_file
+
+    from ..evaluate.metrics import embed_renders
+
+    out = []
+    for seed in seeds:
+        path = folder / f"seed_{seed}.safetensors"
+        if path.is_file():
+            out.append(load_file(str(path))["embeddings"])
+            continue
+        _, images = render_views(G, latents[seed], settings)
+        emb = embed_renders(images[None], identity_backend)[0].contiguous()
+        write_with(path, lambda tmp, emb=emb: save_file({"embeddings": emb}, str(tmp)))
+        out.append(emb)
+    return torch.stack(out)
+
+
+def identity_gallery(job: HeadJob, base: TriPlaneGenerator, styled: TriPlaneGenerator, stylized: "StylizedGenerator",
+                     settings: ViewSettings, identity_backend: Any, encoder_path: Path) -> Any:
+    """The fixed gallery of other heads (originals by ``base``, stylized by ``styled``) as identity embeddings."""
+    from ..evaluate.metrics import IdentityGallery
+
+    seeds = gallery_seeds(job.gallery_heads, exclude=None if job.latent else job.seed)
+    latents = {seed: seed_latent(base, seed, settings) for seed in seeds}
+    key = _gallery_key(base, encoder_path, settings)
+    before = _cached_embeddings(job.cache_folder / "identity_gallery" / key, seeds, base, latents, settings, identity_backend)
+    after = _cached_embeddings(stylized.run_dir / "identity_gallery" / key, seeds, styled, latents, settings, identity_backend)
+    label = f"seeds {seeds[0]}…{seeds[-1]} ({len(seeds)} heads) of the base generator, before and after stylization"
+    return IdentityGallery(before=before, after=after, label=label)
+
+
+def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, pack: PackPaths, gallery: Any) -> dict[str, Any]:
+    """The head's identity and style scores with the pack's recognition models.
+
+    Identity: the raw cosine before vs after (mean over the six views) *and its control*: the rank of the
+    head's own original among 1 + K originals (itself + the gallery; chance 1/(1 + K)), the same per view,
+    the margin over the mean cosine to the gallery's originals, and the reverse rank (the original among the
+    stylized heads). The style score needs a style the classifier knows (a preset with an embedded style);
+    a free-text prompt gets identity scores only (``style_score`` null, with a note).
     """
-    if sources.pack is None or not sources.pack.identity_encoder.is_file():
-        return {}
     from ..evaluate.metrics import evaluate_renders
 
-    identity_backend, style_backend = embedded_backends(sources.pack)
+    identity_backend, style_backend = embedded_backends(pack)
     report = evaluate_renders(before[None], after[None], style or "unknown", identity_backend,
-                              style_backend if style else None).to_dict()
+                              style_backend if style else None, gallery=gallery).to_dict()
     return {
         "identity_similarity": report["identity_similarity_mean"],
+        "reid_rank": report["reid_ranks"][0],
+        "reid_top1": report["reid_top1"],
+        "reid_top1_per_view": report["reid_top1_per_view"],
+        "reid_top1_reverse": report["reid_top1_reverse"],
+        "reid_candidates": report["reid_candidates"],
+        "reid_chance": report["reid_chance"],
+        "identity_margin": report["identity_margin_mean"],
+        "identity_mismatched": report["identity_mismatched_mean"],
+        "original_cross_similarity": report["original_cross_similarity"],
+        "gallery": report["gallery"],
         "style_score": report["style_score_after_mean"],
         "style_score_before": report["style_score_before_mean"],
         "consistency_after": report["consistency_after_mean"],
+        "consistency_before": report["consistency_before_mean"],
         "identity_backend": report["identity_backend"],
         "style_backend": report["style_backend"],
+        "notes": report["notes"],
     }
 
 
@@ -407,10 +486,15 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     ply = write_ply(mesh, out / "head.ply")
     latent = save_latent(ws, out / "latent.npz")
     scores: dict[str, Any] = {}
-    if job.evaluate:
-        on_event("stage", stage="evaluate", message="scoring identity and style")
+    pack = scoring_pack(sources)
+    if job.evaluate and not pack.identity_encoder.is_file():
+        scores = {"notes": [f"{pack.identity_encoder}: no identity encoder in the pack; scores skipped"]}
+    elif job.evaluate:
+        on_event("stage", stage="evaluate", message=f"scoring identity (against {job.gallery_heads} gallery heads) and style")
+        identity_backend, _ = embedded_backends(pack)
+        gallery = identity_gallery(job, base, styled, stylized, settings, identity_backend, pack.identity_encoder)
         style = get_style_preset(job.style_preset).embedded_style if job.style_preset else None
-        scores = score_head(before, after, style, sources)
+        scores = score_head(before, after, style, pack, gallery)
 
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     summary = {
@@ -434,6 +518,9 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         "compare": rel(compare),
         "turntable": [rel(p) for p in turntable] if turntable else [],
         "identity_similarity": scores.get("identity_similarity"),
+        "reid_rank": scores.get("reid_rank"),
+        "reid_candidates": scores.get("reid_candidates"),
+        "identity_margin": scores.get("identity_margin"),
         "style_score": scores.get("style_score"),
         "scores": scores,
         "warning": warning,
@@ -441,5 +528,6 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         "mesh_seconds": mesh_timings,
     }
     write_json(out / "head.json", summary)
-    on_event("done", result=str(out / "head.json"), identity_similarity=summary["identity_similarity"])
+    on_event("done", result=str(out / "head.json"), identity_similarity=summary["identity_similarity"],
+             reid_rank=summary["reid_rank"], reid_candidates=summary["reid_candidates"])
     return HeadResult(out, False, summary)

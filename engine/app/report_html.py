@@ -52,6 +52,31 @@ def _table(rows: Iterable[tuple[str, Any]], headers: tuple[str, str] = ("quantit
     return f"<table><tr><th>{_e(headers[0])}</th><th>{_e(headers[1])}</th></tr>{body}</table>"
 
 
+# The headline numbers of a demo run: identity always next to its control (chance, margin, the cosine of two
+# different originals), so a raw cosine is never read alone.
+_HEADLINE = (
+    ("reid_top1", "re-identification top-1: each stylized head matched among the originals",
+     lambda s: f"chance {_number(s.get('reid_chance'))} ({_e(s.get('reid_candidates'))} candidates)"),
+    ("reid_top1_per_view", "re-identification top-1 per view (same view of every original)", lambda s: "same chance"),
+    ("reid_top1_reverse", "reverse: each original matched among the stylized heads", lambda s: "low = collapse onto one face"),
+    ("identity_margin_mean", "margin: own-original cosine − mean cosine to the other originals", lambda s: "0 = no better than anyone"),
+    ("identity_similarity_mean", "identity cosine before → after (raw, no control)",
+     lambda s: f"different originals: {_number(s.get('original_cross_similarity'))}"),
+    ("consistency_after_mean", "multi-view consistency after (leave-one-out)",
+     lambda s: f"before: {_number(s.get('consistency_before_mean'))}"),
+    ("diversity_ratio", "identity diversity after ÷ before", lambda s: "1 = as distinct as before"),
+    ("style_score_after_mean", "style score after", lambda s: f"before: {_number(s.get('style_score_before_mean'))}"),
+)
+
+
+def headline_table(scores: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(label)}</td><td class='num'>{_number(scores.get(key))}</td><td class='muted'>{control(scores)}</td></tr>"
+        for key, label, control in _HEADLINE if key in scores
+    )
+    return f"<table><tr><th>measure</th><th>value</th><th>control</th></tr>{rows}</table>"
+
+
 def demo_report_html(metrics: dict[str, Any]) -> str:
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -64,7 +89,11 @@ def demo_report_html(metrics: dict[str, Any]) -> str:
     ]
     scores = metrics.get("scores") or {}
     parts.append("<h2>Metrics</h2>")
-    parts.append(_table(flatten(scores)) if scores else "<p class='muted'>Evaluation was skipped.</p>")
+    if scores:
+        parts.append(headline_table(scores))
+        parts.append("<h3>All measures</h3>" + _table(flatten(scores)))
+    else:
+        parts.append("<p class='muted'>Evaluation was skipped.</p>")
     if metrics.get("turntable"):
         parts.append(f"<h2>Turntable (before | after)</h2><img src='{_e(metrics['turntable'])}' alt='turntable'>")
     parts.append("<h2>Heads</h2>")

@@ -10,7 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.app.pipeline import HeadJob, resolve_models, resolve_prompt, run_head, stylize_cache_key, stylize_config_for
+from engine.app.pipeline import (
+    GALLERY_FIRST_SEED,
+    HeadJob,
+    gallery_seeds,
+    render_views,
+    resolve_models,
+    resolve_prompt,
+    run_head,
+    stylize_cache_key,
+    stylize_config_for,
+    view_settings,
+)
 from engine.errors import CheckpointError, ConfigError
 from engine.mesh import read_npz
 from engine.stylize.cancel import CancelToken
@@ -29,6 +40,7 @@ def tiny_job(tmp_path: Path, models, **changes) -> HeadJob:
         iso_level=1.0,  # the random tiny generator's density never reaches PanoHead's 10
         device="cpu",
         cache_dir=str(tmp_path / "cache"),
+        gallery_heads=3,  # the default 8 costs ~15 s of tiny renders; the code path is the same
     )
     settings.update(changes)
     return HeadJob(**settings)
@@ -79,6 +91,60 @@ def test_run_head_writes_every_output_and_reuses_the_stylized_generator(tmp_path
     assert third.summary["seed"] is None
 
 
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def test_head_renders_after_with_the_stylized_generator_and_always_scores_it(tmp_path, tiny_diffusion):
+    """The "after" views are the stylized generator's renders of the head (not the base generator's), and
+    head.json carries the identity score with its control, unconditionally."""
+    from engine.generator.inference import seed_latent
+    from engine.generator.loading import load_generator
+    from engine.io.images import to_uint8
+
+    # A large learning rate so that two steps change the tiny generator's pictures visibly.
+    job = tiny_job(tmp_path, tiny_diffusion, lr=0.05, seed=3)
+    summary = run_head(job, on_event=Recorder()).summary
+    out = Path(job.out_dir)
+    config = stylize_config_for(job, resolve_models(job), job.prompt)
+    settings = view_settings(config)
+    base = load_generator("tiny").generator
+    styled = load_generator(summary["generator"]).generator
+    ws = seed_latent(base, job.seed, settings)
+    names, base_views = render_views(base, ws, settings)
+    _, styled_views = render_views(styled, ws, settings)
+    for name, b, a in zip(names, base_views, styled_views):
+        after, before = _png(out / summary["after"][name]), _png(out / summary["before"][name])
+        np.testing.assert_array_equal(after, to_uint8(a).astype(np.int16))  # the stylized generator's pixels
+        np.testing.assert_array_equal(before, to_uint8(b).astype(np.int16))
+    moved = np.abs(np.stack([_png(out / summary["after"][n]) - _png(out / summary["before"][n]) for n in names])).mean()
+    assert moved > 2.0, f"stylization left the views unchanged (mean |after − before| = {moved:.2f} levels)"
+
+    # The score is always there (the embedded pack's encoder scores user models too), with its control.
+    data = json.loads((out / "head.json").read_text())
+    scores = data["scores"]
+    assert isinstance(data["identity_similarity"], float) and -1.0 <= data["identity_similarity"] <= 1.0
+    assert data["identity_similarity"] < 0.9999, "after == before: the 'after' views are not stylized"
+    assert data["reid_candidates"] == 1 + job.gallery_heads and scores["reid_chance"] == pytest.approx(1 / 4)
+    assert 1 <= data["reid_rank"] <= data["reid_candidates"] and scores["reid_top1"] == float(data["reid_rank"] == 1)
+    assert isinstance(data["identity_margin"], float) and isinstance(scores["identity_mismatched"], float)
+    assert data["identity_margin"] == pytest.approx(data["identity_similarity"] - scores["identity_mismatched"], abs=1e-6)
+    assert 0.0 <= scores["reid_top1_per_view"] <= 1.0 and scores["reid_top1_reverse"] in (0.0, 1.0)
+    assert -1.0 <= scores["consistency_after"] <= 1.0 and scores["identity_backend"] == "embedded"
+    assert str(GALLERY_FIRST_SEED) in scores["gallery"] and data["style_score"] is None  # a free-text prompt
+    # The gallery's embeddings are cached: originals per base generator, stylized ones in the run folder.
+    cached = sorted(p.name for p in (Path(job.cache_folder) / "identity_gallery").rglob("seed_*.safetensors"))
+    assert cached == [f"seed_{s}.safetensors" for s in gallery_seeds(job.gallery_heads)]
+
+
+def test_gallery_seeds_are_fixed_and_skip_the_head():
+    assert gallery_seeds(3) == [GALLERY_FIRST_SEED, GALLERY_FIRST_SEED + 1, GALLERY_FIRST_SEED + 2]
+    assert gallery_seeds(3, exclude=GALLERY_FIRST_SEED + 1) == [GALLERY_FIRST_SEED, GALLERY_FIRST_SEED + 2, GALLERY_FIRST_SEED + 3]
+    assert gallery_seeds(2, exclude=7) == gallery_seeds(2)
+
+
 def test_cache_key_follows_training_settings_only(tmp_path, tiny_diffusion):
     job = tiny_job(tmp_path, tiny_diffusion)
     sources = resolve_models(job)
@@ -115,6 +181,7 @@ def test_prompt_and_presets(tmp_path, tiny_diffusion):
         ({"method": "xyz"}, "method must be"),
         ({"steps": 0}, "steps must be"),
         ({"mesh_resolution": 4}, "mesh resolution"),
+        ({"gallery_heads": 0}, "gallery heads"),
     ],
 )
 def test_bad_jobs_are_config_errors(tmp_path, tiny_diffusion, changes, message):
