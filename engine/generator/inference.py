@@ -141,7 +141,7 @@ def read_w_array(path: str | Path) -> np.ndarray:
     :data:`LATENT_MAX_BYTES` declared, finite floating-point numbers, 2 or 3 dimensions. The shape is checked
     against a generator by :func:`load_w_plus`."""
     path = Path(path)
-    headers = npz_headers(path, "W+ latent file")
+    headers = npz_headers(path, "W+ latent file", max_bytes=LATENT_MAX_BYTES)
     if "w" not in headers:
         raise InputError(f"{path}: no array named 'w' (found {sorted(headers)}); expected a W+ latent .npz")
     w = load_npz(path, {"w"}, "W+ latent file", max_bytes=LATENT_MAX_BYTES)["w"]

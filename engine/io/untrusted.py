@@ -136,6 +136,11 @@ def _mb(n: int) -> str:
     return f"{n / MiB:.1f} MB" if n < 10 * GiB else f"{n / GiB:.1f} GB"
 
 
+def _size(n: int, cap: int) -> str:
+    """``n`` bytes for a message that compares it with ``cap`` (exact when both round to the same MB)."""
+    return f"{n:,} bytes" if _mb(n) == _mb(cap) else _mb(n)
+
+
 def check_count(name: str, what: str, count: int, limit: int, limit_name: str) -> int:
     """``count`` (e.g. claimed vertices) if it is within ``limit``, else an InputError naming the file."""
     if count > limit:
@@ -187,7 +192,7 @@ def check_file(path: str | os.PathLike, what: str = "input", *, root: str | os.P
         raise InputError(f"{p}: {what} is {file_kind(st.st_mode)}, not a regular file; refused")
     cap = limits.max_file_bytes if max_bytes is None else max_bytes
     if st.st_size > cap:
-        raise InputError(f"{p}: {what} is {_mb(st.st_size)}, over the {_mb(cap)} {limit_name} limit; {RAISE_HINT}")
+        raise InputError(f"{p}: {what} is {_size(st.st_size, cap)}, over the {_mb(cap)} {limit_name} limit; {RAISE_HINT}")
     return st
 
 
@@ -208,7 +213,7 @@ def open_checked(path: str | os.PathLike, what: str = "input", *, root: str | os
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{path}: {what} is {file_kind(st.st_mode)}, not a regular file; refused")
         if st.st_size > cap:
-            raise InputError(f"{path}: {what} is {_mb(st.st_size)}, over the {_mb(cap)} {limit_name} limit; {RAISE_HINT}")
+            raise InputError(f"{path}: {what} is {_size(st.st_size, cap)}, over the {_mb(cap)} {limit_name} limit; {RAISE_HINT}")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -310,7 +315,7 @@ def check_reference(ref: Any, *, owner: str | os.PathLike, root: str | os.PathLi
         raise InputError(f"{owner_path}: {what} {ref!r} is {file_kind(st.st_mode)}, not a regular file; refused, nothing was read")
     if st.st_size > limits.max_file_bytes:
         raise InputError(
-            f"{owner_path}: {what} {ref!r} is {_mb(st.st_size)}, over the {_mb(limits.max_file_bytes)} input limit; {RAISE_HINT}"
+            f"{owner_path}: {what} {ref!r} is {_size(st.st_size, limits.max_file_bytes)}, over the {_mb(limits.max_file_bytes)} input limit; {RAISE_HINT}"
         )
     return target
 
@@ -370,7 +375,7 @@ def parse_json(data: bytes | str, name: str, what: str = "JSON", *, limits: Inpu
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     cap = limits.max_json_bytes if max_bytes is None else max_bytes
     if len(raw) > cap:
-        raise InputError(f"{name}: {what} is {_mb(len(raw))}, over the {_mb(cap)} JSON limit; {RAISE_HINT}")
+        raise InputError(f"{name}: {what} is {_size(len(raw), cap)}, over the {_mb(cap)} JSON limit; {RAISE_HINT}")
     depth = json_depth(raw)
     if depth > limits.max_json_depth:
         raise InputError(f"{name}: {what} nests {depth} levels deep, over the limit of {limits.max_json_depth}; refused")
@@ -417,7 +422,9 @@ def read_image_rgba(path: str | os.PathLike, what: str = "image", *, root: str |
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise InputError(f"{path}: {what} is too large to decode safely ({exc}); {RAISE_HINT}") from None
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
+        except UnidentifiedImageError:
+            raise InputError(f"{path}: not a readable {what} (not an image format Pillow recognises)") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise InputError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
@@ -437,9 +444,11 @@ def _npy_header(member: BinaryIO):
     return _format_impl._read_array_header(member, version)
 
 
-def npz_headers(path: str | os.PathLike, what: str = ".npz file", *, limits: InputLimits | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """``{key: (shape, dtype)}`` of every array in a ``.npz``, read from the ``.npy`` headers only."""
-    return _npz(path, what, None, limits, load=False)  # type: ignore[return-value]
+def npz_headers(path: str | os.PathLike, what: str = ".npz file", *, limits: InputLimits | None = None,
+                max_bytes: int | None = None) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """``{key: (shape, dtype)}`` of every array in a ``.npz``, read from the ``.npy`` headers only (object
+    arrays and arrays declaring more than ``max_bytes`` together are refused, as by :func:`load_npz`)."""
+    return _npz(path, what, None, limits, load=False, max_bytes=max_bytes)  # type: ignore[return-value]
 
 
 def load_npz(path: str | os.PathLike, keys: set[str] | None = None, what: str = ".npz file", *,
