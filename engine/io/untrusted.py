@@ -228,13 +228,20 @@ def read_bytes(path: str | os.PathLike, what: str = "input", *, root: str | os.P
     limits = active_limits(limits)
     cap = limits.max_file_bytes if max_bytes is None else max_bytes
     with open_checked(path, what, root=root, limits=limits, max_bytes=cap, limit_name=limit_name) as fh:
+        expected = os.fstat(fh.fileno()).st_size
+        chunks, total = [], 0
         try:
-            data = fh.read(cap + 1)
+            while True:  # the stat'ed size first, then whatever a growing file adds, never past the limit
+                chunk = fh.read(max(expected - total, 0) + 1 if total <= expected else 64 * MiB)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > cap:
+                    raise InputError(f"{path}: {what} grew past the {_mb(cap)} {limit_name} limit while being read; refused")
         except OSError as exc:
             raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
-    if len(data) > cap:
-        raise InputError(f"{path}: {what} grew past the {_mb(cap)} input limit while being read; refused")
-    return data
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 # --------------------------------------------------------------------------------------------------
