@@ -111,13 +111,15 @@ class StageConfig:
     density_points: int = 4096  # per head: 1/4 uniform, 1/2 around the surface (σ 1 cm), 1/4 tight (σ 0.3 cm)
     colour_points: int = 2048  # per head
     feature_weight: float = 6.0  # how much more often eye/brow/lip pixels are drawn than skin or hair
+    ray_fraction: float = 0.5  # share of colour points moved along their ray by an offset drawn from …
+    ray_offset: tuple[float, float] = (-0.025, 0.008)  # … this range (world units; negative = towards the camera)
     surface_sigma: float = 0.02  # world units (about 1.2 cm of a real head)
     tight_sigma: float = 0.005
     iso_level: float = 10.0
     density_slope: float = 1.0 / 2.5e-5  # raw-density units per world unit of signed distance
     density_range: tuple[float, float] = (-20.0, 250.0)
     density_scale: float = 50.0  # the density L1 is divided by this so it weighs about as much as colour
-    weight_density: float = 1.0
+    weight_density: float = 0.5
     weight_colour: float = 1.0
     weight_colour_grad: float = 1.0
     # render stage
@@ -192,17 +194,17 @@ class FieldTargets:
     pair_valid: Tensor  # (B, K) 1 where both pixels are fully covered
 
 
-def pixel_surface_points(c: Tensor, depth: Tensor, resolution: int) -> Tensor:
-    """(B, R², 3) world point every pixel's ray hits at the world's ray depth."""
+def pixel_surface_points(c: Tensor, depth: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
+    """(B, R², 3) world point every pixel's ray hits at the world's ray depth, and the rays' unit directions."""
     cam2world, intrinsics = split_camera_vector(c)
     origins, directions = pixel_rays(cam2world, intrinsics, resolution)
-    return origins + depth.reshape(depth.shape[0], -1, 1) * directions
+    return origins + depth.reshape(depth.shape[0], -1, 1) * directions, directions
 
 
 def field_targets(identity: Tensor, c: Tensor, world: dict, config: StageConfig, rng: torch.Generator,
                   half_box: float) -> FieldTargets:
     batch, res = identity.shape[0], world["depth"].shape[-1]
-    points_all = pixel_surface_points(c, world["depth"], res)
+    points_all, directions = pixel_surface_points(c, world["depth"], res)
     covered = world["mask"].reshape(batch, -1) > 0.99
     material = world["material"].reshape(batch, -1)
     feature = torch.zeros_like(covered)
@@ -220,6 +222,14 @@ def field_targets(identity: Tensor, c: Tensor, world: dict, config: StageConfig,
     take = lambda values, index: values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))  # noqa: E731
     surface, neighbour = take(points_all, pick), take(points_all, n_pick)
     pair_valid = (covered.gather(1, n_pick) & (n_pick != pick)).float()
+    # Part of the colour points slide along their pixel's ray, mostly in front of the surface: the volume
+    # renderer integrates colour over the samples around the surface, so those must carry the pixel's colour
+    # too (else the unsupervised colour just outside the surface shows as blotches in the renders).
+    lo_t, hi_t = config.ray_offset
+    offset = lo_t + (hi_t - lo_t) * torch.rand(batch, pick.shape[1], 1, generator=rng)
+    offset = offset * (torch.rand(batch, pick.shape[1], 1, generator=rng) < config.ray_fraction)
+    surface = surface + offset * take(directions, pick)
+    neighbour = neighbour + offset * take(directions, n_pick)
 
     quarter = config.density_points // 4
     lo = -half_box

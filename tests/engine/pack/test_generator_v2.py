@@ -41,9 +41,12 @@ def test_density_targets_put_the_iso_level_on_the_world_surface(tiny_batch):
 
 def test_colour_targets_are_surface_points_with_their_pixel_colours(tiny_batch):
     G, batch = tiny_batch
-    f = batch.field
-    sdf = geometry_distance(f.surface, v2.photo_geometry(identity_from_latent(batch.z)))
-    assert sdf.abs().max() < 0.01  # points on the surface (world units; the head is ~0.6 tall)
+    on_surface = v2.make_batch(0, G, tiny_stage(ray_fraction=0.0)).field
+    geometry = v2.photo_geometry(identity_from_latent(batch.z))
+    assert geometry_distance(on_surface.surface, geometry).abs().max() < 0.01  # world units; heads are ~0.6 tall
+    f = batch.field  # half the points slid along their rays by up to 2.5 cm (world units 0.025)
+    sdf = geometry_distance(f.surface, geometry).abs()
+    assert sdf.max() < 0.03 and 0.2 < (sdf > 0.002).float().mean() < 0.8
     assert f.colour.min() >= 0 and f.colour.max() <= 1
     assert 0.5 < f.pair_valid.mean() <= 1
     gap = (f.surface - f.neighbour).norm(dim=-1)[f.pair_valid > 0]
@@ -69,7 +72,7 @@ def test_field_steps_reduce_the_loss_on_a_fixed_batch(tiny_batch):
     # A fresh tiny generator's raw density is near 0 and moves slowly towards ±100s, so the test narrows
     # the target range (the pack's stage starts from v1, whose density already spans it).
     torch.manual_seed(0)
-    config = tiny_stage(lr=3e-2, density_range=(-5.0, 15.0), density_scale=1.0)
+    config = tiny_stage(lr=3e-2, density_range=(-5.0, 15.0), density_scale=1.0, weight_density=1.0)
     G = v2.initial_generator(config, None)
     G.train()
     params = v2.trainable(G, config)
