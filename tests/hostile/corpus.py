@@ -45,6 +45,7 @@ class Case:
     traversal: bool = False  # names a file outside the input's folder: must be refused before any read of it
     names: tuple[str, ...] = ()  # text the message must contain besides the input's file name
     note: str = ""
+    seconds: float | None = None  # a longer time bound than READ_SECONDS, with the reason in ``note``
 
     @property
     def label(self) -> str:
@@ -166,13 +167,13 @@ def build_corpus(root: Path) -> list[Case]:
     cases: list[Case] = []
 
     def add(name: str, data: bytes | str | None, readers, command, match, *, batch=True, traversal=False, names=(),
-            folder=inp, note="") -> Path:
+            folder=inp, note="", seconds=None) -> Path:
         path = folder / name
         if isinstance(data, str):
             path.write_text(data)
         elif data is not None:
             path.write_bytes(data)
-        cases.append(Case(name, path, tuple(readers), command, match, batch, traversal, tuple(names), note))
+        cases.append(Case(name, path, tuple(readers), command, match, batch, traversal, tuple(names), note, seconds))
         return path
 
     # ---- good inputs (the batch must still process these) -------------------------------------------------
@@ -399,7 +400,9 @@ def _build_checkpoints(ckpt: Path, add, ck_r) -> None:
     config = PRESETS["tiny"].to_dict()
     config["z_dim"] = 100_000_000  # mapping's first layer alone: 3.2 G parameters
     add("huge_config.json", json.dumps(config), ck_r, "generate", r"huge_config\.json: the generator config asks for [\d,]+ parameters, over the limit",
-        batch=False, folder=ckpt)
+        batch=False, folder=ckpt,
+        note="counted exactly on torch's meta device; the first meta build in a process imports torch._dynamo (~10 s)",
+        seconds=30.0)
     add("deep_config.json", deep_json(100_000), ck_r, "generate", r"deep_config\.json: .*nests 100000 levels deep", batch=False, folder=ckpt)
     add("wrong_magic.pkl", b"this is not a pickle", ck_r, "generate", r"wrong_magic\.pkl: not a readable network pickle", batch=False, folder=ckpt)
     os.mkfifo(ckpt / "fifo.pkl")
