@@ -12,6 +12,16 @@ Models are loaded once (:class:`BatchModels`); then, per input, in sorted order:
   the next run redoes exactly that item and the ones after it.
 * **Report.** ``report.json`` and ``report.csv`` (input, output, identity similarity, seconds, status,
   error) are rewritten atomically after every item, so they are consistent whenever the batch stops.
+* **Identity is scored on views that were not fitted.** The inversion optimises the identity encoder's cosine
+  on the views it fits, so the same encoder on the same views would only measure the optimisation. A scan is
+  therefore also rendered from four *held-out* cameras (yaw ±25° and ±65°, between the fitted ones;
+  :data:`engine.heads.invert.SCORE_VIEW_YAWS_DEG`) that the inversion never sees, and ``identity_similarity``
+  is the mean cosine, over those views, between the source and the stylized head. A views folder from
+  Blender holds out its views marked ``"fit": false`` in ``cameras.json``, else its second view (yaw +45° in
+  Blender's plan; yaw −45° is still fitted). A latent is not fitted at all (its held-out views are the base
+  generator's renders). A portrait has one view, which is fitted: it gets no score (null, with the reason in
+  the sidecar). The sidecar also records the inversion's own score on the held-out views (source vs the
+  *unstylized* inversion), the ceiling the stylized score can be read against.
 * **Cancel.** The :class:`CancelToken` is checked between items: everything finished is kept, the rest is
   reported as ``cancelled``.
 * **Consent.** :func:`run_batch` refuses to start unless the caller confirms consent; the flag is recorded
@@ -60,10 +70,11 @@ class StylizationCancelled(EngineError):
 
 @dataclass
 class HeadOutput:
-    """What the stylization step returns for one latent: the mesh and, for scoring, a front render."""
+    """What the stylization step returns for one latent: the mesh and, for scoring, renders of the stylized
+    head from the held-out cameras it was given."""
 
     mesh: Mesh
-    front: torch.Tensor | None = None  # (1, 3, H, W) in [-1, 1]
+    score_renders: torch.Tensor | None = None  # (K, 3, H, W) in [-1, 1]
 
 
 @dataclass
@@ -71,20 +82,24 @@ class Inverted:
     """What the inversion step returns for one input."""
 
     w_plus: torch.Tensor  # (1, num_ws, w_dim)
-    source_front: torch.Tensor | None = None  # (1, 3, H, W) in [-1, 1]: the source seen from the front
+    score_images: torch.Tensor | None = None  # (K, 3, H, W) in [-1, 1]: the source from K views NOT fitted
     info: dict[str, Any] = field(default_factory=dict)  # view errors, normalisation, seconds …
+    score_cameras: torch.Tensor | None = None  # (K, 25): where ``score_images`` were seen from
+    score_views: tuple[str, ...] = ()
+    score_note: str = ""  # why there is no held-out view, when there is none
 
 
 @dataclass
 class BatchModels:
     """The injected model steps and what provenance needs to know about the models.
 
-    ``invert(path, kind) -> Inverted``; ``build_head(w_plus) -> HeadOutput | Mesh``;
-    ``similarity(a, b) -> float`` (identity-encoder cosine of two (1, 3, H, W) images) or None.
+    ``invert(path, kind) -> Inverted``; ``build_head(w_plus, score_cameras) -> HeadOutput | Mesh`` (renders
+    the stylized head from ``score_cameras`` when they are given); ``similarity(a, b) -> float`` (mean
+    identity-encoder cosine of two (K, 3, H, W) stacks of the same views) or None.
     """
 
     invert: Callable[[Path, str], Inverted]
-    build_head: Callable[[torch.Tensor], HeadOutput | Mesh]
+    build_head: Callable[[torch.Tensor, torch.Tensor | None], HeadOutput | Mesh]
     similarity: Callable[[torch.Tensor, torch.Tensor], float] | None
     model_sha256: dict[str, str]
     prompt: str
@@ -219,11 +234,13 @@ def _finished(sidecar: Path, glb: Path, fingerprint: str, source_sha: str) -> bo
 def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModels, consent: bool, fingerprint: str, source_sha: str) -> ItemResult:
     start = time.perf_counter()
     inverted = models.invert(path, kind)
-    built = models.build_head(inverted.w_plus)
+    built = models.build_head(inverted.w_plus, inverted.score_cameras)
     head = built if isinstance(built, HeadOutput) else HeadOutput(built)
     similarity = None
-    if models.similarity is not None and inverted.source_front is not None and head.front is not None:
-        similarity = float(models.similarity(inverted.source_front, head.front))
+    if models.similarity is not None and inverted.score_images is not None and head.score_renders is not None:
+        similarity = float(models.similarity(inverted.score_images, head.score_renders))
+    scoring = {"views": list(inverted.score_views), "fitted": False,
+               "note": inverted.score_note or ("" if similarity is not None else "no identity encoder")}
     provenance = Provenance(
         source_file=path.name,
         source_sha256=source_sha,
@@ -243,6 +260,7 @@ def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModel
         "kind": kind,
         "output": glb.name,
         "identity_similarity": result.row()["identity_similarity"],
+        "identity_scoring": scoring,
         "seconds": round(seconds, 3),
         "vertices": head.mesh.num_vertices,
         "faces": head.mesh.num_faces,
@@ -364,17 +382,25 @@ def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], 
     return similarity
 
 
-def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
-    """The generator's front view of ``ws`` over white, as the scan targets are (cameras at the origin)."""
+def _renders(G, ws: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
+    """(V, 3, H, W) renders of ``ws`` from ``cameras`` over white, as the scan targets are."""
     from ..generator.triplane import RenderOptions
-    from ..heads.invert import composite, scan_cameras
+    from ..heads.invert import composite
 
-    cameras, _ = scan_cameras(G, (0.0,), (0.0,))
     device = next(G.parameters()).device
+    n = cameras.shape[0]
     with torch.no_grad():
-        out = G.render(ws.to(device), cameras.to(device), RenderOptions(background="none", deterministic_samples=True))
+        out = G.render(ws.to(device).expand(n, -1, -1), cameras.to(device),
+                       RenderOptions(background="none", deterministic_samples=True))
         mask = torch.nn.functional.interpolate(out["image_mask"], size=out["image"].shape[-2:], mode="bilinear", align_corners=False)
         return composite(out["image"], mask, "white").cpu()
+
+
+def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
+    """The generator's front view of ``ws`` over white, as the scan targets are (cameras at the origin)."""
+    from ..heads.invert import scan_cameras
+
+    return _renders(G, ws, scan_cameras(G, (0.0,), (0.0,))[0])
 
 
 def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit) -> BatchModels:
@@ -382,7 +408,17 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     (cached by :func:`engine.app.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
     from ..generator.inference import load_w_plus
     from ..generator.loading import load_generator
-    from ..heads.invert import InversionConfig, encoder_embedder, image_target, invert, scan_target
+    from ..heads.invert import (
+        SCORE_VIEW_PITCHES_DEG,
+        SCORE_VIEW_YAWS_DEG,
+        InversionConfig,
+        composite,
+        encoder_embedder,
+        image_target,
+        invert,
+        scan_cameras,
+        scan_target,
+    )
     from ..heads.provenance import model_hashes
     from ..heads.scans import ScanNormalization, load_scan, read_image
     from ..pack import pack_paths
@@ -425,33 +461,43 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
     embed = encoder_embedder(encoder) if encoder is not None else None
 
+    similarity = _similarity_from_encoder(encoder) if encoder is not None else None
+
     def invert_item(path: Path, kind: str) -> Inverted:
-        if kind == "latent":
+        held_out, note = None, ""
+        if kind == "latent":  # nothing is fitted: the base generator's renders are the source
             ws = load_w_plus(path, base)
-            return Inverted(ws, _front_render(base, ws), {"kind": "latent"})
+            cams, names = scan_cameras(base, SCORE_VIEW_YAWS_DEG, SCORE_VIEW_PITCHES_DEG)
+            return Inverted(ws, _renders(base, ws, cams), {"kind": "latent"}, cams, names)
         if kind == "scan":
             scan = load_scan(path, normalization)
             target = scan_target(base, scan.mesh)
+            held_out = scan_target(base, scan.mesh, yaws_deg=SCORE_VIEW_YAWS_DEG, pitches_deg=SCORE_VIEW_PITCHES_DEG)
             extra = {"normalization": {"up_axis": scan.up_axis, "units": scan.units, "scan_to_world": scan.scan_to_world.tolist()}}
         elif kind == "image":
             image, mask = read_image(path, base.config.img_resolution)
             target = image_target(base, image, mask, settings.image_yaw_degrees, settings.image_pitch_degrees)
             extra = {"pose": {"yaw_degrees": settings.image_yaw_degrees, "pitch_degrees": settings.image_pitch_degrees}}
+            note = "a portrait has a single view, and the inversion fitted it: no held-out view to score"
         else:  # views rendered by Blender
-            target = views_target(path, base.config.img_resolution)
+            target, held_out = views_fit_and_held_out(path, base.config.img_resolution)
             extra = {"views": list(target.names)}
+            if held_out is None:
+                note = "the views folder has fewer than 3 views and none marked \"fit\": false: no held-out view to score"
         result = invert(base, target, inversion, embed)
-        front = (target.images[:1] * target.masks[:1] + (1 - target.masks[:1])).cpu()
-        return Inverted(
-            result.w_plus, front,
-            {**extra, "view_errors": result.view_errors, "mask_iou": result.mask_iou, "start": result.start,
-             "inversion_seconds": round(result.seconds, 3)},
-        )
+        info = {**extra, "view_errors": result.view_errors, "mask_iou": result.mask_iou, "start": result.start,
+                "inversion_seconds": round(result.seconds, 3)}
+        if held_out is None:
+            return Inverted(result.w_plus, None, info, score_note=note)
+        source = composite(held_out.images, held_out.masks, "white").cpu()
+        if similarity is not None:  # the unstylized inversion on the same held-out views: the ceiling
+            info["inversion_identity_similarity"] = round(similarity(source, _renders(base, result.w_plus, held_out.cameras)), 6)
+        return Inverted(result.w_plus, source, info, held_out.cameras.cpu(), held_out.names)
 
-    def build_head(ws: torch.Tensor) -> HeadOutput:
+    def build_head(ws: torch.Tensor, score_cameras: torch.Tensor | None = None) -> HeadOutput:
         device = next(stylized.parameters()).device
         mesh = extract_head(stylized, ws.to(device), settings.mesh_resolution)
-        return HeadOutput(mesh, _front_render(stylized, ws))
+        return HeadOutput(mesh, None if score_cameras is None else _renders(stylized, ws, score_cameras))
 
     models = {"generator": sources.generator, "diffusion": sources.diffusion,
               "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet,
@@ -462,7 +508,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     return BatchModels(
         invert=invert_item,
         build_head=build_head,
-        similarity=_similarity_from_encoder(encoder) if encoder is not None else None,
+        similarity=similarity,
         model_sha256=hashes,
         prompt=prompt,
         method=settings.method,
@@ -477,10 +523,27 @@ def views_target(folder: Path, resolution: int):
     "camera": [25 floats]}, …]}`` with cameras in the generator's convention (see bridge/scan_render.py);
     read by :func:`engine.heads.scans.read_views_manifest` (every ``file`` must stay inside the folder).
     """
+    return _views_target(folder, resolution)[0]
+
+
+def _views_target(folder: Path, resolution: int):
+    """(all views as an inversion target, indices of the views marked ``"fit": false``)."""
     from ..heads.invert import InversionTarget
     from ..heads.scans import read_image, read_views_manifest
 
-    _, views = read_views_manifest(folder)
+    data, views = read_views_manifest(folder)
     images, masks = zip(*(read_image(view.file, resolution) for view in views))  # a handful of views
     cameras = torch.tensor([view.camera for view in views], dtype=torch.float32)
-    return InversionTarget(torch.cat(images), torch.cat(masks), cameras, tuple(v.name for v in views)).validate()
+    score_only = [i for i, entry in enumerate(data["views"]) if entry.get("fit", True) is False]
+    return InversionTarget(torch.cat(images), torch.cat(masks), cameras, tuple(v.name for v in views)).validate(), score_only
+
+
+def views_fit_and_held_out(folder: Path, resolution: int):
+    """(views to fit, held-out views or None) of a Blender views folder: the views marked ``"fit": false``
+    are held out; without any, the second view is when there are at least 3 (Blender's plan: yaw +45°,
+    whose mirror image yaw −45° is still fitted); with fewer views nothing is held out."""
+    from ..heads.invert import split_views
+
+    target, score_only = _views_target(folder, resolution)
+    held = score_only or ([1] if len(target.names) >= 3 else [])
+    return split_views(target, held)

@@ -22,6 +22,12 @@ The objective, per step, over a few of the target views (cycled, so every view i
   optimise or regularise.
 
 The start is the best of the mean w and ``start_candidates`` mapped samples (one cheap forward each).
+
+Judging an inversion: the identity encoder is part of the loss, so its cosine on a *fitted* view measures
+the optimisation, not the identity. Score on views the inversion never saw instead: :data:`SCORE_VIEW_YAWS_DEG`
+/ :data:`SCORE_VIEW_PITCHES_DEG` (yaw ±25°, ±65°, between the fitted cameras) for scans, or views split off a
+target with :func:`split_views` (what the batch does).
+
 Optional pivotal tuning (``pti_steps > 0``, after PTI by Roich et al.): fine-tune the synthesis weights for
 a few steps around the found W+ on the same loss, and return the changed weights separately; the base
 generator is left untouched.
@@ -331,6 +337,10 @@ def invert(
 # --------------------------------------------------------------------------------------------------
 DEFAULT_VIEW_YAWS_DEG = (0.0, 45.0, -45.0, 90.0, -90.0, 180.0)
 DEFAULT_VIEW_PITCHES_DEG = (0.0, -10.0, -10.0, 0.0, 0.0, 0.0)
+# Views an inversion is *scored* on and never fitted to: the identity encoder is part of the inversion's loss,
+# so scoring a fitted view with it measures the optimisation, not the identity. Between the fitted views.
+SCORE_VIEW_YAWS_DEG = (25.0, -25.0, 65.0, -65.0)
+SCORE_VIEW_PITCHES_DEG = (5.0, 5.0, -5.0, -5.0)
 
 
 def scan_cameras(G: TriPlaneGenerator, yaws_deg: Sequence[float] = DEFAULT_VIEW_YAWS_DEG, pitches_deg: Sequence[float] = DEFAULT_VIEW_PITCHES_DEG) -> tuple[Tensor, tuple[str, ...]]:
@@ -359,6 +369,22 @@ def image_target(G: TriPlaneGenerator, image: Tensor, mask: Tensor, yaw_deg: flo
     """A single portrait seen from the user-given pose (default frontal)."""
     cameras, names = scan_cameras(G, (yaw_deg,), (pitch_deg,))
     return InversionTarget(image, mask, cameras, names)
+
+
+def split_views(target: InversionTarget, held_out: Sequence[int]) -> tuple[InversionTarget, InversionTarget | None]:
+    """(views to fit, views held out for scoring) of one target; ``held_out`` are view indices (may be empty).
+
+    At least one view must stay to fit. With nothing held out the second part is None.
+    """
+    target = target.validate()
+    v = len(target.names)
+    held = sorted({int(i) % v for i in held_out}) if v else []
+    fit = [i for i in range(v) if i not in held]
+    if not fit:
+        raise InputError(f"cannot hold out all {v} views of an inversion target: nothing would be fitted")
+    pick = lambda idx: InversionTarget(target.images[idx], target.masks[idx], target.cameras[idx],  # noqa: E731
+                                       tuple(target.names[i] for i in idx)).validate()
+    return pick(fit), (pick(held) if held else None)
 
 
 def save_inversion(result: InversionResult, path: str | Path, extra: dict | None = None) -> Path:

@@ -18,9 +18,9 @@ if __name__ == "__main__":
     models = stub_models()
     inner = models.build_head
 
-    def slow_build(ws):
+    def slow_build(ws, score_cameras=None):
         time.sleep(delay)
-        return inner(ws)
+        return inner(ws, score_cameras)
 
     models.build_head = slow_build
     run_batch(collect_inputs(in_dir), out_dir, models, consent=True)

@@ -38,7 +38,7 @@ def stub_models() -> BatchModels:
         w = torch.from_numpy(scan.mesh.vertex_colors.mean(axis=0, keepdims=True).astype(np.float32))[None]
         return Inverted(w, torch.zeros(1, 3, 8, 8) + w.mean() / 255, {"kind": kind, "units": scan.units})
 
-    def build_head(ws: torch.Tensor) -> HeadOutput:
+    def build_head(ws: torch.Tensor, score_cameras=None) -> HeadOutput:
         mesh = cache["mesh"]
         mesh.vertex_colors = (255 - mesh.vertex_colors).astype(np.uint8)
         return HeadOutput(mesh, torch.zeros(1, 3, 8, 8) + ws.mean() / 255)
@@ -211,6 +211,14 @@ def test_cli_end_to_end_on_the_pack(tmp_path):
     assert "Blender" in fbx["error"]
     mesh, extras = read_gltf(out / "s0.glb")
     assert mesh.num_faces > 500 and mesh.vertex_colors is not None
+    # Identity is scored on the four held-out views, none of which the inversion fitted.
+    from engine.heads.invert import SCORE_VIEW_PITCHES_DEG, SCORE_VIEW_YAWS_DEG
+
+    sidecar = json.loads((out / "s0.json").read_text())
+    held_out = [f"yaw{y:+.0f}_pitch{p:+.0f}" for y, p in zip(SCORE_VIEW_YAWS_DEG, SCORE_VIEW_PITCHES_DEG)]
+    assert sidecar["identity_scoring"]["views"] == held_out and not set(held_out) & set(sidecar["inversion"]["view_errors"])
+    assert isinstance(sidecar["identity_similarity"], float)
+    assert isinstance(sidecar["inversion"]["inversion_identity_similarity"], float)
     assert extras["head_stylizer"]["model_sha256"]["generator"]
 
 
@@ -246,13 +254,92 @@ def test_views_folders_from_blender(tmp_path):
     (broken / "failed.json").write_text(json.dumps({"source": "dave.fbx", "error": "RuntimeError: not an FBX file"}))
     models = stub_models()
     models.invert = lambda path, kind: Inverted(torch.zeros(1, 1, 1), None, {"kind": kind})
-    models.build_head = lambda ws: head_mesh(sample_identities(1, torch.Generator().manual_seed(2)), 16)
+    models.build_head = lambda ws, cams: head_mesh(sample_identities(1, torch.Generator().manual_seed(2)), 16)
     report = run_batch(collect_inputs(views_dir=tmp_path / "views"), tmp_path / "out", models, consent=True, on_event=quiet)
     rows = {Path(i.input).name: i for i in report.items}
     assert rows["carol"].status == "done" and rows["carol"].output == "carol.glb"
     assert rows["dave"].status == "failed" and "dave.fbx" in rows["dave"].error and "not an FBX" in rows["dave"].error
     prov = json.loads((tmp_path / "out" / "carol.json").read_text())["provenance"]
     assert prov["source_sha256"] == "ab" * 32  # the hash Blender took of the original scan
+
+
+def test_identity_is_scored_on_held_out_views_only(scan_folder, tmp_path):
+    """The batch's identity score compares the source's *held-out* views with the stylized head rendered from
+    exactly those cameras (never a fitted view, whose identity the inversion optimised); the sidecar names
+    the views. An input without held-out views (a portrait) gets no score, and the sidecar says why."""
+    cams = torch.arange(50, dtype=torch.float32).reshape(2, 25)
+    calls = {}
+
+    def invert(path: Path, kind: str) -> Inverted:
+        if path.name == "head1.obj":  # stands in for a portrait: one view, fitted
+            return Inverted(torch.ones(1, 1, 2), None, {"kind": kind}, score_note="a portrait has a single view")
+        held_out = torch.stack([torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), -0.5)])
+        return Inverted(torch.ones(1, 1, 2), held_out, {"kind": kind}, cams, ("yaw+25", "yaw-25"))
+
+    def build_head(ws, score_cameras):
+        calls.setdefault("cameras", []).append(score_cameras)
+        mesh = head_mesh(sample_identities(1, torch.Generator().manual_seed(2)), 16)
+        return HeadOutput(mesh, None if score_cameras is None else torch.full((score_cameras.shape[0], 3, 8, 8), 0.25))
+
+    def similarity(a, b):
+        calls.setdefault("pairs", []).append((a.clone(), b.clone()))
+        return 0.5
+
+    models = stub_models()
+    models.invert, models.build_head, models.similarity = invert, build_head, similarity
+    inputs = [scan_folder / "head0.ply", scan_folder / "head1.obj"]
+    report = run_batch(inputs, tmp_path / "out", models, consent=True, on_event=quiet)
+    rows = {Path(i.input).name: i for i in report.items}
+    assert rows["head0.ply"].identity_similarity == 0.5 and rows["head1.obj"].identity_similarity is None
+    assert calls["cameras"][0] is cams and calls["cameras"][1] is None  # rendered from the held-out cameras
+    (source, stylized), = calls["pairs"]
+    assert source.shape == stylized.shape == (2, 3, 8, 8) and float(stylized.mean()) == 0.25
+    scored = json.loads((tmp_path / "out" / "head0.json").read_text())["identity_scoring"]
+    assert scored == {"views": ["yaw+25", "yaw-25"], "fitted": False, "note": ""}
+    unscored = json.loads((tmp_path / "out" / "head1.json").read_text())
+    assert unscored["identity_similarity"] is None and "single view" in unscored["identity_scoring"]["note"]
+
+
+def test_held_out_views_are_never_fitted(tmp_path):
+    """Scans are scored from cameras the inversion never uses; a views folder holds out its views marked
+    "fit": false, else its second view (≥ 3 views), else nothing."""
+    from PIL import Image
+
+    from engine.app.batch import views_fit_and_held_out
+    from engine.generator.loading import load_generator
+    from engine.heads.invert import (
+        DEFAULT_VIEW_PITCHES_DEG,
+        DEFAULT_VIEW_YAWS_DEG,
+        SCORE_VIEW_PITCHES_DEG,
+        SCORE_VIEW_YAWS_DEG,
+        scan_cameras,
+        split_views,
+    )
+
+    G = load_generator("tiny").generator
+    fitted, _ = scan_cameras(G, DEFAULT_VIEW_YAWS_DEG, DEFAULT_VIEW_PITCHES_DEG)
+    scored, _ = scan_cameras(G, SCORE_VIEW_YAWS_DEG, SCORE_VIEW_PITCHES_DEG)
+    assert torch.cdist(scored, fitted).min() > 0.1  # no scoring camera is (near) a fitted one
+
+    def folder(name, entries):
+        path = tmp_path / name
+        path.mkdir()
+        views = []
+        for i, extra in enumerate(entries):
+            Image.fromarray(np.full((8, 8, 4), 40 * i + 20, dtype=np.uint8)).save(path / f"v{i}.png")
+            views.append({"name": f"v{i}", "file": f"v{i}.png", "camera": fitted[i % 6].tolist(), **extra})
+        (path / "cameras.json").write_text(json.dumps({"source": name, "views": views}))
+        return path
+
+    fit, held = views_fit_and_held_out(folder("two", [{}, {}]), 8)
+    assert fit.names == ("v0", "v1") and held is None
+    fit, held = views_fit_and_held_out(folder("six", [{}] * 6), 8)
+    assert fit.names == ("v0", "v2", "v3", "v4", "v5") and held.names == ("v1",)
+    torch.testing.assert_close(held.cameras, fitted[1:2])
+    fit, held = views_fit_and_held_out(folder("marked", [{}, {}, {}, {"fit": False}, {"fit": False}]), 8)
+    assert fit.names == ("v0", "v1", "v2") and held.names == ("v3", "v4")
+    with pytest.raises(Exception, match="nothing would be fitted"):
+        split_views(fit, [0, 1, 2])
 
 
 def test_output_names_stay_unique():
