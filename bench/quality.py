@@ -8,12 +8,20 @@ pipeline as ``engine head``; reruns reuse the runs in ``--out``/cache), then the
 0..N-1) are rendered before and after from the front, ±45° and +90°, and scored with the embedded identity
 encoder and style classifier (:mod:`engine.evaluate.metrics`):
 
-* **id-sim**: cosine between each head's identity embedding before and after stylization (mean over heads
-  and views) — does the stylized head still look like *that* person?
+* **re-id top-1**: each stylized head matched among all N originals by the identity encoder's cosine
+  (mean-over-views embeddings); the fraction matched to its own original. Chance = 1/N (1/64 by default).
+  This is the control the raw cosine lacks: the pack's encoder gives two *different* heads cosines of
+  0.7–0.85 too. **re-id/view**: the same, each view matched among the same view of every original;
+  **re-id rev**: each original matched among the stylized heads (low when everyone collapses onto one face);
+* **margin**: a head's before→after cosine minus the mean cosine of its stylized render to the *other*
+  originals — how much more it resembles itself than anyone else (0 = no identity kept);
+* **id-sim**: the raw cosine between each head's identity embedding before and after stylization (mean over
+  heads and views); read it only next to re-id and margin;
 * **diversity**: mean pairwise identity distance among the stylized heads divided by the same among the
   originals — 1 keeps every identity apart, → 0 means "everyone got the same face" (SDS's mode seeking);
-* **mv-consist**: cosine of each view's identity embedding to the head's mean embedding (after) — is it the
-  same person from every side?
+* **mv-consist**: leave-one-out multi-view consistency after stylization: cosine of each view's identity
+  embedding to the mean of the head's *other* views — is it the same person from every side? (views that
+  share nothing score 0);
 * **style**: the style classifier's probability of the target style (after); before, the photo heads score
   near 0.
 
@@ -43,6 +51,9 @@ from engine.io.atomic import write_json  # noqa: E402
 from engine.stylize.presets import STYLE_PRESETS  # noqa: E402
 
 YAWS_DEGREES = (0.0, 45.0, -45.0, 90.0)
+# Saved results are merged only when they were measured the same way (2: re-identification, margin and
+# leave-one-out consistency added; results of version 1 lack them and are dropped).
+METRICS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ def main() -> None:
     raw = {}
     if previous.is_file():
         old = json.loads(previous.read_text())
-        if old.get("latents") == args.latents:
+        if old.get("latents") == args.latents and old.get("metrics_version") == METRICS_VERSION:
             raw = old["results"]
     rows = []
     base_renders = None
@@ -134,7 +145,8 @@ def main() -> None:
             report = evaluate_renders(base_renders, after, style, identity_backend, style_backend).to_dict()
             raw[f"{style}/{variant.name}"] = {"scores": report, "stylize_seconds": stylize_s, "steps": stylized.config.steps}
             rows.append((style, variant.name, report))
-            write_json(out / "quality.json", {"latents": args.latents, "yaws_degrees": YAWS_DEGREES, "results": raw})
+            write_json(out / "quality.json", {"latents": args.latents, "yaws_degrees": YAWS_DEGREES, "metrics_version": METRICS_VERSION,
+                                              "results": raw})
 
     done = {f"{style}/{name}" for style, name, _ in rows}
     rows += [(*key.split("/", 1), value["scores"]) for key, value in raw.items() if key not in done]
@@ -149,13 +161,27 @@ def _get(report: dict, *keys: str) -> float:
     return float("nan")
 
 
+COLUMNS = (
+    ("re-id top-1 ↑", "reid_top1"),
+    ("re-id/view ↑", "reid_top1_per_view"),
+    ("re-id rev ↑", "reid_top1_reverse"),
+    ("margin ↑", "identity_margin_mean"),
+    ("id-sim", "identity_similarity_mean"),
+    ("diversity ↑", "diversity_ratio"),
+    ("mv-consist ↑", "consistency_after_mean"),
+    ("style ↑", "style_score_after_mean"),
+)
+
+
 def markdown_table(rows) -> str:
-    lines = ["| style | variant | id-sim ↑ | diversity ↑ | mv-consist ↑ | style ↑ |", "|---|---|---:|---:|---:|---:|"]
+    """The results as Markdown; the re-identification chance (1/N) is in the header."""
+    chances = {_get(r, "reid_chance") for _, _, r in rows}
+    chance = f" (chance {chances.pop():.3f})" if len(chances) == 1 else ""
+    header = "| style | variant | " + " | ".join(name for name, _ in COLUMNS) + " |"
+    header = header.replace("re-id top-1 ↑", f"re-id top-1 ↑{chance}")
+    lines = [header, "|---|---|" + "---:|" * len(COLUMNS)]
     for style, name, r in rows:
-        lines.append(
-            f"| {style} | {name} | {_get(r, 'identity_similarity_mean'):.3f} | {_get(r, 'diversity_ratio'):.3f} | "
-            f"{_get(r, 'consistency_after_mean'):.3f} | {_get(r, 'style_score_after_mean'):.3f} |"
-        )
+        lines.append(f"| {style} | {name} | " + " | ".join(f"{_get(r, key):.3f}" for _, key in COLUMNS) + " |")
     return "\n".join(lines)
 
 
