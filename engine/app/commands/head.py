@@ -12,7 +12,7 @@ import argparse
 
 from ...stylize.cancel import CancelToken
 from ...stylize.presets import STYLE_PRESETS
-from ..pipeline import METHODS, HeadJob, run_head
+from ..pipeline import GALLERY_FIRST_SEED, GALLERY_HEADS, METHODS, HeadJob, run_head
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso-level", type=float, default=10.0, help="density of the mesh surface (PanoHead: 10)")
     p.add_argument("--turntable", type=int, default=0, help="also render N neural turntable frames (views/turntable/frame_###.png)")
     p.add_argument("--no-evaluate", action="store_true", help="skip identity/style scoring")
+    p.add_argument("--gallery-heads", type=int, default=GALLERY_HEADS,
+                   help=f"other heads (fixed seeds from {GALLERY_FIRST_SEED}) the stylized head is re-identified among (default {GALLERY_HEADS})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp16", "bf16", "fp32"), default="auto")
     p.add_argument("--attention-slicing", action="store_true", help="lower GPU memory, slower")
@@ -73,6 +75,7 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         iso_level=args.iso_level,
         turntable_frames=args.turntable,
         evaluate=not args.no_evaluate,
+        gallery_heads=args.gallery_heads,
         device=args.device,
         precision=args.precision,
         attention_slicing=args.attention_slicing,
