@@ -50,7 +50,7 @@ mat = obj.active_material
 result(name=obj.name, faces=len(obj.data.polygons), colors=list(obj.data.color_attributes.keys()),
        material_nodes=[n.type for n in mat.node_tree.nodes], status=settings.status,
        result_path=settings.result_path, identity=settings.identity_score)
-""", timeout=600, env={"OMP_NUM_THREADS": "1"})
+""", timeout=900, env={"OMP_NUM_THREADS": "1"})
     assert r["name"] == "Head.zombie.seed1"
     assert r["faces"] > 1000 and r["colors"] == ["Color"]
     assert {"BSDF_PRINCIPLED", "VERTEX_COLOR"} <= set(r["material_nodes"])
