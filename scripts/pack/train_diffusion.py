@@ -14,8 +14,10 @@ a cap cut a stage short):
 
 1. render the training set (``engine.world.dataset``: 6 styles × ``--identities`` heads × 4 views at 64²,
    plus one 2×2 grid per head and style) and a held-out set from other identities; cached in ``--cache``;
-2. ``AutoencoderKL`` (×4 downsampling) on all images (L1 + MSE + image-gradient term, random h-flips); the
-   latents' ``shift_factor`` / ``scaling_factor`` are fitted to mean 0, std 1;
+2. ``AutoencoderKL`` (×4 downsampling) on all images (random 32² crops first, then whole images; L1 + MSE +
+   image-gradient + low-pass colour terms, random h-flips, a nearly deterministic posterior); then its latents
+   are whitened (``diffusion_training.whiten_vae_latents``) and ``shift_factor`` / ``scaling_factor`` fitted
+   to mean 0, std 1;
 3. the UNet **and the CLIP text encoder, jointly**, on frozen posterior samples of the latents (of each image
    and of its mirror image), with prompts drawn from the style's prompts (the world's prompt half the time,
    else a preset prompt or a paraphrase: ``diffusion_training.training_prompts``) and 10% empty prompts
@@ -31,9 +33,22 @@ a cap cut a stage short):
    classifier, and a contact sheet (``--sheet``); then ``OUT/logs/diffusion.jsonl`` and
    ``OUT/reports/diffusion.json``.
 
-Measured for the pack (2-core VM shared with the generator's training and test runs, ``--threads 1`` under
-``nice -n 10``, seed 0, renders read from the cache; rendering them the first time takes about 3 minutes):
-see ``reports/diffusion.json`` (``stage_seconds``, ``steps``) — MEASURED_TIMES.
+Measured for the pack (2-core VM shared with the generator's training and other sessions' tests, ``--threads 1``
+under ``nice -n 10``, seed 0, renders read from the cache; rendering them the first time takes about 3 minutes):
+2859 s wall, of which training 2589 s — VAE 626 s (1000 steps on 32² crops + 200 on whole images), latents and
+whitening 69 s, UNet + text encoder 1491 s (1800 steps; the averaged weights won), ControlNets 200 s and 204 s
+(250 steps each) — and measuring 239 s (123 s this prior, 116 s the ``--baseline``). Contention made the wall
+time vary by up to 2× between stages; the step counts are what reproduces a run.
+
+Held-out, new vs the previous prior (``reports/diffusion.json``, ``heldout`` vs ``baseline``): VAE PSNR 20.9 vs
+19.8 dB; guidance strength 0.058 vs 0.038 (t uniform), 0.039 vs 0.027 (t ≥ 700), 0.076 vs 0.048 (t = 1…281),
+and on photo renders under the zombie prompt 0.138 vs 0.064 (t = 1…281); 94% vs 96% of the DDIM samples
+classified as the prompted style (``score_diffusion_samples.py``); zombie samples green-grey instead of
+blue-black. ε-MSE is not comparable across the two (different latent spaces); the decoded one-step x̂₀ is:
+19.2 vs 18.6 dB at t = 281, 16.0 vs 15.6 dB at t = 701.
+
+``--measure-only`` re-measures an existing ``OUT/diffusion`` (and ``--baseline``) and updates the report's
+held-out sections without training (about 5 minutes).
 """
 
 from __future__ import annotations
@@ -72,8 +87,10 @@ from diffusion_training import (  # noqa: E402
     encode_posterior,
     guidance_strength,
     heldout_denoising_loss,
+    heldout_x0_psnr,
     train_loop,
     vae_loss,
+    whiten_vae_latents,
 )
 
 from engine.io.atomic import write_json, write_text, write_with  # noqa: E402
@@ -93,14 +110,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--identities", type=int, default=160, help="training heads (each: 4 views × 6 styles)")
     p.add_argument("--heldout-identities", type=int, default=8)
-    p.add_argument("--vae-steps", type=int, default=900)
+    p.add_argument("--vae-crop-steps", type=int, default=1000, help="first VAE steps, on random crops (cheap)")
+    p.add_argument("--vae-crop", type=int, default=32, help="crop size of those steps")
+    p.add_argument("--vae-steps", type=int, default=200, help="then VAE steps on whole 64² images")
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the image-gradient L1 term")
-    p.add_argument("--unet-steps", type=int, default=2000)
+    p.add_argument("--vae-colour-weight", type=float, default=1.0, help="weight of the 4×4-averaged colour L1 term")
+    p.add_argument("--vae-logvar-init", type=float, default=-8.0, help="initial posterior log-variance")
+    p.add_argument("--whiten-floor", type=float, default=0.005, help="eigenvalue floor of the latent whitening")
+    p.add_argument("--unet-steps", type=int, default=1800)
     p.add_argument("--unet-lr", type=float, default=6e-4)
     p.add_argument("--prompt-dropout", type=float, default=0.1, help="empty-prompt rate while training the UNet")
     p.add_argument("--ema", type=float, default=0.995, help="decay of the UNet / text encoder weight average")
-    p.add_argument("--controlnet-steps", type=int, default=300)
+    p.add_argument("--controlnet-steps", type=int, default=250)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--vae-minutes", type=float, default=25.0, help="safety cap only")
@@ -110,6 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples-per-style", type=int, default=4)
     p.add_argument("--baseline", type=Path, help="another diffusion folder to measure the same way (report: baseline)")
     p.add_argument("--sheet", type=Path, help="also write the samples' contact sheet (PNG) here")
+    p.add_argument("--measure-only", action="store_true",
+                   help="train nothing: re-measure OUT/diffusion (and --baseline) and update the report's held-out parts")
     return p.parse_args(argv)
 
 
@@ -170,19 +194,29 @@ class Latents:
 
 
 def train_vae(vae, images: torch.Tensor, args, log) -> dict:
+    """``--vae-crop-steps`` on random ``--vae-crop``² crops (a quarter of the cost per image at 32², and the
+    convolutions learn the same local detail), then ``--vae-steps`` on whole images (the attention and the
+    group norms see whole-image statistics again); one cosine learning-rate schedule over both."""
     gen = torch.Generator().manual_seed(args.seed + 11)
+    size, crop = images.shape[-1], args.vae_crop
+    with torch.no_grad():  # a nearly deterministic posterior from the start: noise would drown weak channels
+        vae.quant_conv.bias[vae.config.latent_channels :] = args.vae_logvar_init
 
-    def step(_: int):
+    def step(i: int):
         rows = torch.randint(images.shape[0], (args.vae_batch,), generator=gen)
         batch = images[rows]
+        if i < args.vae_crop_steps:  # one crop position per batch, on the latent grid (multiples of 4)
+            oy, ox = (torch.randint(0, (size - crop) // 4 + 1, (2,), generator=gen) * 4).tolist()
+            batch = batch[..., oy : oy + crop, ox : ox + crop]
         flip = torch.rand(batch.shape[0], generator=gen) < 0.5
         batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
-        return vae_loss(vae, batch, gen, edge_weight=args.vae_edge_weight)
+        return vae_loss(vae, batch, gen, edge_weight=args.vae_edge_weight, colour_weight=args.vae_colour_weight)
 
     vae.train()
-    summary = train_loop(vae.parameters(), step, args.vae_steps, args.vae_lr, warmup=30,
+    summary = train_loop(vae.parameters(), step, args.vae_crop_steps + args.vae_steps, args.vae_lr, warmup=30,
                          max_seconds=60 * args.vae_minutes, log=log)  # fmt: skip
     vae.eval().requires_grad_(False)
+    summary.update({"crop_steps": args.vae_crop_steps, "crop": crop, "whole_image_steps": args.vae_steps})
     return summary
 
 
@@ -294,39 +328,59 @@ def evaluate_folder(folder: Path, held: WorldSamples, alpha_bar, args, samples_p
     }
     for kind, net in models.controlnets.items():
         metrics[f"controlnet_{kind}_loss"] = heldout_denoising_loss(unet, latents, text, seed, alpha_bar, net, held.hint(kind))
+    x0_rows = torch.arange(0, len(held), 2)  # every other held-out image (singles and grids)
+    for label, prompts in (("", text), ("_empty_prompt", empty)):
+        for t_name, ts in (("t_281", (281,)), ("t_701", (701,))):
+            metrics[f"x0_psnr_db_{t_name}{label}"] = heldout_x0_psnr(
+                unet, vae, norm, held.images[x0_rows], latents[x0_rows], prompts[x0_rows], ts, seed + 2, alpha_bar)
 
-    # Guidance strength on single views (up to 16 per style: 4 heads × 4 views).
+    # Guidance strength on single views: the first view of (up to) 8 heads per style.
     singles = torch.arange(len(held) * 4 // 5)  # with_grids: the single views come first, then the grids
-    chosen = torch.cat([singles[held.style_index[singles] == s][:16] for s in range(len(held.styles))])
+    first_views = singles[singles % 4 == 0]  # render_world_samples orders style, identity, view
+    chosen = torch.cat([first_views[held.style_index[first_views] == s][:8] for s in range(len(held.styles))])
     uncond = table.embeddings[table.empty_row : table.empty_row + 1]
     ranges = {"all_t": ALL_TIMESTEPS, "t_ge_700": HIGH_NOISE_TIMESTEPS, "stylization_t": STYLIZATION_TIMESTEPS}
     ratios = {name: guidance_strength(unet, latents[chosen], text[chosen], uncond, ts, seed + 1, alpha_bar)
               for name, ts in ranges.items()}  # fmt: skip
+    # The stylization situation: renders of the *photo* style under each style's prompt (zombie, statue, …).
+    photo = first_views[held.style_index[first_views] == held.styles.index("photo")][:8]
+    cross = {name: {r: round(float(guidance_strength(unet, latents[photo], table.embeddings[s : s + 1].expand(photo.numel(), -1, -1),
+                                                      uncond, ts, seed + 1, alpha_bar).mean()), 5)
+                    for r, ts in ranges.items()}
+             for s, name in enumerate(held.styles)}  # fmt: skip
     samples = sample_sheet(models, norm, held, table, args, samples_path)
     per_style: dict = {}
     for s, name in enumerate(held.styles):
         mine = held.style_index[chosen] == s
         rows = (held.style_index == s) & (torch.arange(len(held)) < singles.numel())
         depth_rows = [i for i, (st, c) in enumerate(zip(samples["styles"], samples["controls"])) if st == name and c == "depth"]
+        depth_held = samples["rows"][[i - samples["rows"].numel() for i in depth_rows]]  # "depth" is the 2nd block
         per_style[name] = {
             **{f"guidance_{r}": round(float(v[mine].mean()), 5) for r, v in ratios.items()},
             "vae_psnr_db": round(float(10 * torch.log10(4.0 / squared[rows].mean())), 3),
             "head_rgb_world": _head_rgb(held.images[rows], held.mask[rows]),
             "head_rgb_vae": _head_rgb(recon[rows], held.mask[rows]),
-            "head_rgb_depth_samples": _head_rgb(samples["images"][depth_rows], held.mask[samples["rows"]][: len(depth_rows)]),
+            "head_rgb_depth_samples": _head_rgb(samples["images"][depth_rows], held.mask[depth_held]),
         }
+    metrics["per_style_note"] = ("head_rgb_*: mean RGB in [0, 1] inside the held-out renders' head masks, of the "
+                                 "renders, their VAE reconstructions and the depth-controlled DDIM samples (which "
+                                 "follow the mask only as far as the depth ControlNet makes them)")
     metrics["guidance_strength"] = {
         **{f"mean_{r}": round(float(v.mean()), 5) for r, v in ratios.items()},
         "per_t_all": [round(float(x), 5) for x in ratios["all_t"].mean(0)],
         "timesteps": {r: list(ts) for r, ts in ranges.items()},
         "samples": int(chosen.numel()),
+        "photo_renders_under_each_prompt": cross,
+        "photo_renders_note": "the same ratio on held-out *photo* renders (first view of 8 heads) with each style's "
+                              "prompt: the direction stylization follows from a photo-like head towards a style",
         "definition": "‖ε_text − ε_uncond‖ / ‖ε‖ per held-out single view (exact style prompt vs empty prompt, "
                       "ε the seeded noise, norms over the whole latent), averaged over the listed timesteps: "
                       "all_t = uniform over 0…999, t_ge_700 = the noisy end, stylization_t = the DDIM timesteps "
                       "of step indices 35…49 that LD/SDS query (t = 1…281)",
     }  # fmt: skip
     metrics["per_style"] = per_style
-    metrics["unet_loss_note"] = "eps-MSE on held-out renders (other identities), fixed seeded noise, t uniform in 0..999"
+    metrics["unet_loss_note"] = ("eps-MSE on held-out renders (other identities), fixed seeded noise, t uniform in 0..999; "
+                                 "in the model's own latent space, so not comparable across VAEs (x0_psnr_db_* is, in pixels)")
     classified = classify_samples(samples_path, classifier)
     if classified is not None:
         metrics["prior_samples_classified_as_prompted_style"] = classified
@@ -376,7 +430,7 @@ def save_sheet(samples: dict, style_names, k: int, path: Path, scale: int = 2) -
     grid = torch.cat(rows, -2)
     array = ((grid.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().byte().numpy()
     body = Image.fromarray(array).resize((array.shape[1] * scale, array.shape[0] * scale), Image.NEAREST)
-    label_w, header_h = 60 * scale // 2 + 30, 16
+    label_w, header_h = 56, 16
     sheet = Image.new("RGB", (body.width + label_w, body.height + header_h), (255, 255, 255))
     sheet.paste(body, (label_w, header_h))
     draw = ImageDraw.Draw(sheet)
@@ -386,7 +440,8 @@ def save_sheet(samples: dict, style_names, k: int, path: Path, scale: int = 2) -
         draw.text((label_w + j * k * tile + 4, 2), title, fill=(0, 0, 0))
     for s, name in enumerate(style_names):
         draw.text((4, header_h + s * tile + tile // 2 - 6), name, fill=(0, 0, 0))
-    write_with(path, lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
+    small = sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)  # ~1/3 the bytes
+    write_with(path, lambda tmp: small.save(tmp, format="PNG", optimize=True))
 
 
 def classify_samples(samples_path: Path, classifier_path: Path) -> dict | None:
@@ -399,6 +454,40 @@ def classify_samples(samples_path: Path, classifier_path: Path) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+
+
+def measure(folder: Path, held: WorldSamples, alpha_bar, args, mark) -> tuple[dict, dict, dict | None]:
+    """Evaluate ``folder`` (and ``--baseline``), write the sample sheets; (metrics, samples, baseline metrics)."""
+    t = time.perf_counter()
+    classifier = args.out / "recognition" / "style_classifier.safetensors"
+    metrics, samples = evaluate_folder(folder, held, alpha_bar, args, SAMPLES_PT, classifier)
+    save_sheet(samples, held.styles, args.samples_per_style, SAMPLES_PNG)
+    if args.sheet is not None:
+        save_sheet(samples, held.styles, args.samples_per_style, args.sheet)
+    t = mark("evaluate", t)
+    baseline = None
+    if args.baseline is not None:
+        baseline, base_samples = evaluate_folder(args.baseline, held, alpha_bar, args,
+                                                 SAMPLES_PT.with_name("pack_prior_samples_baseline.pt"), classifier)  # fmt: skip
+        save_sheet(base_samples, held.styles, args.samples_per_style, SAMPLES_PNG.with_name("pack_prior_samples_baseline.png"))
+        baseline = {"folder": str(args.baseline), **baseline}
+        mark("evaluate_baseline", t)
+    return metrics, samples, baseline
+
+
+def measure_only(args, alpha_bar, mark) -> int:
+    """``--measure-only``: re-measure the trained ``OUT/diffusion`` (and ``--baseline``) and update the
+    report's held-out sections, keeping its training facts (steps, seconds, data)."""
+    report_path = args.out / "reports" / "diffusion.json"
+    report = json.loads(report_path.read_text())
+    held = with_grids(cached_samples(WorldDataConfig(identities=args.heldout_identities), args.seed + 1, args.cache)[0])
+    metrics, samples, baseline = measure(args.out / "diffusion", held, alpha_bar, args, mark)
+    command = "python scripts/pack/train_diffusion.py " + " ".join(sys.argv[1:])
+    report.update({"heldout": metrics, "baseline": baseline, "measured_by": command})
+    report["sampling"]["sheet"] = None if args.sheet is None else str(args.sheet)
+    write_json(report_path, report)
+    print(json.dumps({"event": "done", "measured": str(args.out / "diffusion")}), flush=True)
+    return 0
 
 
 def folder_bytes(path: Path) -> int:
@@ -420,6 +509,9 @@ def main(argv=None) -> int:
         print(json.dumps({"event": "stage", "stage": name, "seconds": timings[name]}), flush=True)
         return time.perf_counter()
 
+    if args.measure_only:
+        return measure_only(args, alpha_bar, mark)
+
     t = time.perf_counter()
     train_config = WorldDataConfig(identities=args.identities)
     held_config = WorldDataConfig(identities=args.heldout_identities)
@@ -436,8 +528,10 @@ def main(argv=None) -> int:
 
     vae_summary = train_vae(vae, train.images, args, log("vae"))
     t = mark("vae", t)
+    whitening = whiten_vae_latents(vae, encode_posterior(vae, train.images)[0], args.whiten_floor)
     latents = Latents(vae, train.images)
     vae.register_to_config(scaling_factor=latents.norm.scale, shift_factor=latents.norm.shift)
+    t = mark("latents", t)
     with torch.no_grad():
         held_latents = latents.norm(encode_posterior(vae, held.images)[0])
     unet_summary = train_unet_and_text(unet, encoder, latents, bank, train.style_index, alpha_bar,
@@ -460,19 +554,7 @@ def main(argv=None) -> int:
 
     folder = write_diffusion_folder(args.out / "diffusion", unet, encoder, PACK_SPEC, vae=vae,
                                     controlnets=controlnets, weights_dtype=torch.float16)  # fmt: skip
-    classifier = args.out / "recognition" / "style_classifier.safetensors"
-    metrics, samples = evaluate_folder(folder.sd_folder, held, alpha_bar, args, SAMPLES_PT, classifier)
-    save_sheet(samples, held.styles, args.samples_per_style, SAMPLES_PNG)
-    if args.sheet is not None:
-        save_sheet(samples, held.styles, args.samples_per_style, args.sheet)
-    t = mark("evaluate", t)
-    baseline = None
-    if args.baseline is not None:
-        baseline, base_samples = evaluate_folder(args.baseline, held, alpha_bar, args,
-                                                 SAMPLES_PT.with_name("pack_prior_samples_baseline.pt"), classifier)  # fmt: skip
-        save_sheet(base_samples, held.styles, args.samples_per_style, SAMPLES_PNG.with_name("pack_prior_samples_baseline.png"))
-        baseline = {"folder": str(args.baseline), **baseline}
-        t = mark("evaluate_baseline", t)
+    metrics, samples, baseline = measure(folder.sd_folder, held, alpha_bar, args, mark)
 
     log.write(args.out / "logs" / "diffusion.jsonl")
     wall = round(time.perf_counter() - started, 1)
@@ -484,11 +566,13 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "threads": args.threads,
         "wall_seconds": wall,
-        "training_seconds": round(sum(v for k, v in timings.items() if k in ("vae", "unet", "controlnet_edge", "controlnet_depth")), 1),
+        "training_seconds": round(sum(v for k, v in timings.items() if k in ("vae", "latents", "unet", "controlnet_edge", "controlnet_depth")), 1),
         "stage_seconds": timings,
         "steps": {"vae": vae_summary, "unet": unet_summary, **{f"controlnet_{k}": v for k, v in cn_summaries.items()}},
         "batch": {"vae": args.vae_batch, "unet": args.batch, "controlnet": args.batch},
-        "optimisation": {"vae_lr": args.vae_lr, "vae_loss": f"L1 + MSE + {args.vae_edge_weight} × image-gradient L1 + 1e-6 KL",
+        "optimisation": {"vae_lr": args.vae_lr, "vae_logvar_init": args.vae_logvar_init,
+                         "vae_loss": f"L1 + MSE + {args.vae_edge_weight} × image-gradient L1 + "
+                                     f"{args.vae_colour_weight} × 4×4-averaged colour L1 + 1e-6 KL",
                          "unet_lr": args.unet_lr, "unet_trains": "UNet + CLIP text encoder jointly",
                          "controlnet_lr": 6e-4, "augmentation": "random horizontal flips (latents of mirrored images)"},
         "data": {
@@ -503,6 +587,7 @@ def main(argv=None) -> int:
             "renders_from_cache": train_hit and held_hit,
         },
         "architecture": {**asdict(PACK_SPEC), "text_encoder": "CLIPTextModel trained jointly with the UNet",
+                          "vae_latent_whitening": whitening,
                           "vae_scaling_factor": latents.norm.scale,
                           "vae_shift_factor": latents.norm.shift, "weights_dtype": "float16"},  # fmt: skip
         "parameters": {
