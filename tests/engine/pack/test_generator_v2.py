@@ -165,3 +165,71 @@ def test_stage_resume_mid_run_restores_the_optimizer(tmp_path):
     assert all(torch.equal(v, b.generator.state_dict()[k]) for k, v in a.generator.state_dict().items())
     log = (tmp_path / "b" / "field" / "log.jsonl").read_text().splitlines()
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in log] == [0, 1, 2, 3]
+
+
+def test_normal_shell_moves_colour_points_along_the_surface_normal(tiny_batch):
+    """Shifted colour points sit at signed distance ≈ their shift (inside for negative shifts), whatever
+    the view: the shell targets are view-independent, unlike offsets along one camera's ray."""
+    G, batch = tiny_batch
+    geometry = v2.photo_geometry(identity_from_latent(batch.z))
+    config = tiny_stage(ray_fraction=0.0, normal_fraction=1.0, normal_offset=(-0.02, -0.01))
+    f = v2.make_batch(0, G, config).field
+    sdf = geometry_distance(f.surface, geometry)
+    # the world's SDF is a distance bound (smooth unions), so allow it to read a little short
+    assert (sdf < -0.004).float().mean() > 0.9 and (sdf > -0.025).all()
+    on_surface = v2.make_batch(0, G, tiny_stage(ray_fraction=0.0)).field
+    torch.testing.assert_close(f.colour, on_surface.colour)  # the same pixels, the same colours
+    normals = v2.surface_normals(on_surface.surface, geometry)
+    shift = ((f.surface - on_surface.surface) * normals).sum(-1)
+    torch.testing.assert_close((f.surface - on_surface.surface).norm(dim=-1), shift.abs(), atol=1e-5, rtol=0)
+    assert (shift <= -0.01 + 1e-6).all() and (shift >= -0.02 - 1e-6).all()
+
+
+def test_density_loss_hand_values():
+    """Plain L1 (divided by the scale); one-sided: beyond a clamped target is no error; tolerance: free band."""
+    target = torch.tensor([[-20.0, -20.0, 250.0, 250.0, 100.0, 100.0]])
+    sigma = torch.tensor([[-30.0, -10.0, 260.0, 240.0, 110.0, 96.0]])
+    # |errors| = 10, 10, 10, 10, 10, 4
+    def loss(**changes):
+        return float(v2.density_loss(sigma, target, tiny_stage(**changes)))
+    scale = tiny_stage().density_scale
+    assert loss() == pytest.approx(54 / 6 / scale)
+    # σ = −30 below the −20 clamp and σ = 260 above the 250 clamp are fine; the other two 10s still count
+    assert loss(density_one_sided=True) == pytest.approx(34 / 6 / scale)
+    assert loss(density_one_sided=True, density_tolerance=5.0) == pytest.approx(15 / 6 / scale)
+    assert loss(density_tolerance=12.0) == 0.0
+
+
+def test_stage_can_start_from_a_given_step_of_another_stage(tmp_path):
+    v2.run_stage(tiny_stage(save_every=100), tmp_path, minutes=60, threads=1, max_steps=2)  # field at step 2
+    follow = tiny_stage(name="field2", init="field@2", mapping_lr_scale=100.0)
+    G = v2.initial_generator(follow, tmp_path)
+    saved = v2.latest_checkpoint(tmp_path / "field").generator.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in G.state_dict().items())
+    with pytest.raises(Exception, match="step 3 of stage 'field'.*has step 2"):
+        v2.initial_generator(replace(follow, init="field@3"), tmp_path)
+
+
+def test_mapping_learns_at_its_own_rate():
+    """With mapping_lr_scale, one Adam step moves the mapping's stored weights scale × as far (Adam's first
+    step is ±lr per element), and the schedule keeps the ratio."""
+    G = v2.initial_generator(tiny_stage(), None)
+    config = tiny_stage(mapping_lr_scale=100.0)
+    params = v2.trainable(G, config)
+    optimizer = v2.make_optimizer(params, config)
+    lrs = sorted(group["lr"] for group in optimizer.param_groups)
+    assert lrs == pytest.approx([config.lr, 100 * config.lr])
+    v2.set_learning_rate(optimizer, config.learning_rate(config.steps - 1))
+    lrs = sorted(group["lr"] for group in optimizer.param_groups)
+    assert lrs[1] == pytest.approx(100 * lrs[0]) and lrs[0] < config.lr
+    before = {k: v.detach().clone() for k, v in params.items()}
+    G.train()
+    batch = v2.make_batch(0, G, config)
+    v2.compute_losses(G, batch, v2.conditioning_camera(G), config)["total"].backward()
+    v2.set_learning_rate(optimizer, config.lr)
+    optimizer.step()
+    mapping_step = (params["backbone.mapping.fc0.weight"] - before["backbone.mapping.fc0.weight"]).abs().max()
+    synthesis_name = next(k for k in params if k.startswith("backbone.synthesis.") and k.endswith("weight"))
+    synthesis_step = (params[synthesis_name] - before[synthesis_name]).abs().max()
+    assert float(mapping_step) == pytest.approx(100 * config.lr, rel=1e-3)
+    assert float(synthesis_step) == pytest.approx(config.lr, rel=1e-3)
