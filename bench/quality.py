@@ -1,36 +1,43 @@
-"""Quality benchmark: LD vs SDS, and LD without mirror / grid / rank, on fixed latents and three styles.
+"""Quality benchmark: LD vs SDS, and LD without mirror / grid / rank, on unseen heads and three styles.
 
-    .venv/bin/python bench/quality.py                      # 64 latents × zombie, statue, cartoon (CPU, ~30 min)
-    .venv/bin/python bench/quality.py --latents 8 --styles zombie --steps 10   # a quick look
+    .venv/bin/python bench/quality.py --threads 2                     # 32 heads × zombie, statue, cartoon, 40 and 400 steps
+    .venv/bin/python bench/quality.py --latents 8 --styles zombie --steps 4 --curve 2,4   # a quick look
 
-For every (style, variant) the embedded pack's generator is stylized once (through the same cached
-pipeline as ``engine head``; reruns reuse the runs in ``--out``/cache), then the same fixed latents (seeds
-0..N-1) are rendered before and after from the front, ±45° and +90°, and scored with the embedded identity
-encoder and style classifier (:mod:`engine.evaluate.metrics`):
+For every (style, variant) the embedded pack's generator is stylized **once** to the largest step count,
+through the same cache as ``engine head`` (a rerun reuses it). Training does not depend on the total step
+count (each step's noise comes from the seed and the step number, the learning rate is constant), so the
+run's checkpoint at step *s* is exactly an *s*-step stylization: the table's rows at ``--steps`` and the
+curve points at ``--curve`` are all read from that one run, as it passes them. The same fixed latents
+(seeds 0..N−1 — no training step of the pack's generator drew them) are rendered before and after from the
+front, ±45° and +90°, and scored with the pack's identity encoder and style classifier
+(:mod:`engine.evaluate.metrics`):
 
 * **re-id top-1**: each stylized head matched among all N originals by the identity encoder's cosine
-  (mean-over-views embeddings); the fraction matched to its own original. Chance = 1/N (1/64 by default).
-  This is the control the raw cosine lacks: the pack's encoder gives two *different* heads cosines of
-  0.7–0.85 too. **re-id/view**: the same, each view matched among the same view of every original;
-  **re-id rev**: each original matched among the stylized heads (low when everyone collapses onto one face);
+  (mean-over-views embeddings); the fraction matched to its own original. Chance = 1/N. **re-id rev**: each
+  original matched among the stylized heads (low when everyone collapses onto one face);
 * **margin**: a head's before→after cosine minus the mean cosine of its stylized render to the *other*
   originals — how much more it resembles itself than anyone else (0 = no identity kept);
-* **id-sim**: the raw cosine between each head's identity embedding before and after stylization (mean over
-  heads and views); read it only next to re-id and margin;
-* **diversity**: mean pairwise identity distance among the stylized heads divided by the same among the
-  originals — 1 keeps every identity apart, → 0 means "everyone got the same face" (SDS's mode seeking);
-* **mv-consist**: leave-one-out multi-view consistency after stylization: cosine of each view's identity
-  embedding to the mean of the head's *other* views — is it the same person from every side? (views that
-  share nothing score 0);
-* **style**: the style classifier's probability of the target style (after); before, the photo heads score
-  near 0.
+* **id-sim**: the raw before→after cosine; read it only next to re-id and margin;
+* **diversity**: mean pairwise identity distance among the stylized heads ÷ the same among the originals;
+* **mv-consist**: leave-one-out multi-view consistency after stylization;
+* **style**: the style classifier's probability of the target style (after);
+* **fairness**: the heads split into terciles of the world's ``skin_tone`` (deep / medium / light, by rank:
+  N/3 each); per group the mean margin, re-id hit rate and style score; the table shows the largest gap
+  between groups (:mod:`engine.evaluate.fairness`).
 
-The table is printed as Markdown and written with all raw numbers to ``<out>/quality.json``.
+**At equal style.** A method can keep more identity simply by stylizing less. The curve (style score vs
+identity over the ``--curve`` steps) is read at fixed style levels by linear interpolation between curve
+points: the second table compares the variants' margin and re-id at style 0.5 / 0.7 / 0.9 ("—": the curve
+never reaches that level).
+
+Everything is written to ``<out>/quality.json`` (per-subject scores included) and the tables to
+``<out>/quality.md``. Results of other latent counts or metric versions are not merged.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -42,18 +49,33 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.app.pipeline import HeadJob, embedded_backends, resolve_models, resolve_prompt, stylized_generator, view_settings  # noqa: E402
+from engine.app.pipeline import (  # noqa: E402
+    HeadJob,
+    embedded_backends,
+    resolve_models,
+    resolve_prompt,
+    stylize_cache_key,
+    stylize_config_for,
+    view_settings,
+)
+from engine.evaluate.fairness import group_scores, report_scores_per_subject, tercile_groups  # noqa: E402
 from engine.evaluate.metrics import evaluate_renders  # noqa: E402
 from engine.generator.camera import cameras_at  # noqa: E402
 from engine.generator.inference import camera_config_for, render_images, seed_latent  # noqa: E402
 from engine.generator.loading import load_generator  # noqa: E402
-from engine.io.atomic import write_json  # noqa: E402
+from engine.io.atomic import write_json, write_text  # noqa: E402
+from engine.stylize.loop import stylize  # noqa: E402
 from engine.stylize.presets import STYLE_PRESETS  # noqa: E402
+from engine.stylize.training_state import read_latest  # noqa: E402
+from engine.world import to_physical  # noqa: E402
+from engine.world.latent import identity_from_latent  # noqa: E402
 
 YAWS_DEGREES = (0.0, 45.0, -45.0, 90.0)
-# Saved results are merged only when they were measured the same way (2: re-identification, margin and
-# leave-one-out consistency added; results of version 1 lack them and are dropped).
-METRICS_VERSION = 2
+# Saved results are merged only when they were measured the same way (3: one run per (style, variant) read
+# at several step counts, curves, skin-tone fairness).
+METRICS_VERSION = 3
+SKIN_TONE_GROUPS = ("deep", "medium", "light")
+STYLE_LEVELS = (0.5, 0.7, 0.9)
 
 
 @dataclass(frozen=True)
@@ -85,9 +107,18 @@ def preset_for(style: str) -> str:
     raise SystemExit(f"no style preset uses the embedded style {style!r}")
 
 
-def quiet(event: str, **fields) -> None:
-    if event == "stage" and fields.get("status") in ("started", "done", "reused"):
-        print(f"    stylize {fields.get('status')}", file=sys.stderr, flush=True)
+def int_list(text: str) -> list[int]:
+    values = sorted({int(v) for v in text.split(",") if v.strip()})
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def skin_tones(G, seeds: range) -> list[float]:
+    """The world's ``skin_tone`` (0 deep … 1 very light) of each seed's head: the pack generator's latent z
+    *is* a world identity (:mod:`engine.world.latent`), drawn exactly as :func:`seed_latent` draws it."""
+    z = torch.cat([torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    return [float(v) for v in to_physical(identity_from_latent(z))["skin_tone"]]
 
 
 def render_all(G, latents: list[torch.Tensor], cams: torch.Tensor, background: str) -> torch.Tensor:
@@ -95,67 +126,78 @@ def render_all(G, latents: list[torch.Tensor], cams: torch.Tensor, background: s
     return torch.stack([render_images(G, ws, cams, background) for ws in latents])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/quality")
-    parser.add_argument("--styles", default="zombie,statue,cartoon")
-    parser.add_argument("--latents", type=int, default=64)
-    parser.add_argument("--steps", type=int, help="stylization steps (default: the pipeline's embedded default)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
-    variants = [VARIANTS[name.strip()] for name in args.variants.split(",")]
+@dataclass
+class Bench:
+    """What every measurement of one bench run shares: the heads, their cameras and 'before' renders."""
 
-    # Results of earlier runs on the same latents are kept, so styles can be added one run at a time.
-    previous = out / "quality.json"
-    raw = {}
-    if previous.is_file():
-        old = json.loads(previous.read_text())
-        if old.get("latents") == args.latents and old.get("metrics_version") == METRICS_VERSION:
-            raw = old["results"]
-    rows = []
-    base_renders = None
-    for style in styles:
-        for variant in variants:
-            job = HeadJob(out_dir=str(out), style_preset=preset_for(style), method=variant.method, mirror=variant.mirror,
-                          grid=variant.grid, rank=variant.rank, steps=args.steps, device="cpu",
-                          cache_dir=str(out / "cache")).validate()
-            sources = resolve_models(job)
-            prompt, _ = resolve_prompt(job, sources)
-            print(f"{style:8s} {variant.name:12s} …", file=sys.stderr, flush=True)
+    latents: list[torch.Tensor]
+    cams: torch.Tensor
+    background: str
+    before: torch.Tensor
+    groups: list[str]
+    identity_backend: object
+    style_backend: object
+
+    def measure(self, generator_path: Path, style: str) -> dict:
+        styled = load_generator(generator_path).generator
+        after = render_all(styled, self.latents, self.cams, self.background)
+        report = evaluate_renders(self.before, after, style, self.identity_backend, self.style_backend).to_dict()
+        report["fairness"] = group_scores(report_scores_per_subject(report), self.groups)
+        return report
+
+
+def run_variant(bench: Bench, job: HeadJob, style: str, marks: list[int], record) -> None:
+    """Stylize once to ``max(marks)`` steps and measure at every mark as the run passes it.
+
+    ``record(step, report)`` is called for each mark measured; marks already on record are skipped by the
+    caller (it passes only the missing ones). A finished cached run can only be measured at its end.
+    """
+    sources = resolve_models(job)
+    prompt, _ = resolve_prompt(job, sources)
+    config = stylize_config_for(job, sources, prompt)
+    run_dir = job.cache_folder / "stylized" / stylize_cache_key(config, sources)
+    # checkpoint at every mark (the checkpoint interval is not part of the cache key)
+    every = math.gcd(*marks)
+    config = dataclasses.replace(config, out_dir=str(run_dir), checkpoint_every=every)
+    latest = read_latest(run_dir)
+    if latest is not None and latest.step >= config.steps:
+        record(latest.step, bench.measure(latest.generator_path, style), 0.0)
+        return
+    started = time.perf_counter()
+    measuring = 0.0  # seconds spent measuring, not training
+
+    def on_event(event: str, **fields) -> None:
+        nonlocal measuring
+        if event == "checkpoint" and fields["step"] in marks:
             t = time.perf_counter()
-            stylized = stylized_generator(job, sources, prompt, on_event=quiet)
-            stylize_s = time.perf_counter() - t
-            base = load_generator(sources.generator).generator
-            styled = load_generator(stylized.path).generator
-            settings = view_settings(stylized.config)
-            cams = cameras_at(
-                torch.tensor([math.radians(y) for y in YAWS_DEGREES]), settings.view_pitch,
-                camera_config_for(base, settings.camera_pivot),
-            ).c
-            latents = [seed_latent(base, seed, settings) for seed in range(args.latents)]
-            if base_renders is None:
-                base_renders = render_all(base, latents, cams, settings.background)
-            after = render_all(styled, latents, cams, settings.background)
-            identity_backend, style_backend = embedded_backends(sources.pack)
-            report = evaluate_renders(base_renders, after, style, identity_backend, style_backend).to_dict()
-            raw[f"{style}/{variant.name}"] = {"scores": report, "stylize_seconds": stylize_s, "steps": stylized.config.steps}
-            rows.append((style, variant.name, report))
-            write_json(out / "quality.json", {"latents": args.latents, "yaws_degrees": YAWS_DEGREES, "metrics_version": METRICS_VERSION,
-                                              "results": raw})
+            record(fields["step"], bench.measure(Path(fields["generator"]), style), t - started - measuring)
+            measuring += time.perf_counter() - t
+        elif event == "progress" and fields["step"] % 10 == 0:
+            print(f"    step {fields['step']}/{fields['total']}", file=sys.stderr, flush=True)
 
-    done = {f"{style}/{name}" for style, name, _ in rows}
-    rows += [(*key.split("/", 1), value["scores"]) for key, value in raw.items() if key not in done]
-    print(markdown_table(sorted(rows, key=lambda r: (r[0], list(VARIANTS).index(r[1])))))
+    stylize(config, on_event=on_event, resume=latest is not None)
+
+
+def at_style(curve: list[dict], level: float, key: str) -> float | None:
+    """``key`` where the style score first reaches ``level`` along the curve (linear between points)."""
+    points = sorted(curve, key=lambda p: p["steps"])
+    previous = {"style": points[0]["style"], key: points[0][key]} if points else None
+    if previous is not None and previous["style"] >= level:
+        return previous[key]
+    for p in points[1:]:
+        if p["style"] >= level and p[key] is not None and previous[key] is not None:
+            span = p["style"] - previous["style"]
+            f = (level - previous["style"]) / span if span > 0 else 1.0
+            return previous[key] + f * (p[key] - previous[key])
+        previous = p
+    return None
 
 
 def _get(report: dict, *keys: str) -> float:
     for key in keys:
-        value = report.get(key)
+        value = report
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, (int, float)):
             return float(value)
     return float("nan")
@@ -163,26 +205,135 @@ def _get(report: dict, *keys: str) -> float:
 
 COLUMNS = (
     ("re-id top-1 ↑", "reid_top1"),
-    ("re-id/view ↑", "reid_top1_per_view"),
     ("re-id rev ↑", "reid_top1_reverse"),
     ("margin ↑", "identity_margin_mean"),
     ("id-sim", "identity_similarity_mean"),
     ("diversity ↑", "diversity_ratio"),
     ("mv-consist ↑", "consistency_after_mean"),
     ("style ↑", "style_score_after_mean"),
+    ("margin gap (skin) ↓", "fairness.largest_gap.identity_margin"),
+    ("re-id gap (skin) ↓", "fairness.largest_gap.reid_hit"),
+    ("style gap (skin) ↓", "fairness.largest_gap.style_score"),
 )
 
 
 def markdown_table(rows) -> str:
-    """The results as Markdown; the re-identification chance (1/N) is in the header."""
-    chances = {_get(r, "reid_chance") for _, _, r in rows}
+    """rows: (style, variant, steps, report). The re-identification chance (1/N) is in the header."""
+    chances = {_get(r, "reid_chance") for *_, r in rows}
     chance = f" (chance {chances.pop():.3f})" if len(chances) == 1 else ""
-    header = "| style | variant | " + " | ".join(name for name, _ in COLUMNS) + " |"
+    header = "| style | variant | steps | " + " | ".join(name for name, _ in COLUMNS) + " |"
     header = header.replace("re-id top-1 ↑", f"re-id top-1 ↑{chance}")
-    lines = [header, "|---|---|" + "---:|" * len(COLUMNS)]
-    for style, name, r in rows:
-        lines.append(f"| {style} | {name} | " + " | ".join(f"{_get(r, key):.3f}" for _, key in COLUMNS) + " |")
+    lines = [header, "|---|---|---:|" + "---:|" * len(COLUMNS)]
+    for style, name, steps, r in rows:
+        lines.append(f"| {style} | {name} | {steps} | " + " | ".join(f"{_get(r, key):.3f}" for _, key in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def curve_points(results: dict, style: str, variant: str) -> list[dict]:
+    points = []
+    for key, value in results.items():
+        s, v, steps = key.split("/")
+        if s == style and v == variant:
+            r = value["scores"]
+            points.append({"steps": int(steps), "style": _get(r, "style_score_after_mean"),
+                           "margin": _get(r, "identity_margin_mean"), "reid": _get(r, "reid_top1")})
+    return sorted(points, key=lambda p: p["steps"])
+
+
+def equal_style_table(results: dict, styles: list[str], variants: list[str]) -> str:
+    cols = [f"{m} @ style {lv}" for lv in STYLE_LEVELS for m in ("margin", "re-id")]
+    lines = ["| style | variant | curve (steps: style / margin) | " + " | ".join(cols) + " |",
+             "|---|---|---|" + "---:|" * len(cols)]
+    for style in styles:
+        for variant in variants:
+            points = curve_points(results, style, variant)
+            if not points:
+                continue
+            curve = ", ".join(f"{p['steps']}: {p['style']:.2f} / {p['margin']:.3f}" for p in points)
+            cells = []
+            for level in STYLE_LEVELS:
+                for key in ("margin", "reid"):
+                    v = at_style(points, level, key)
+                    cells.append("—" if v is None else f"{v:.3f}")
+            lines.append(f"| {style} | {variant} | {curve} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/quality")
+    parser.add_argument("--styles", default="zombie,statue,cartoon")
+    parser.add_argument("--latents", type=int, default=32, help="unseen heads (seeds 0..N-1); at least 3 (terciles)")
+    parser.add_argument("--steps", type=int_list, default=[40, 400], help="step counts of the main table")
+    parser.add_argument("--curve", type=int_list, default=[10, 20, 40, 100, 200, 400],
+                        help="step counts of the style-vs-identity curve (those above max(--steps) are dropped)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.latents < 3:
+        raise SystemExit("--latents must be at least 3 (skin-tone terciles)")
+    out = Path(args.out)
+    styles = [s.strip() for s in args.styles.split(",") if s.strip()]
+    variants = [VARIANTS[name.strip()] for name in args.variants.split(",")]
+    top = max(args.steps)
+    marks = sorted(set(args.steps) | {s for s in args.curve if s <= top})
+
+    previous = out / "quality.json"
+    results: dict = {}
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("latents") == args.latents and old.get("metrics_version") == METRICS_VERSION:
+            results = old["results"]
+    bench = None
+    for style in styles:
+        for variant in variants:
+            missing = [m for m in marks if f"{style}/{variant.name}/{m}" not in results]
+            if not missing:
+                continue
+            job = HeadJob(out_dir=str(out), style_preset=preset_for(style), method=variant.method, mirror=variant.mirror,
+                          grid=variant.grid, rank=variant.rank, steps=top, device="cpu",
+                          cache_dir=str(out / "cache")).validate()
+            if bench is None:
+                bench = make_bench(job, args.latents)
+            print(f"{style:8s} {variant.name:12s} → {top} steps, measured at {missing}", file=sys.stderr, flush=True)
+
+            def record(step: int, report: dict, train_seconds: float, style=style, variant=variant) -> None:
+                results[f"{style}/{variant.name}/{step}"] = {"scores": report, "train_seconds": round(train_seconds, 1)}
+                write_json(out / "quality.json", {"latents": args.latents, "yaws_degrees": YAWS_DEGREES,
+                                                  "metrics_version": METRICS_VERSION, "skin_tone_groups": SKIN_TONE_GROUPS,
+                                                  "results": results})
+                print(f"    measured at step {step}: style {_get(report, 'style_score_after_mean'):.3f}, "
+                      f"margin {_get(report, 'identity_margin_mean'):.3f}", file=sys.stderr, flush=True)
+
+            run_variant(bench, job, style, missing, record)
+
+    names = list(VARIANTS)
+    rows = []
+    for key, value in results.items():
+        style, name, steps = key.split("/")
+        if int(steps) in args.steps and style in styles:
+            rows.append((style, name, int(steps), value["scores"]))
+    rows.sort(key=lambda r: (r[0], r[2], names.index(r[1])))
+    text = "\n\n".join((markdown_table(rows), equal_style_table(results, styles, [v.name for v in variants])))
+    write_text(out / "quality.md", text + "\n")
+    print(text)
+
+
+def make_bench(job: HeadJob, n: int) -> Bench:
+    sources = resolve_models(job)
+    prompt, _ = resolve_prompt(job, sources)
+    config = stylize_config_for(job, sources, prompt)
+    base = load_generator(sources.generator).generator
+    settings = view_settings(config)
+    cams = cameras_at(torch.tensor([math.radians(y) for y in YAWS_DEGREES]), settings.view_pitch,
+                      camera_config_for(base, settings.camera_pivot)).c
+    latents = [seed_latent(base, seed, settings) for seed in range(n)]
+    identity_backend, style_backend = embedded_backends(sources.pack)
+    groups = tercile_groups(skin_tones(base, range(n)), SKIN_TONE_GROUPS)
+    return Bench(latents, cams, settings.background, render_all(base, latents, cams, settings.background), groups,
+                 identity_backend, style_backend)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""The quality bench's reading of a style-vs-identity curve at equal style (hand values)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location("quality_bench", Path(__file__).resolve().parents[2] / "bench" / "quality.py")
+quality = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = quality  # dataclasses look their module up here
+_SPEC.loader.exec_module(quality)
+
+
+def test_identity_is_read_where_the_curve_first_reaches_a_style_level():
+    curve = [{"steps": 40, "style": 0.6, "margin": 0.10}, {"steps": 10, "style": 0.2, "margin": 0.30},
+             {"steps": 100, "style": 0.9, "margin": 0.04}]
+    assert quality.at_style(curve, 0.4, "margin") == pytest.approx(0.20)  # halfway between steps 10 and 40
+    assert quality.at_style(curve, 0.8, "margin") == pytest.approx(0.06)  # 2/3 of the way from 40 to 100
+    assert quality.at_style(curve, 0.1, "margin") == pytest.approx(0.30)  # reached at the first point
+    assert quality.at_style(curve, 0.95, "margin") is None  # never reached
+
+
+def test_a_curve_that_dips_is_read_at_its_first_crossing():
+    curve = [{"steps": 10, "style": 0.2, "margin": 0.3}, {"steps": 20, "style": 0.7, "margin": 0.2},
+             {"steps": 40, "style": 0.5, "margin": 0.1}, {"steps": 100, "style": 0.9, "margin": 0.0}]
+    assert quality.at_style(curve, 0.6, "margin") == pytest.approx(0.22)
+
+
+def test_step_lists_parse_sorted_and_positive():
+    assert quality.int_list("400,40,40") == [40, 400]
+    with pytest.raises(Exception):
+        quality.int_list("0,40")
