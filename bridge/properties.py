@@ -10,6 +10,7 @@ from __future__ import annotations
 import bpy
 
 from .job import GUIDANCE_MAX, GUIDANCE_MIN, PRESETS
+from .scores import NOT_MEASURED
 
 
 class HeadStylizerSettings(bpy.types.PropertyGroup):
@@ -58,6 +59,16 @@ class HeadStylizerSettings(bpy.types.PropertyGroup):
                                           description="head.json of the last finished run")
     identity_score: bpy.props.FloatProperty(name="Identity", default=-1.0,
                                             description="Identity similarity of the last run (-1: not measured)")
+    identity_rank: bpy.props.IntProperty(
+        name="Recognised rank", default=0, min=0,
+        description="Rank of the head's own original when its stylized render is matched among the fixed gallery "
+                    "of other heads (1 = recognised; 0: not measured)")
+    identity_candidates: bpy.props.IntProperty(name="Gallery size", default=0, min=0,
+                                               description="Heads the stylized head was matched among (chance = 1/this)")
+    identity_margin: bpy.props.FloatProperty(
+        name="Identity margin", default=NOT_MEASURED,
+        description="Cosine to its own original minus the mean cosine to the gallery's other heads "
+                    "(0: keeps nothing of the person; -9: not measured)")
     style_score: bpy.props.FloatProperty(name="Style", default=-1.0,
                                          description="Style score of the last run (-1: not measured)")
     object_name: bpy.props.StringProperty(name="Object", description="Head object made by the last run")

@@ -21,6 +21,7 @@ from ..bridge.job import StylizeRequest, engine_argv, engine_environment
 from ..bridge.mesh_import import HeadFileError, import_head
 from ..bridge.preferences import build_request
 from ..bridge.properties import settings_of
+from ..bridge.scores import NOT_MEASURED
 
 # The progress bar covers the whole run: stylization steps fill the first 85 %, the later stages
 # (before/after views, marching cubes, scoring) move it on as they start; "done" completes it.
@@ -81,6 +82,8 @@ class StylizeSession:
         s = self.settings
         s.is_running, s.progress, s.status = True, 0.0, "Starting the engine…"
         s.identity_score = s.style_score = -1.0
+        s.identity_rank = s.identity_candidates = 0
+        s.identity_margin = NOT_MEASURED
 
     def cancel(self) -> None:
         if self.process is not None:
@@ -156,6 +159,8 @@ class StylizeSession:
         s.result_path = self.result_path
         s.object_name = obj.name
         s.identity_score = _score(result.get("identity_similarity"))
+        s.identity_rank, s.identity_candidates = _count(result.get("reid_rank")), _count(result.get("reid_candidates"))
+        s.identity_margin = _score(result.get("identity_margin"), NOT_MEASURED)
         s.style_score = _score(result.get("style_score"))
         s.progress = 1.0
         s.status = f"Done: {obj.name} ({len(obj.data.polygons):,} faces)"
@@ -175,8 +180,12 @@ class StylizeSession:
         return True
 
 
-def _score(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) else -1.0
+def _score(value: Any, missing: float = -1.0) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else missing
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _report_all(operator, session: StylizeSession) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bpy
 
+from ..bridge.scores import identity_lines
 from . import previews
 
 
@@ -110,7 +111,8 @@ class HEADSTYLIZER_PT_result(_SidebarPanel, bpy.types.Panel):
                 cell.label(text=f"{when.capitalize()} ({view})")
                 cell.template_icon(icon_value=previews.icon_id(when, view), scale=5.0)
         col = layout.column(align=True)
-        col.label(text=f"Identity: {s.identity_score:.3f}" if s.identity_score >= 0 else "Identity: not measured")
+        for line in identity_lines(s.identity_rank, s.identity_candidates, s.identity_margin, s.identity_score):
+            col.label(text=line)
         if s.style_score >= 0:
             col.label(text=f"Style: {s.style_score:.3f}")
         if s.object_name:

@@ -130,6 +130,8 @@ result(name=obj.name, faces=len(me.polygons), vertices=len(me.vertices), domain=
        color_std=float(col.reshape(-1, 4)[:, :3].std()), alpha=float(col.reshape(-1, 4)[:, 3].min()),
        link_from=link.from_node.type, layer=link.from_node.layer_name, location=list(obj.location),
        dims=list(obj.dimensions), identity=settings.identity_score, status=settings.status,
+       identity_rank=settings.identity_rank, identity_candidates=settings.identity_candidates,
+       identity_margin=settings.identity_margin,
        progress=settings.progress, running=settings.is_running, views=previews.loaded_views(),
        result_path=settings.result_path, argv=json.load(open(os.environ["FAKE_ENGINE_ARGV_LOG"])))
 """, env={"FAKE_ENGINE_ARGV_LOG": str(tmp_path / "argv.json")})
@@ -141,6 +143,7 @@ result(name=obj.name, faces=len(me.polygons), vertices=len(me.vertices), domain=
     width, depth, height = r["dims"]
     assert height > depth and height > width  # y-up head stands upright in z-up Blender
     assert r["identity"] == pytest.approx(0.875)
+    assert (r["identity_rank"], r["identity_candidates"]) == (2, 9) and r["identity_margin"] == pytest.approx(-0.0125)
     assert r["status"].startswith("Done: Head.zombie.seed7") and r["progress"] == 1.0 and not r["running"]
     assert r["status"].endswith("turntable: 2 frames")
     run_dir = Path(r["result_path"]).parent

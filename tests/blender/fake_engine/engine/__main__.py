@@ -78,6 +78,7 @@ def main(argv):
             tiny_png(os.path.join(out, rel), colour)
             views[when][view] = rel
     summary = {"mesh_npz": "head.npz", "mesh_ply": "head.ply", **views, "identity_similarity": 0.875,
+               "reid_rank": 2, "reid_candidates": 9, "identity_margin": -0.0125,
                "style_score": None, "prompt": args.prompt or args.style_preset, "method": "ld",
                "generator": os.path.join(out, "generator.safetensors"), "faces": 0, "vertices": 0, "seconds": 0.1}
     with open(os.path.join(out, "head.json"), "w") as fh:
