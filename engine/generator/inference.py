@@ -255,12 +255,16 @@ def head_mesh(
     config: MeshConfig,
     progress: Callable[[float], None] | None = None,
     timings: dict | None = None,
+    planes: torch.Tensor | None = None,
 ) -> Mesh:
     """Marching-cubes mesh of the head's density for one W+ latent, with vertex colours from the raw RGB
-    head (the ToRGB layer applied per point, so colours match the low-resolution render)."""
+    head (the ToRGB layer applied per point, so colours match the low-resolution render).
+
+    ``planes``: a tri-grid to use instead of the one ``ws`` synthesizes (a head-mode field fitted to a mesh;
+    ``ws`` then only modulates the ToRGB layer)."""
     device = next(G.parameters()).device
     ws = ws.to(device)
-    planes = G.synthesize_planes(ws)
+    planes = G.synthesize_planes(ws) if planes is None else planes.to(device)
 
     def density_fn(points: torch.Tensor) -> torch.Tensor:
         return G.query_points(planes, points[None].to(device))["sigma"][0, :, 0]

@@ -58,6 +58,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from engine.errors import CheckpointError, ConfigError, EngineError  # noqa: E402
 from engine.generator.camera import cameras_at, named_views, split_camera_vector  # noqa: E402
 from engine.generator.config import get_preset  # noqa: E402
+from engine.generator.field_supervision import DensityTarget  # noqa: E402
+from engine.generator.field_supervision import density_loss as field_density_loss  # noqa: E402
 from engine.generator.loading import load_generator, save_generator  # noqa: E402
 from engine.generator.renderer import pixel_rays  # noqa: E402
 from engine.generator.triplane import RenderOptions, TriPlaneGenerator  # noqa: E402
@@ -280,9 +282,7 @@ def field_targets(identity: Tensor, c: Tensor, world: dict, config: StageConfig,
     sigma[:, 2 * quarter:] = config.tight_sigma  # the last third of the near points hug the surface
     near = near + torch.randn(near.shape, generator=rng) * sigma
     points = torch.cat((uniform, near), dim=1)
-    sdf = geometry_distance(points, photo_geometry(identity))
-    lo_d, hi_d = config.density_range
-    density = (config.iso_level - sdf * config.density_slope).clamp(lo_d, hi_d)
+    density = density_spec(config)(geometry_distance(points, photo_geometry(identity)))
     return FieldTargets(points, density, surface, take(colours, pick), neighbour, take(colours, n_pick), pair_valid)
 
 
@@ -329,15 +329,16 @@ def gradient_l1(a: Tensor, b: Tensor) -> Tensor:
     return (ax - bx).abs().mean() + (ay - by).abs().mean()
 
 
-def density_loss(sigma: Tensor, target: Tensor, config: StageConfig) -> Tensor:
-    """L1 of raw density against its target (÷ ``density_scale``), optionally one-sided at the clamps and
-    free within ``density_tolerance``."""
+def density_spec(config: StageConfig) -> DensityTarget:
     lo_d, hi_d = config.density_range
-    error = sigma - target
-    if config.density_one_sided:
-        error = torch.where(target <= lo_d, error.clamp_min(0), error)  # more transparent than −20: fine
-        error = torch.where(target >= hi_d, error.clamp_max(0), error)  # more opaque than 250: fine
-    return (error.abs() - config.density_tolerance).clamp_min(0).mean() / config.density_scale
+    return DensityTarget(iso_level=config.iso_level, slope=config.density_slope, low=lo_d, high=hi_d,
+                         scale=config.density_scale, one_sided=config.density_one_sided,
+                         tolerance=config.density_tolerance)
+
+
+def density_loss(sigma: Tensor, target: Tensor, config: StageConfig) -> Tensor:
+    """:func:`engine.generator.field_supervision.density_loss` with the stage's settings."""
+    return field_density_loss(sigma, target, density_spec(config))
 
 
 def field_losses(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, f: FieldTargets, config: StageConfig) -> dict[str, Tensor]:
