@@ -113,6 +113,8 @@ class HeadJob(JsonConfig):
     attention_slicing: bool = False
     vae_slicing: bool = False
     cache_dir: str | None = None
+    mesh: str | None = None  # head mode: stylize this mesh's own fitted field instead of a generated head
+    field_steps: int = 600  # head mode: steps of the field fit
 
     def validate(self) -> "HeadJob":
         if not self.prompt and not self.style_preset:
@@ -135,6 +137,10 @@ class HeadJob(JsonConfig):
             raise ConfigError(f"truncation ψ must be in [0, 1], got {self.truncation_psi}")
         if not 1 <= self.gallery_heads <= 64:
             raise ConfigError(f"gallery heads must be in 1..64, got {self.gallery_heads}")
+        if self.mesh and self.latent:
+            raise ConfigError("give one head: --mesh FILE or --latent FILE, not both")
+        if not 1 <= self.field_steps <= 100_000:
+            raise ConfigError(f"field steps must be in 1..100000, got {self.field_steps}")
         return self
 
     @property
@@ -151,6 +157,12 @@ class ModelSources:
     depth_controlnet: str | None
     edge_controlnet: str | None
     pack: PackPaths | None  # set when any model comes from the embedded pack
+    field_of: str | None = None  # head mode: ``generator`` is a single-head field fitted from this generator
+
+    @property
+    def base_generator(self) -> str:
+        """The generator the heads come from (for a head field: the one it was fitted from)."""
+        return self.field_of or self.generator
 
     @property
     def embedded_diffusion(self) -> bool:
@@ -197,7 +209,7 @@ def _path_fingerprint(path: str | None) -> str | None:
 
 def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> StylizeConfig:
     """The stylization run a job asks for (its ``out_dir`` is set from the cache key afterwards)."""
-    embedded = sources.pack is not None and Path(sources.generator) == sources.pack.generator
+    embedded = sources.pack is not None and Path(sources.base_generator) == sources.pack.generator
     steps = job.steps or (EMBEDDED_DEFAULT_STEPS if embedded else FULL_DEFAULT_STEPS)
     lr = job.lr or (EMBEDDED_DEFAULT_LR if embedded else FULL_DEFAULT_LR)
     distill = DistillConfig(
@@ -377,15 +389,21 @@ def _cached_embeddings(folder: Path, seeds: list[int], G: TriPlaneGenerator, lat
     return torch.stack(out)
 
 
-def identity_gallery(job: HeadJob, base: TriPlaneGenerator, styled: TriPlaneGenerator, stylized: "StylizedGenerator",
+def identity_gallery(job: HeadJob, base: TriPlaneGenerator, styled: TriPlaneGenerator | None, stylized: "StylizedGenerator",
                      settings: ViewSettings, identity_backend: Any, encoder_path: Path) -> Any:
-    """The fixed gallery of other heads (originals by ``base``, stylized by ``styled``) as identity embeddings."""
+    """The fixed gallery of other heads (originals by ``base``, stylized by ``styled``) as identity embeddings.
+
+    ``styled`` None (head mode: the stylized field makes only its own head) leaves the stylized gallery out;
+    the reverse re-identification is then not measured."""
     from ..evaluate.metrics import IdentityGallery
 
-    seeds = gallery_seeds(job.gallery_heads, exclude=None if job.latent else job.seed)
+    seeds = gallery_seeds(job.gallery_heads, exclude=None if job.latent or job.mesh else job.seed)
     latents = {seed: seed_latent(base, seed, settings) for seed in seeds}
     key = _gallery_key(base, encoder_path, settings)
     before = _cached_embeddings(job.cache_folder / "identity_gallery" / key, seeds, base, latents, settings, identity_backend)
+    if styled is None:
+        label = f"seeds {seeds[0]}…{seeds[-1]} ({len(seeds)} heads) of the base generator, unstylized"
+        return IdentityGallery(before=before, after=None, label=label)
     after = _cached_embeddings(stylized.run_dir / "identity_gallery" / key, seeds, styled, latents, settings, identity_backend)
     label = f"seeds {seeds[0]}…{seeds[-1]} ({len(seeds)} heads) of the base generator, before and after stylization"
     return IdentityGallery(before=before, after=after, label=label)
@@ -454,6 +472,18 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     if warning:
         log(f"warning: {warning}")
         on_event("warning", message=warning)
+    head_field = None
+    if job.mesh:
+        from .head_mode import fitted_head_field
+        from ..heads.mesh_field import MeshFieldConfig
+
+        on_event("stage", stage="fit", message=f"fitting the head's own tri-grid to {Path(job.mesh).name}")
+        head_field = fitted_head_field(job.mesh, sources.generator, _path_fingerprint(sources.generator), job.cache_folder,
+                                       MeshFieldConfig(steps=job.field_steps), job.device, cancel, on_event)
+        if head_field is None:
+            on_event("cancelled", stage="fit")
+            return HeadResult(out, cancelled=True)
+        sources = dataclasses.replace(sources, generator=str(head_field.path), field_of=sources.generator)
 
     on_event("stage", stage="stylize", message=f"stylizing toward {prompt!r} ({job.method.upper()})")
     stylized = stylized_generator(job, sources, prompt, cancel, on_event)
@@ -492,7 +522,11 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     elif job.evaluate:
         on_event("stage", stage="evaluate", message=f"scoring identity (against {job.gallery_heads} gallery heads) and style")
         identity_backend, _ = embedded_backends(pack)
-        gallery = identity_gallery(job, base, styled, stylized, settings, identity_backend, pack.identity_encoder)
+        if head_field is None:
+            gallery = identity_gallery(job, base, styled, stylized, settings, identity_backend, pack.identity_encoder)
+        else:  # the field makes only its own head: the gallery's people come from the generator it was fitted from
+            people = load_generator(sources.base_generator, device=device).generator
+            gallery = identity_gallery(job, people, None, stylized, settings, identity_backend, pack.identity_encoder)
         style = get_style_preset(job.style_preset).embedded_style if job.style_preset else None
         scores = score_head(before, after, style, pack, gallery)
 
@@ -503,11 +537,13 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         "method": job.method,
         "options": {"mirror": job.mirror, "grid": job.grid, "rank": job.rank, "guidance_scale": job.guidance_scale,
                     "steps": stylized.config.steps, "lr": stylized.config.lr},
-        "seed": None if job.latent else job.seed,
+        "seed": None if job.latent or job.mesh else job.seed,
+        "mesh": None if head_field is None else {"source": Path(job.mesh).name, "field": str(head_field.path),
+                                                  "fit_reused": head_field.reused, **head_field.fit},
         "latent": job.latent,
         "latent_npz": rel(latent),
         "generator": str(stylized.path),
-        "base_generator": sources.generator,
+        "base_generator": sources.base_generator,
         "stylize_reused": stylized.reused,
         "mesh_npz": rel(npz),
         "mesh_ply": rel(ply),

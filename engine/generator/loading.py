@@ -128,6 +128,13 @@ def load_generator(source: str | Path, device: str | torch.device = "cpu", init_
             config, state, extra = load_checkpoint(path)
             check_model_size(config, str(path))
             G = TriPlaneGenerator(config)
+            if "head_planes" in state or "head_ws" in state:  # a single-head field (head mode)
+                if "head_planes" not in state or "head_ws" not in state:
+                    raise CheckpointError(f"{path}: a single-head field needs both head_planes and head_ws")
+                try:
+                    G.make_single_head(state["head_planes"], state["head_ws"])
+                except ValueError as exc:
+                    raise CheckpointError(f"{path}: {exc}") from None
             load_state_into(G, state, str(path))
             loaded = LoadedGenerator(G, str(path), True, extra)
         else:

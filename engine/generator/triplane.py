@@ -106,6 +106,31 @@ class TriPlaneGenerator(nn.Module):
         )
         self.renderer = ImportanceRenderer()
         self.ray_sampler = RaySampler()
+        # Head mode (see make_single_head): one head's own tri-grid and the W+ latent that modulates its ToRGB
+        # and super-resolution. None for a generator (they are then absent from the state dict).
+        self.register_parameter("head_planes", None)
+        self.register_buffer("head_ws", None)
+
+    # ------------------------------------------------------------------------------------------ single head
+    def make_single_head(self, planes: torch.Tensor, ws: torch.Tensor) -> "TriPlaneGenerator":
+        """Make this generator one head's field (head mode): every latent renders the tri-grid ``planes``
+        (1, 3, 32·D, S, S) with the W+ latent ``ws`` (1, num_ws, w_dim), so rendering, stylization (the
+        tri-grid trains as the ``planes`` layer group), mesh extraction and saving/loading all run through
+        the generator's own code. The mapping and synthesis networks stay in the file but are not used."""
+        r = self.config.rendering
+        want = (1, 3, PLANE_FEATURES * r.triplane_depth, r.triplane_size, r.triplane_size)
+        if tuple(planes.shape) != want:
+            raise ValueError(f"single-head planes must have shape {want}, got {tuple(planes.shape)}")
+        if tuple(ws.shape) != (1, self.num_ws, self.w_dim):
+            raise ValueError(f"single-head ws must have shape {(1, self.num_ws, self.w_dim)}, got {tuple(ws.shape)}")
+        device = next(self.decoder.parameters()).device
+        self.head_planes = nn.Parameter(planes.detach().to(device, torch.float32).clone(), requires_grad=False)
+        self.head_ws = ws.detach().to(device, torch.float32).clone()
+        return self
+
+    @property
+    def is_single_head(self) -> bool:
+        return self.head_planes is not None
 
     # ------------------------------------------------------------------------------------------ latents
     @property
@@ -126,7 +151,10 @@ class TriPlaneGenerator(nn.Module):
         truncation_cutoff: int | None = None,
         update_emas: bool = False,
     ) -> torch.Tensor:
-        """z (N, z_dim) and conditioning camera c (N, 25) → ws (N, num_ws, w_dim)."""
+        """z (N, z_dim) and conditioning camera c (N, 25) → ws (N, num_ws, w_dim); a single-head field
+        returns its own ws for every z."""
+        if self.head_ws is not None:
+            return self.head_ws.expand(z.shape[0], -1, -1)
         return self.backbone.mapping(
             z,
             self._conditioning(c),
@@ -145,7 +173,9 @@ class TriPlaneGenerator(nn.Module):
 
     # ------------------------------------------------------------------------------------------ tri-grid
     def synthesize_planes(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
-        """ws → tri-grid of shape (N, 3, D·32, S, S)."""
+        """ws → tri-grid of shape (N, 3, D·32, S, S) (a single-head field: its own tri-grid, N times)."""
+        if self.head_planes is not None:
+            return self.head_planes.expand(ws.shape[0], -1, -1, -1, -1)
         planes = self.backbone.synthesis(ws, noise_mode=noise_mode)
         n, _, h, w = planes.shape
         return planes.view(n, 3, PLANE_FEATURES * self.config.rendering.triplane_depth, h, w)
@@ -274,6 +304,10 @@ class TriPlaneGenerator(nn.Module):
         """
         self.requires_grad_(False)
         for name in groups:
+            if name == "planes":  # a single-head field's own tri-grid (nothing to train on a generator)
+                if self.head_planes is not None:
+                    self.head_planes.requires_grad_(True)
+                continue
             module = self.layer_group(name)
             if module is None:
                 continue

@@ -161,8 +161,10 @@ def field_batch(query: MeshQuery, config: MeshFieldConfig, step: int, half_box: 
 
 @dataclass
 class MeshField:
-    """A fitted head: its tri-grid, the generator copy whose decoder was fitted with it, and the W+ latent
-    its ToRGB / super-resolution layers are modulated by (the generator's mean head)."""
+    """A fitted head: a single-head field (:meth:`TriPlaneGenerator.make_single_head`: a copy of the generator
+    with the fitted decoder, rendering this tri-grid for every latent; save it with
+    :func:`engine.generator.loading.save_generator`), its tri-grid and the W+ latent its ToRGB /
+    super-resolution layers are modulated by (the generator's mean head)."""
 
     generator: TriPlaneGenerator
     planes: Tensor  # (1, 3, 32·D, S, S)
@@ -178,8 +180,12 @@ def mean_latent(G: TriPlaneGenerator) -> Tensor:
 
 
 def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = MeshFieldConfig(),
-                   on_step: Callable[[dict], None] | None = None) -> MeshField:
-    """Fit a tri-grid + decoder to ``mesh`` (already in the generator's frame); ``G`` is not modified."""
+                   on_step: Callable[[dict], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> MeshField | None:
+    """Fit a tri-grid + decoder to ``mesh`` (already in the generator's frame); ``G`` is not modified.
+
+    ``on_step`` receives each step's losses; ``should_stop`` is asked before every step (None is returned
+    when it says stop: a fit is cheap enough to redo, so a cancelled one is not kept)."""
     config = config.validate()
     query = MeshQuery(mesh)
     head = copy.deepcopy(G).eval().requires_grad_(False)
@@ -193,6 +199,8 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
     half_box = head.config.rendering.box_warp / 2
     started, history = time.perf_counter(), []
     for step in range(config.steps):
+        if should_stop is not None and should_stop():
+            return None
         batch = field_batch(query, config, step, half_box)
         sigma = head.query_points(planes, batch.points)["sigma"][..., 0]
         colour = head.point_colors(planes, ws, batch.colour_points, clamp=False)
@@ -207,4 +215,5 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
         if on_step is not None:
             on_step(record)
     head.decoder.requires_grad_(False)
-    return MeshField(head, planes.detach(), ws, history, time.perf_counter() - started)
+    head.make_single_head(planes.detach(), ws)
+    return MeshField(head, head.head_planes.detach(), ws, history, time.perf_counter() - started)

@@ -62,6 +62,8 @@ from .training_state import (
 )
 
 TRAINABLE_GROUPS = ("synthesis", "superresolution")
+# A single-head field (head mode) has no synthesis to tune: its own tri-grid and decoder train instead.
+HEAD_TRAINABLE_GROUPS = ("planes", "decoder", "superresolution")
 PREVIEWS_DIR = "previews"
 
 EventSink = Callable[..., None]
@@ -176,7 +178,7 @@ def _build_run(config: StylizeConfig, device: torch.device, state: TrainingState
         trainable = load_generator(state.generator_path, device).generator
         if trainable.config != frozen.config:
             raise CheckpointError(f"{state.generator_path}: architecture differs from the base generator {config.generator}")
-    trainable.set_trainable(TRAINABLE_GROUPS, train_biases=False)
+    trainable.set_trainable(HEAD_TRAINABLE_GROUPS if trainable.is_single_head else TRAINABLE_GROUPS, train_biases=False)
     named = {n: p for n, p in trainable.named_parameters() if p.requires_grad}
     optimizer = torch.optim.Adam(list(named.values()), lr=config.lr, betas=tuple(config.betas))
     if state is not None:

@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     head = p.add_mutually_exclusive_group()
     head.add_argument("--seed", type=int, default=0, help="which head: latent seed")
     head.add_argument("--latent", help="which head: a W+ latent .npz (key 'w'), e.g. from 'engine invert'")
+    head.add_argument("--mesh", help="which head: a mesh (.ply, .obj, .glb/.gltf, mesh .npz) — head mode fits the "
+                                     "mesh its own tri-grid (cached) and stylizes that instead of a generated head")
+    p.add_argument("--field-steps", type=int, default=600, help="head mode: steps of the mesh's field fit")
     p.add_argument("--truncation", type=float, default=0.75, help="truncation ψ for seeds")
     p.add_argument("--generator", help="base generator checkpoint (default: embedded pack)")
     p.add_argument("--diffusion", help="Stable Diffusion 1.5-layout folder (default: embedded pack)")
@@ -65,6 +68,8 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         train_seed=args.train_seed,
         seed=args.seed,
         latent=args.latent,
+        mesh=args.mesh,
+        field_steps=args.field_steps,
         truncation_psi=args.truncation,
         generator=args.generator,
         diffusion=args.diffusion,

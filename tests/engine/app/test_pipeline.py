@@ -204,3 +204,76 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Head mode: a mesh's own fitted field through the same pipeline
+# --------------------------------------------------------------------------------------------------
+def _sphere_ply(path: Path) -> Path:
+    from engine.mesh import write_ply
+    from tests.engine.heads.shapes import uv_sphere
+
+    return write_ply(uv_sphere(), path)
+
+
+def _pack_generator() -> str:
+    # Head mode starts from a trained decoder (the random tiny one never makes an opaque surface to fit)
+    from engine.pack import pack_paths
+
+    return str(pack_paths().generator)
+
+
+def test_head_mode_fits_once_stylizes_the_field_and_scores_against_generated_people(tmp_path, tiny_diffusion):
+    mesh = _sphere_ply(tmp_path / "sphere.ply")
+    rec = Recorder()
+    job = tiny_job(tmp_path, tiny_diffusion, mesh=str(mesh), field_steps=12, lr=0.05, generator=_pack_generator(),
+                   iso_level=10.0)
+    summary = run_head(job, on_event=rec).summary
+    fit_progress = [f for e, f in rec.events if e == "progress" and f["stage"] == "fit"]
+    assert fit_progress and fit_progress[-1]["step"] == 12 and fit_progress[-1]["fraction"] == 1.0
+    assert summary["mesh"]["source"] == "sphere.ply" and summary["mesh"]["steps"] == 12
+    assert summary["mesh"]["fit_reused"] is False and summary["seed"] is None
+    assert summary["base_generator"] == job.generator  # the gallery's people come from the base generator
+    from engine.generator.loading import load_generator
+
+    field = load_generator(summary["mesh"]["field"]).generator
+    assert field.is_single_head and load_generator(summary["generator"]).generator.is_single_head
+    # "before" is the fitted field's head, not a generated one
+    out = Path(job.out_dir)
+    settings = view_settings(stylize_config_for(job, resolve_models(job), job.prompt))
+    from engine.generator.inference import seed_latent
+    from engine.io.images import to_uint8
+
+    names, field_views = render_views(field, seed_latent(field, 0, settings), settings)
+    for name, view in zip(names, field_views):
+        np.testing.assert_array_equal(_png(out / summary["before"][name]), to_uint8(view).astype(np.int16))
+    scores = summary["scores"]
+    assert summary["reid_candidates"] == 1 + job.gallery_heads and "unstylized" in scores["gallery"]
+    assert scores["reid_top1_reverse"] is None  # no stylized gallery: a field makes only its own head
+    # another style on the same mesh reuses the fit
+    again = Recorder()
+    second = run_head(tiny_job(tmp_path, tiny_diffusion, mesh=str(mesh), field_steps=12, prompt="a marble statue",
+                               generator=job.generator, iso_level=10.0, out_dir=str(tmp_path / "out2")), on_event=again)
+    assert second.summary["mesh"]["fit_reused"] is True
+    assert not [f for e, f in again.events if e == "progress" and f["stage"] == "fit"]
+
+
+def test_head_mode_refuses_bad_meshes_and_two_heads(tmp_path, tiny_diffusion):
+    from engine.errors import EngineError
+
+    bad = tmp_path / "broken.ply"
+    bad.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 2\nend_header\n0 0\n")
+    with pytest.raises(EngineError, match="broken.ply"):
+        run_head(tiny_job(tmp_path, tiny_diffusion, mesh=str(bad), field_steps=2), on_event=Recorder())
+    assert not (tmp_path / "out" / "head.json").exists()
+    with pytest.raises(ConfigError, match="--mesh FILE or --latent FILE"):
+        tiny_job(tmp_path, tiny_diffusion, mesh="a.ply", latent="b.npz").validate()
+
+
+def test_head_mode_cancel_during_the_fit_writes_nothing(tmp_path, tiny_diffusion):
+    mesh = _sphere_ply(tmp_path / "sphere.ply")
+    cancel = CancelToken(str(tmp_path / "stop"))
+    (tmp_path / "stop").write_text("")
+    result = run_head(tiny_job(tmp_path, tiny_diffusion, mesh=str(mesh), field_steps=5), cancel, on_event=Recorder())
+    assert result.cancelled and not (tmp_path / "out" / "head.json").exists()
+    assert not list((tmp_path / "cache").rglob("head.safetensors"))

@@ -3,7 +3,6 @@ whose density, colours and extracted mesh match the sphere."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -17,28 +16,7 @@ from engine.mesh import Mesh, MeshConfig
 from engine.pack import pack_paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-RADIUS = 0.2
-RED, BLUE = (230, 20, 20), (20, 20, 230)
-
-
-def uv_sphere(radius: float = RADIUS, rings: int = 24, segments: int = 48) -> Mesh:
-    """Closed UV sphere centred at the origin, counter-clockwise outward; red above y = 0, blue below."""
-    theta = np.linspace(0, math.pi, rings + 1)[1:-1]
-    phi = np.linspace(0, 2 * math.pi, segments, endpoint=False)
-    t, p = np.meshgrid(theta, phi, indexing="ij")
-    ring_points = np.stack((np.sin(t) * np.cos(p), np.cos(t), np.sin(t) * np.sin(p)), -1).reshape(-1, 3)
-    vertices = np.concatenate(([[0, 1, 0]], ring_points, [[0, -1, 0]])) * radius
-    faces = []
-    index = lambda r, s: 1 + r * segments + s % segments  # noqa: E731
-    for s in range(segments):
-        faces.append((0, index(0, s + 1), index(0, s)))
-        faces.append((len(vertices) - 1, index(rings - 2, s), index(rings - 2, s + 1)))
-    for r in range(rings - 2):
-        for s in range(segments):
-            a, b, c, d = index(r, s), index(r, s + 1), index(r + 1, s), index(r + 1, s + 1)
-            faces += [(a, b, d), (a, d, c)]
-    colours = np.where(vertices[:, 1:2] >= 0, RED, BLUE).astype(np.uint8)
-    return Mesh(vertices.astype(np.float32), np.asarray(faces, np.int32), colours)
+from tests.engine.heads.shapes import BLUE, RADIUS, RED, uv_sphere
 
 
 def test_signed_distance_sign_and_value_on_a_sphere():
@@ -129,3 +107,15 @@ def test_fitted_field_extracts_a_sphere_mesh_through_the_generators_code(fitted)
     assert abs(np.median(radius) - RADIUS) < 0.02 and np.percentile(np.abs(radius - RADIUS), 90) < 0.04
     red = mesh.vertex_colors[mesh.vertices[:, 1] > 0.1]
     assert red[:, 0].mean() > red[:, 2].mean() + 60
+
+
+def test_the_fit_is_a_single_head_field_that_saves_and_reloads(fitted, tmp_path):
+    from engine.generator.loading import save_generator
+
+    _, _, field = fitted
+    assert field.generator.is_single_head
+    reloaded = load_generator(save_generator(field.generator, tmp_path / "head.safetensors")).generator
+    probes = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 0.4]]])
+    planes = reloaded.synthesize_planes(reloaded.mapping(torch.zeros(1, reloaded.z_dim), torch.zeros(1, 25)))
+    torch.testing.assert_close(reloaded.query_points(planes, probes)["sigma"],
+                               field.generator.query_points(field.planes, probes)["sigma"])

@@ -420,3 +420,19 @@ def test_neural_resolution_override_reaches_every_training_render(tiny, tmp_path
     assert len(seen) >= 4 and all(res == 16 and size == 16 for res, size in seen), seen
     with pytest.raises(ConfigError, match="neural_resolution"):
         make_config(tiny, tmp_path, neural_resolution=4).validate()
+
+
+def test_a_single_head_field_stylizes_its_own_tri_grid_and_decoder(tiny, tmp_path):
+    """Head mode: the tri-grid, decoder and super-resolution train; the unused mapping/synthesis do not."""
+    from engine.generator.loading import save_generator
+
+    G = load_generator("tiny").generator
+    ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(3)), torch.zeros(1, 25))
+    G.make_single_head(G.synthesize_planes(ws), ws)
+    field = save_generator(G, tmp_path / "head.safetensors")
+    result = stylize(make_config(tiny, tmp_path / "run", generator=str(field)), on_event=Recorder())
+    base, tuned = generator_state(field), generator_state(result.generator_path)
+    changed = {name for name in base if not torch.equal(base[name], tuned[name])}
+    assert "head_planes" in changed and any(n.startswith("decoder.") for n in changed)
+    assert any(n.startswith("superresolution.") for n in changed)
+    assert not any(n.startswith(("backbone.", "torgb.", "head_ws")) for n in changed), sorted(changed)
