@@ -12,7 +12,11 @@ the generator's tri-grid tensor, decoder, ToRGB, renderer and mesh extraction, s
 * **colour** at surface points drawn by area, and at points moved along the surface normal into a thin shell
   (mostly inside), is the mesh's colour at the source point (vertex colours interpolated barycentrically;
   a mesh without colours gets a neutral albedo). The renderer averages the colours of consecutive samples
-  around the surface, so the shell must carry the surface colour.
+  around the surface, so the shell must carry the surface colour;
+* **photometric**, every few steps: the field's raw and super-resolved renders of one of several cameras
+  around the head against the mesh rasterised with its bare colours. Without it the super-resolution head,
+  which reads all 32 decoder features and not only the colour they decode to, paints the fitted head in
+  wrong colours (cyan skin on a fitted world head) while the raw render is right.
 
 The tri-grid starts from the generator's mean head and the decoder from the generator's own (a head prior);
 Adam moves both. The mesh must already be in the generator's frame (:func:`engine.heads.scans.normalize_scan`).
@@ -61,6 +65,14 @@ class MeshFieldConfig(JsonConfig):
     shell_offset: tuple[float, float] = (-0.03, 0.01)  # … by this much (negative = into the head)
     weight_density: float = 0.5
     weight_colour: float = 1.0
+    # Photometric term: every ``photo_every`` steps one of ``photo_views`` views of the mesh (rasterised with
+    # its bare colours, :func:`engine.heads.scan_views.render_scan_views` with lighting 0) is compared with the
+    # field's render — raw and super-resolved — so the super-resolution head, which reads all 32 decoder
+    # features and not only the colour they give, shows the fitted colours too. 0 turns it off.
+    photo_every: int = 4
+    photo_views: int = 12
+    weight_photo: float = 1.0
+    lr_superresolution: float = 1e-3
     density: DensityTarget = DensityTarget(one_sided=True, tolerance=15.0)
 
     def validate(self) -> "MeshFieldConfig":
@@ -68,6 +80,8 @@ class MeshFieldConfig(JsonConfig):
             raise ConfigError(f"mesh field fit: steps must be ≥ 1, got {self.steps}")
         if self.density_points < 4 or self.colour_points < 1:
             raise ConfigError("mesh field fit: density_points must be ≥ 4 and colour_points ≥ 1")
+        if self.photo_every < 0 or self.photo_views < 1:
+            raise ConfigError("mesh field fit: photo_every must be ≥ 0 and photo_views ≥ 1")
         if not 0.0 <= self.shell_fraction <= 1.0:
             raise ConfigError(f"mesh field fit: shell_fraction must be in [0, 1], got {self.shell_fraction}")
         lo, hi = self.shell_offset
@@ -173,6 +187,31 @@ class MeshField:
     seconds: float = 0.0
 
 
+def photo_targets(mesh: Mesh, G: TriPlaneGenerator, count: int) -> dict[str, Tensor]:
+    """``count`` cameras around the head (yaw over the full circle, pitch alternating ±0.25 rad) and the
+    mesh's bare-colour views from them at the output and neural resolutions (white background)."""
+    from ..generator.camera import cameras_at
+    from ..generator.inference import camera_config_for
+    from .scan_views import ScanViewConfig, render_scan_views
+
+    yaw = torch.arange(count, dtype=torch.float32) * (2 * torch.pi / count)
+    pitch = torch.where(torch.arange(count) % 2 == 0, 0.25, -0.25).float()
+    c = cameras_at(yaw, pitch, camera_config_for(G, (0.0, 0.0, 0.0))).c
+    image = render_scan_views(mesh, c, ScanViewConfig(resolution=G.img_resolution, lighting=0.0))["image"]
+    native = G.config.rendering.neural_rendering_resolution
+    return {"c": c, "image": image, "image_raw": F.adaptive_avg_pool2d(image, native)}
+
+
+def photo_loss(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, views: dict[str, Tensor], index: int) -> Tensor:
+    """L1 of the field's super-resolved and raw renders of view ``index`` against the mesh's."""
+    from ..generator.triplane import RenderOptions
+
+    c = views["c"][index : index + 1]
+    out = G.render(ws, c, RenderOptions(background="white"), planes=planes)
+    return F.l1_loss(out["image"], views["image"][index : index + 1]) + \
+        F.l1_loss(out["image_raw"], views["image_raw"][index : index + 1])
+
+
 def mean_latent(G: TriPlaneGenerator) -> Tensor:
     """(1, num_ws, w_dim): the generator's average w (its tracked ``w_avg``) broadcast to every layer."""
     mapping = G.backbone.mapping
@@ -194,8 +233,14 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
         planes = head.synthesize_planes(ws).clone()
     planes.requires_grad_(True)
     head.decoder.requires_grad_(True)
-    optimizer = torch.optim.Adam([{"params": [planes], "lr": config.lr_planes},
-                                  {"params": list(head.decoder.parameters()), "lr": config.lr_decoder}])
+    groups = [{"params": [planes], "lr": config.lr_planes},
+              {"params": list(head.decoder.parameters()), "lr": config.lr_decoder}]
+    views = None
+    if config.photo_every:
+        views = photo_targets(mesh, head, config.photo_views)
+        head.superresolution.requires_grad_(True)
+        groups.append({"params": list(head.superresolution.parameters()), "lr": config.lr_superresolution})
+    optimizer = torch.optim.Adam(groups)
     half_box = head.config.rendering.box_warp / 2
     started, history = time.perf_counter(), []
     for step in range(config.steps):
@@ -207,6 +252,9 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
         losses = {"density": density_loss(sigma, batch.density, config.density),
                   "colour": F.l1_loss(colour, batch.colour)}
         total = config.weight_density * losses["density"] + config.weight_colour * losses["colour"]
+        if views is not None and step % config.photo_every == 0:
+            losses["photo"] = photo_loss(head, planes, ws, views, (step // config.photo_every) % views["c"].shape[0])
+            total = total + config.weight_photo * losses["photo"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -214,6 +262,6 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
         history.append(record)
         if on_step is not None:
             on_step(record)
-    head.decoder.requires_grad_(False)
+    head.requires_grad_(False)
     head.make_single_head(planes.detach(), ws)
     return MeshField(head, head.head_planes.detach(), ws, history, time.perf_counter() - started)

@@ -3,6 +3,8 @@ whose density, colours and extracted mesh match the sphere."""
 
 from __future__ import annotations
 
+import math
+
 
 import numpy as np
 import pytest
@@ -79,7 +81,8 @@ def fitted():
     # the ±250 of an opaque surface — head mode always starts from a trained generator.
     G = load_generator(pack_paths().generator).generator.eval()
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    config = MeshFieldConfig(steps=200, density_points=2048, colour_points=1024, lr_planes=0.1, lr_decoder=0.03)
+    config = MeshFieldConfig(steps=200, density_points=2048, colour_points=1024, lr_planes=0.1, lr_decoder=0.03,
+                             photo_every=10, photo_views=4)
     return G, before, fit_mesh_field(uv_sphere(), G, config)
 
 
@@ -90,6 +93,8 @@ def test_fit_learns_the_sphere_and_leaves_the_generator_alone(fitted):
     mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
     assert mean("density", field.history[-20:]) < 0.9 * mean("density", field.history[:20])
     assert last["colour"] < 0.5 * first["colour"]
+    photo = [r["photo"] for r in field.history if "photo" in r]
+    assert len(photo) == 20 and all(math.isfinite(p) for p in photo)
     head = field.generator
     probes = torch.tensor([[[0.0, 0.0, 0.0], [0.1, 0.05, 0.0], [0.0, 0.0, 0.4], [0.35, 0.3, 0.0]]])
     sigma = head.query_points(field.planes, probes)["sigma"][0, :, 0]
@@ -119,3 +124,16 @@ def test_the_fit_is_a_single_head_field_that_saves_and_reloads(fitted, tmp_path)
     planes = reloaded.synthesize_planes(reloaded.mapping(torch.zeros(1, reloaded.z_dim), torch.zeros(1, 25)))
     torch.testing.assert_close(reloaded.query_points(planes, probes)["sigma"],
                                field.generator.query_points(field.planes, probes)["sigma"])
+
+
+def test_photometric_targets_are_the_meshs_bare_colours_from_around_the_head():
+    from engine.heads.mesh_field import photo_targets
+
+    G = load_generator(pack_paths().generator).generator
+    views = photo_targets(uv_sphere(), G, 4)
+    assert views["image"].shape == (4, 3, G.img_resolution, G.img_resolution)
+    native = G.config.rendering.neural_rendering_resolution
+    assert views["image_raw"].shape == (4, 3, native, native)
+    red = torch.tensor(RED, dtype=torch.float32) / 127.5 - 1
+    centre = views["image"][:, :, G.img_resolution // 2 - 14, G.img_resolution // 2]  # above the equator
+    torch.testing.assert_close(centre, red.expand(4, 3), atol=0.02, rtol=0)  # unlit: exactly the vertex colour
