@@ -150,11 +150,54 @@ class MeshConfig:
 
 
 @dataclass
+class SurfaceTexture:
+    """Base-colour images of a scan, mapped onto its triangles by per-corner texture coordinates.
+
+    ``corner_uv[f, k]`` is the (u, v) of corner ``k`` of face ``f`` in glTF's convention: u to the right and
+    v *down* from the image's top-left corner, so pixel row = v·H (an OBJ's ``vt`` counts v up from the
+    bottom; its reader flips it). ``face_image[f]`` picks the image of face ``f`` (−1: the face has none and
+    keeps its vertex colour). Per corner, not per vertex, because UV seams give one vertex several UVs.
+    Images are 8-bit sRGB; what a face shows is its vertex colour times its image, multiplied in linear light
+    (glTF's ``COLOR_0 × baseColorTexture``; an untextured colourless scan stays neutral).
+    """
+
+    corner_uv: np.ndarray  # (F, 3, 2) float32
+    face_image: np.ndarray  # (F,) int32, −1 = untextured
+    images: list[np.ndarray]  # (H, W, 3) uint8 sRGB each
+
+    def check(self, name: str, num_faces: int) -> "SurfaceTexture":
+        uv, index = self.corner_uv, self.face_image
+        if uv.shape != (num_faces, 3, 2) or uv.dtype != np.float32:
+            raise InputError(f"{name}: texture coordinates must be a ({num_faces}, 3, 2) float32 array, "
+                             f"got {uv.shape} {uv.dtype}")
+        if index.shape != (num_faces,) or index.dtype.kind not in "iu":
+            raise InputError(f"{name}: face_image must be a ({num_faces},) integer array, got {index.shape} {index.dtype}")
+        if index.size and (index.min() < -1 or index.max() >= len(self.images)):
+            raise InputError(f"{name}: face_image must lie in [-1, {len(self.images)}), got "
+                             f"[{index.min()}, {index.max()}]")
+        if not np.isfinite(uv).all():
+            raise InputError(f"{name}: texture coordinates are NaN or infinite")
+        for i, image in enumerate(self.images):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+                raise InputError(f"{name}: texture image {i} must be an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+        return self
+
+    def select_faces(self, keep: np.ndarray) -> "SurfaceTexture":
+        """The texture of a subset (or reordering) of the faces: ``keep`` indexes or masks faces."""
+        return SurfaceTexture(self.corner_uv[keep], self.face_image[keep], self.images)
+
+    def reverse_winding(self) -> "SurfaceTexture":
+        """Corners in the order of faces written ``faces[:, ::-1]`` (as a reflection needs)."""
+        return SurfaceTexture(np.ascontiguousarray(self.corner_uv[:, ::-1]), self.face_image, self.images)
+
+
+@dataclass
 class Mesh:
     """A triangle mesh in world coordinates.
 
     ``faces`` index ``vertices`` (int32, counter-clockwise seen from outside). ``vertex_colors`` are 8-bit
     sRGB-as-given (whatever ``color_fn`` returned, scaled to 0..255), ``vertex_normals`` unit length.
+    ``texture`` (scans only; never written by this module's writers) maps base-colour images onto the faces.
     """
 
     vertices: np.ndarray  # (V, 3) float32
@@ -162,6 +205,7 @@ class Mesh:
     vertex_colors: np.ndarray | None = None  # (V, 3) uint8
     vertex_normals: np.ndarray | None = None  # (V, 3) float32
     metadata: dict = field(default_factory=dict)  # iso level, resolution, bounds … (not written to PLY/OBJ)
+    texture: SurfaceTexture | None = None
 
     @property
     def num_vertices(self) -> int:
@@ -188,6 +232,8 @@ class Mesh:
                 raise InputError(
                     f"{name}: {label} must be a ({len(v)}, 3) {np.dtype(dtype)} array, got {arr.shape} {arr.dtype}"
                 )
+        if self.texture is not None:
+            self.texture.check(name, len(f))
         return self
 
 

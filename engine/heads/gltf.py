@@ -12,6 +12,11 @@ any tool. Only what a coloured head mesh needs is supported:
   each moved by its node's world transform (TRS or matrix) and merged into one :class:`engine.mesh.Mesh`.
   Buffers may be the GLB's BIN chunk, base64 data URIs or ``.bin`` files next to a ``.gltf``. Sparse
   accessors, Draco/meshopt compression and strips/fans are refused with a clear :class:`InputError`.
+  Base colour: ``COLOR_0`` × the material's ``baseColorFactor`` become vertex colours, and a
+  ``baseColorTexture`` (PNG/JPEG from the BIN chunk, a data URI or a file beside the ``.gltf``) becomes the
+  mesh's :class:`engine.mesh.SurfaceTexture` through its ``TEXCOORD_n``. A texture whose image file is
+  missing is dropped with a warning in ``mesh.metadata["warnings"]`` (those faces keep their colour, as
+  Blender's importer does); an image that is there but unreadable is an :class:`InputError`.
 * Untrusted input (:mod:`engine.io.untrusted`): every buffer and image URI must name a regular file inside
   the glTF's own folder (no absolute paths, no ``..``, also percent-encoded, no symbolic link out), checked
   before anything is opened; accessor counts and vertex/face totals are checked against the limits before
@@ -33,8 +38,9 @@ import numpy as np
 from ..errors import InputError
 from ..io.atomic import write_bytes
 from ..io.scan_references import check_gltf_references, read_gltf_document
-from ..io.untrusted import InputLimits, active_limits, check_count, decode_data_uri, read_reference
-from ..mesh import Mesh, vertex_normals
+from ..io.untrusted import (InputLimits, active_limits, check_count, check_reference, decode_data_uri,
+                            decode_image_rgba, read_reference)
+from ..mesh import Mesh, SurfaceTexture, vertex_normals
 
 GLB_MAGIC = 0x46546C67  # b"glTF"
 CHUNK_JSON = 0x4E4F534A  # b"JSON"
@@ -167,6 +173,40 @@ class GltfDocument:
     def __init__(self, document: dict, buffers: list[bytes], name: str, limits: InputLimits | None = None):
         self.document, self.buffers, self.name = document, buffers, name
         self.limits = active_limits(limits)
+
+    def _entry(self, key: str, index: Any, what: str) -> dict:
+        entries = self.document.get(key, [])
+        index = self._index(index, what)
+        if not isinstance(entries, list) or index >= len(entries) or not isinstance(entries[index], dict):
+            raise InputError(f"{self.name}: {what} {index} does not exist")
+        return entries[index]
+
+    def buffer_view_bytes(self, index: Any) -> bytes:
+        """The bytes of buffer view ``index`` (e.g. an embedded PNG)."""
+        view = self._entry("bufferViews", index, "bufferView")
+        buffer = self.buffers[self._index(view.get("buffer"), "bufferView buffer")]
+        start = self._index(view.get("byteOffset", 0), "byteOffset")
+        length = self._index(view.get("byteLength"), "byteLength")
+        if start + length > len(buffer):
+            raise InputError(f"{self.name}: bufferView {index} reads past the end of its buffer")
+        return buffer[start : start + length]
+
+    def image_rgb(self, index: Any) -> np.ndarray | None:
+        """Image ``index`` as (H, W, 3) uint8 sRGB, or None when its file is missing (warned by the caller).
+        Alpha is dropped: a head's base colour is opaque."""
+        image = self._entry("images", index, "image")
+        what = f"image {index}"
+        if "bufferView" in image:
+            data = self.buffer_view_bytes(image["bufferView"])
+        elif isinstance(image.get("uri"), str) and image["uri"].startswith("data:"):
+            data = decode_data_uri(image["uri"], self.name, what, self.limits)
+        else:
+            target = check_reference(image.get("uri"), owner=self.name, what=f"{what} uri", uri=True, missing_ok=True,
+                                     limits=self.limits)
+            if target is None:
+                return None
+            data = read_reference(image["uri"], owner=self.name, what=f"{what} uri", uri=True, limits=self.limits)
+        return np.ascontiguousarray(decode_image_rgba(data, self.name, what, limits=self.limits)[:, :, :3])
 
     @property
     def extras(self) -> dict:
@@ -329,9 +369,66 @@ def read_gltf(path: str | os.PathLike, limits: InputLimits | None = None) -> tup
         raise InputError(f"{doc.name}: malformed glTF ({type(exc).__name__}: {exc})") from None
 
 
+class _BaseColour:
+    """Materials' base colour of one glTF: factors, and textures decoded once per image."""
+
+    def __init__(self, doc: GltfDocument):
+        self.doc = doc
+        self.images: list[np.ndarray] = []  # the mesh's texture images, in order of first use
+        self._slot: dict[int, int | None] = {}  # glTF image index → position in self.images (None: missing)
+        self.warnings: list[str] = []
+
+    def material(self, prim: dict) -> dict:
+        if "material" not in prim:
+            return {}
+        pbr = self.doc._entry("materials", prim["material"], "material").get("pbrMetallicRoughness", {})
+        return pbr if isinstance(pbr, dict) else {}
+
+    def factor(self, prim: dict) -> np.ndarray:
+        factor = np.asarray(self.material(prim).get("baseColorFactor", [1.0, 1.0, 1.0, 1.0]), dtype=np.float64)
+        if factor.shape != (4,) or not np.isfinite(factor).all():
+            raise InputError(f"{self.doc.name}: baseColorFactor must be 4 numbers, got {factor.tolist()}")
+        return np.clip(factor[:3], 0.0, 1.0)
+
+    def texture(self, prim: dict, num_vertices: int) -> tuple[int, np.ndarray | None]:
+        """(slot in :attr:`images` or −1, per-vertex UV (V, 2) or None) of the primitive's base colour texture."""
+        ref = self.material(prim).get("baseColorTexture")
+        if not isinstance(ref, dict):
+            return -1, None
+        texture = self.doc._entry("textures", ref.get("index"), "texture")
+        if "source" not in texture:
+            self.warnings.append(f"{self.doc.name}: texture {ref.get('index')} has no image source; ignored")
+            return -1, None
+        image_index = self.doc._index(texture["source"], "texture source")
+        if image_index not in self._slot:
+            rgb = self.doc.image_rgb(image_index)
+            if rgb is None:
+                uri = self.doc._entry("images", image_index, "image").get("uri")
+                self.warnings.append(f"{self.doc.name}: base colour texture {uri!r} not found; those faces keep "
+                                     "their vertex or material colour")
+                self._slot[image_index] = None
+            else:
+                self._slot[image_index] = len(self.images)
+                self.images.append(rgb)
+        slot = self._slot[image_index]
+        if slot is None:
+            return -1, None
+        channel = f"TEXCOORD_{self.doc._index(ref.get('texCoord', 0), 'baseColorTexture texCoord')}"
+        attrs = prim.get("attributes", {})
+        if channel not in attrs:
+            raise InputError(f"{self.doc.name}: a primitive's base colour texture reads {channel}, which it lacks")
+        uv = self.doc.accessor(attrs[channel], ("VEC2",)).astype(np.float64)
+        if len(uv) != num_vertices:
+            raise InputError(f"{self.doc.name}: {channel} has {len(uv)} entries for {num_vertices} vertices")
+        if not np.isfinite(uv).all():
+            raise InputError(f"{self.doc.name}: {channel} holds NaN or infinite texture coordinates")
+        return slot, uv
+
+
 def _read_mesh(doc: GltfDocument, limits: InputLimits) -> tuple[Mesh, dict]:
-    parts_v, parts_f, parts_c, parts_n = [], [], [], []
+    parts_v, parts_f, parts_c, parts_n, parts_uv, parts_slot = [], [], [], [], [], []
     any_colors, offset, faces = False, 0, 0
+    base = _BaseColour(doc)
     for mesh_index, world in _mesh_instances(doc):
         try:
             primitives = doc.document["meshes"][mesh_index]["primitives"]
@@ -359,16 +456,24 @@ def _read_mesh(doc: GltfDocument, limits: InputLimits) -> tuple[Mesh, dict]:
             if "NORMAL" in attrs:
                 n = doc.accessor(attrs["NORMAL"], ("VEC3",)).astype(np.float64) @ np.linalg.inv(world[:3, :3])
                 n = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-            c = None
+            linear = np.ones((len(v), 3))
             if "COLOR_0" in attrs:
-                c = _colors_to_srgb_bytes(doc.accessor(attrs["COLOR_0"], ("VEC3", "VEC4")))
+                linear = doc.accessor(attrs["COLOR_0"], ("VEC3", "VEC4"))[:, :3].astype(np.float64)
                 any_colors = True
-            if (n is not None and n.shape != v.shape) or (c is not None and c.shape != v.shape):
+            factor = base.factor(prim)
+            if (factor != 1.0).any():
+                linear = linear * factor
+                any_colors = True
+            if (n is not None and n.shape != v.shape) or linear.shape != v.shape:
                 raise InputError(f"{doc.name}: NORMAL/COLOR_0 counts differ from POSITION's {len(v)}")
+            slot, uv = base.texture(prim, len(v))
+            triangles = f.reshape(-1, 3)
             parts_v.append(v)
-            parts_f.append(f.reshape(-1, 3) + offset)
-            parts_c.append(c if c is not None else np.full((len(v), 3), 255, np.uint8))
+            parts_f.append(triangles + offset)
+            parts_c.append(_colors_to_srgb_bytes(linear))
             parts_n.append(n)
+            parts_uv.append(uv[triangles].astype(np.float32) if uv is not None else np.zeros((len(triangles), 3, 2), np.float32))
+            parts_slot.append(np.full(len(triangles), slot, np.int32))
             offset += len(v)
     if not parts_f or offset == 0:
         raise InputError(f"{doc.name}: glTF holds no triangle meshes")
@@ -380,5 +485,8 @@ def _read_mesh(doc: GltfDocument, limits: InputLimits) -> tuple[Mesh, dict]:
         faces=np.concatenate(parts_f).astype(np.int32),
         vertex_colors=np.concatenate(parts_c) if any_colors else None,
         vertex_normals=normals,
-    ).check(doc.name)
-    return mesh, doc.extras
+        texture=SurfaceTexture(np.concatenate(parts_uv), np.concatenate(parts_slot), base.images) if base.images else None,
+    )
+    if base.warnings:
+        mesh.metadata["warnings"] = list(base.warnings)
+    return mesh.check(doc.name), doc.extras

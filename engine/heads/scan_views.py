@@ -13,7 +13,7 @@ centres inside its screen bounding box are enumerated as (triangle, pixel) candi
 ``repeat_interleave``, edge functions give barycentrics (perspective-corrected through 1/z), and the nearest
 candidate per pixel wins through ``scatter_reduce(amin)`` on depth. Triangles are processed in chunks that
 bound the number of candidates, so memory stays flat for dense scans. Colours are the scan's vertex colours
-(sRGB) lit like the procedural world's photographs — the camera-fixed key/fill/rim lights of
+(sRGB; times the base-colour texture where the scan has one, :mod:`engine.heads.texture`) lit like the procedural world's photographs — the camera-fixed key/fill/rim lights of
 :class:`engine.world.styles.Lighting` with a wrapped Lambert and hemisphere ambient — because the generator
 learned lit heads, not albedo. ``supersample`` renders at k·R and box-filters, which anti-aliases silhouettes.
 """
@@ -30,6 +30,7 @@ from torch import Tensor
 from ..errors import ConfigError, InputError
 from ..generator.camera import check_camera_vector, split_camera_vector
 from ..mesh import Mesh, vertex_normals
+from .texture import TextureSampler
 
 BACKGROUND_COLOURS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5)}
 
@@ -177,6 +178,19 @@ class MeshTensors:
         self.faces = torch.from_numpy(mesh.faces.astype(np.int64)).to(device)
         self.normals = torch.from_numpy(np.asarray(normals, dtype=np.float32)).to(device)
         self.albedo = _srgb_to_linear(torch.from_numpy(colours.astype(np.float32) / 255.0).to(device))
+        self.texture = TextureSampler(mesh.texture, device) if mesh.texture is not None else None
+        # a textured face shows its vertex colour × its image; without vertex colours, the image alone
+        self.textured_base = self.albedo if mesh.vertex_colors is not None else torch.ones_like(self.albedo)
+
+    def albedo_at(self, triangle: Tensor, bary: Tensor) -> Tensor:
+        """(M, 3) linear albedo at barycentric ``bary`` (M, 3) of triangles ``triangle`` (M,)."""
+        corners = self.faces[triangle]
+        weights = bary.unsqueeze(-1)
+        albedo = (self.albedo[corners] * weights).sum(1)
+        if self.texture is None:
+            return albedo
+        image, textured = self.texture.sample(triangle, bary)
+        return torch.where(textured[:, None], (self.textured_base[corners] * weights).sum(1) * image, albedo)
 
 
 def _shade(albedo: Tensor, normal: Tensor, view_dir: Tensor, cam_rotation: Tensor, config: ScanViewConfig) -> Tensor:
@@ -218,7 +232,7 @@ def render_scan_views(mesh: Mesh | MeshTensors, cameras: Tensor, config: ScanVie
         hit = raster.triangle >= 0
         corners = data.faces[raster.triangle.clamp_min(0)]  # (P, 3)
         weights = raster.bary.unsqueeze(-1)
-        albedo = (data.albedo[corners] * weights).sum(1)
+        albedo = data.albedo_at(raster.triangle.clamp_min(0), raster.bary)
         normal = (data.normals[corners] * weights).sum(1)
         K = intrinsics[i]
         y_cam = (rows.reshape(-1) - K[1, 2]) / K[1, 1]

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
-from ..io.scan_references import check_obj_references, obj_mtllibs
+from ..io.scan_references import statement_names, check_obj_references, obj_mtllibs
 from ..io.untrusted import (
     InputLimits,
     active_limits,
@@ -58,7 +58,7 @@ from ..io.untrusted import (
     read_image_rgba,
     read_json,
 )
-from ..mesh import Mesh, read_npz, read_ply
+from ..mesh import Mesh, SurfaceTexture, read_npz, read_ply
 
 SCAN_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -172,24 +172,162 @@ def list_inputs(folder: str | os.PathLike) -> list[Path]:
 # --------------------------------------------------------------------------------------------------
 # Mesh readers
 # --------------------------------------------------------------------------------------------------
-_SLASH_REFS = re.compile(r"/[^\s]*")
+@dataclass
+class ObjMaterial:
+    """What head mode uses of an MTL material: the diffuse colour and the diffuse texture."""
+
+    kd: tuple[float, float, float] | None = None  # linear, as written
+    map_kd: str | None = None  # the statement's arguments (options and file name), as written
+    mtl: Path | None = None  # the material library it came from
+
+
+_MAP_OPTIONS_WITH_ARGS = {"-blendu": 1, "-blendv": 1, "-bm": 1, "-boost": 1, "-cc": 1, "-clamp": 1, "-imfchan": 1,
+                          "-mm": 2, "-o": 3, "-s": 3, "-t": 3, "-texres": 1, "-type": 1}
+
+
+def map_file_name(arguments: str) -> str:
+    """The file name of a ``map_Kd`` statement: its arguments after the options (``-s 1 1 1`` …), spaces kept."""
+    words = arguments.split()
+    i = 0
+    while i < len(words) and words[i].lower() in _MAP_OPTIONS_WITH_ARGS:
+        most = _MAP_OPTIONS_WITH_ARGS[words[i].lower()]
+        i += 1
+        if most == 1:  # one argument of any kind (-clamp on, -imfchan r, -bm 0.5 …)
+            i += 1
+            continue
+        taken = 0  # -mm takes 2 numbers, -o/-s/-t 1 to 3
+        while taken < most and i < len(words) and _is_number(words[i]):
+            i, taken = i + 1, taken + 1
+    return " ".join(words[i:])
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def read_mtl(obj_path: Path, mtllibs: list[str], limits: InputLimits) -> dict[str, ObjMaterial]:
+    """Materials of the OBJ's libraries by name (a missing library is skipped: importers only warn)."""
+    materials: dict[str, ObjMaterial] = {}
+    for rest in mtllibs:
+        for name in statement_names(rest):
+            mtl = check_reference(name, owner=obj_path, what="mtllib", missing_ok=True, limits=limits)
+            if mtl is None:
+                continue
+            text = read_bytes(mtl, "material library", root=obj_path.parent, limits=limits).decode("utf-8", "replace")
+            current: ObjMaterial | None = None
+            for line in text.splitlines():
+                words = line.split(None, 1)
+                if not words:
+                    continue
+                key, args = words[0].lower(), (words[1].strip() if len(words) > 1 else "")
+                if key == "newmtl":
+                    current = materials.setdefault(args, ObjMaterial(mtl=mtl))
+                elif current is not None and key == "kd":
+                    values = args.split()
+                    try:
+                        kd = tuple(float(x) for x in values[:3])
+                    except ValueError:
+                        raise InputError(f"{mtl}: malformed Kd {args!r}") from None
+                    if len(kd) == 3 and all(math.isfinite(x) for x in kd):
+                        current.kd = tuple(min(max(x, 0.0), 1.0) for x in kd)  # type: ignore[assignment]
+                elif current is not None and key == "map_kd" and args:
+                    current.map_kd = args
+            break  # the first name form that exists is the library
+    return materials
+
+
+def _material_images(obj_path: Path, materials: dict[str, ObjMaterial], used: list[str],
+                     limits: InputLimits) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """(images, image slot per used material (−1: none), warnings): a ``map_Kd`` image, or a 1×1 image of the
+    material's ``Kd`` colour (so that per-face material colours need no per-vertex colour)."""
+    images: list[np.ndarray] = []
+    slots = np.full(len(used), -1, np.int32)
+    warnings: list[str] = []
+    loaded: dict[Path, int] = {}
+    for i, name in enumerate(used):
+        material = materials.get(name)
+        if material is None:
+            continue
+        if material.map_kd:
+            file_name = map_file_name(material.map_kd)
+            target = None
+            for candidate in dict.fromkeys([file_name, material.map_kd.strip()]):
+                if candidate:
+                    target = check_reference(candidate, owner=material.mtl, base=material.mtl.parent, root=obj_path.parent,
+                                             what="map_Kd texture", missing_ok=True, limits=limits)
+                    if target is not None:
+                        break
+            if target is not None:
+                if target not in loaded:
+                    loaded[target] = len(images)
+                    images.append(np.ascontiguousarray(
+                        read_image_rgba(target, "map_Kd texture", root=obj_path.parent, limits=limits)[:, :, :3]))
+                slots[i] = loaded[target]
+                continue
+            warnings.append(f"{obj_path}: material {name!r}: texture {file_name!r} not found; "
+                            + ("its Kd colour is used" if material.kd else "its faces keep their vertex colour"))
+        if material.kd is not None:
+            srgb = np.round(_linear_to_srgb(np.asarray(material.kd)) * 255.0).astype(np.uint8)
+            slots[i] = len(images)
+            images.append(srgb.reshape(1, 1, 3))
+    return images, slots, warnings
+
+
+def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    c = np.clip(c, 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1.0 / 2.4) - 0.055)
+
+
+def _obj_refs(tokens: list[str], slot: int, count: int, name: str, what: str) -> np.ndarray:
+    """The ``slot``-th ``/``-separated index of every face token, 0-based (−1 where absent; OBJ is 1-based
+    and negative indices count back from the end of the table so far — here, of the whole table)."""
+    parts = [t.split("/") for t in tokens]
+    raw = [p[slot] if len(p) > slot and p[slot] else "0" for p in parts]
+    try:
+        refs = np.array(raw, dtype=np.int64)
+    except (ValueError, OverflowError):
+        raise InputError(f"{name}: malformed OBJ face ({what} indices are not integers)") from None
+    out = np.where(refs < 0, refs + count, refs - 1)
+    out[refs == 0] = -1
+    if (refs != 0).any() and (out[refs != 0].min() < 0 or out[refs != 0].max() >= count):
+        raise InputError(f"{name}: OBJ face references a missing {what}")
+    return out
 
 
 def read_obj(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh:
-    """Wavefront OBJ triangles (polygons fan-triangulated) with optional ``v x y z r g b`` colours.
+    """Wavefront OBJ triangles (polygons fan-triangulated) with optional ``v x y z r g b`` colours, and the
+    base colour of its materials: ``vt`` coordinates with each ``usemtl`` material's ``map_Kd`` image, or its
+    ``Kd`` colour where it has no texture (both become the mesh's :class:`~engine.mesh.SurfaceTexture`).
 
-    Materials are not read, but every ``mtllib`` and the texture maps it names must stay inside the OBJ's
-    folder (:func:`engine.io.scan_references.check_obj_references`), as for Blender's importer. Vertex and
-    face counts are checked against the limits before the tables are built.
+    Every ``mtllib`` and the texture maps it names must stay inside the OBJ's folder
+    (:func:`engine.io.scan_references.check_obj_references`), as for Blender's importer. A missing material
+    library or texture is a warning in ``mesh.metadata["warnings"]`` (those faces keep their colour), as
+    importers do; an unreadable one is an :class:`InputError`. Vertex and face counts are checked against the
+    limits before the tables are built.
     """
     limits = active_limits(limits)
+    path = Path(path)
     name = str(path)
     text = read_bytes(path, "OBJ", limits=limits).decode("utf-8", errors="replace")
-    check_obj_references(path, obj_mtllibs(text), limits)
+    mtllibs = obj_mtllibs(text)
+    check_obj_references(path, mtllibs, limits)
     lines = text.splitlines()
     v_lines = [line[2:] for line in lines if line.startswith("v ")]
     check_count(name, "OBJ vertex count", len(v_lines), limits.max_vertices, "max_vertices")
-    f_lines = [_SLASH_REFS.sub("", line[2:]).split() for line in lines if line.startswith("f ")]
+    vt_lines = [line[3:] for line in lines if line.startswith("vt ")]
+    check_count(name, "OBJ texture coordinate count", len(vt_lines), limits.max_vertices, "max_vertices")
+    f_lines, face_material, used = [], [], {}
+    current = -1
+    for line in lines:  # faces and the material in force for each (usemtl applies to the faces after it)
+        if line.startswith("f "):
+            f_lines.append(line[2:].split())
+            face_material.append(current)
+        elif line.startswith("usemtl"):
+            current = used.setdefault(line[6:].strip(), len(used))
     if not v_lines or not f_lines:
         raise InputError(f"{name}: OBJ has no vertices or no faces")
     check_count(name, "OBJ triangle count", sum(max(len(f) - 2, 0) for f in f_lines), limits.max_faces, "max_faces")
@@ -199,13 +337,13 @@ def read_obj(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh
             raise ValueError("vertex lines must all have 3 (or 6 with colour) numbers")
         table = np.array(" ".join(v_lines).split(), dtype=np.float64).reshape(len(v_lines), -1)
         counts = np.array([len(f) for f in f_lines])
-        refs = np.array([tok for f in f_lines for tok in f], dtype=np.int64)
     except (ValueError, OverflowError) as exc:
         raise InputError(f"{name}: malformed OBJ ({exc})") from None
     if counts.min() < 3:
         raise InputError(f"{name}: OBJ face with fewer than 3 vertices")
-    refs = np.where(refs < 0, refs + len(table), refs - 1)  # OBJ is 1-based; negatives count from the end
-    if refs.min() < 0 or refs.max() >= len(table):
+    tokens = [tok for f in f_lines for tok in f]
+    refs = _obj_refs(tokens, 0, len(table), name, "vertex")
+    if (refs < 0).any():
         raise InputError(f"{name}: OBJ face references a missing vertex")
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     # fan triangulation: polygon (a, b, c, d, …) → (a, b, c), (a, c, d), …  — vectorised over all polygons
@@ -213,13 +351,53 @@ def read_obj(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh
     face_of_tri = np.repeat(np.arange(len(counts)), tris_per_face)
     k = np.arange(tris_per_face.sum()) - np.repeat(np.cumsum(tris_per_face) - tris_per_face, tris_per_face)
     first = starts[face_of_tri]
-    faces = np.stack((refs[first], refs[first + k + 1], refs[first + k + 2]), axis=1)
+    corners = np.stack((first, first + k + 1, first + k + 2), axis=1)  # (T, 3) token positions
+    faces = refs[corners]
     colors = None
     if table.shape[1] >= 6:
         rgb = table[:, 3:6] if table.shape[1] == 6 else table[:, 4:7]
         scale = 255.0 if rgb.max() <= 1.0 + 1e-6 else 1.0
         colors = np.clip(np.nan_to_num(np.round(rgb * scale)), 0, 255).astype(np.uint8)
-    return Mesh(vertices=table[:, :3].astype(np.float32), faces=faces.astype(np.int32), vertex_colors=colors).check(name)
+    mesh = Mesh(vertices=table[:, :3].astype(np.float32), faces=faces.astype(np.int32), vertex_colors=colors)
+    warnings: list[str] = []
+    if used:
+        materials = read_mtl(path, mtllibs, limits)
+        missing = [m for m in used if m not in materials]
+        if missing:
+            warnings.append(f"{name}: materials {missing[:5]} are not defined in its material libraries; "
+                            "their faces keep their vertex colour")
+        images, slots, image_warnings = _material_images(path, materials, list(used), limits)
+        warnings += image_warnings
+        if images:
+            mesh.texture = _obj_texture(vt_lines, tokens, corners, face_of_tri, np.asarray(face_material), slots, images, name)
+    if warnings:
+        mesh.metadata["warnings"] = warnings
+    return mesh.check(name)
+
+
+def _obj_texture(vt_lines: list[str], tokens: list[str], corners: np.ndarray, face_of_tri: np.ndarray,
+                 face_material: np.ndarray, slots: np.ndarray, images: list[np.ndarray], name: str) -> SurfaceTexture:
+    """Per-corner UVs (v flipped to glTF's top-down convention) and image slots of the OBJ's triangles.
+    A face whose material has a texture image but whose corners lack ``vt`` shows its colour untextured."""
+    uv_table = np.zeros((0, 2))
+    if vt_lines:
+        try:
+            rows = [line.split()[:2] for line in vt_lines]
+            uv_table = np.array(rows, dtype=np.float64)
+        except (ValueError, OverflowError):
+            raise InputError(f"{name}: malformed OBJ texture coordinate (vt) line") from None
+        if uv_table.ndim != 2 or uv_table.shape[1] != 2 or not np.isfinite(uv_table).all():
+            raise InputError(f"{name}: OBJ texture coordinates (vt) need two finite numbers each")
+        uv_table[:, 1] = 1.0 - uv_table[:, 1]
+    vt_refs = _obj_refs(tokens, 1, len(uv_table), name, "texture coordinate")[corners]  # (T, 3)
+    slot = np.where(face_material[face_of_tri] >= 0, slots[face_material[face_of_tri].clip(0)], -1)
+    has_uv = (vt_refs >= 0).all(axis=1)
+    is_constant = np.array([img.shape[:2] == (1, 1) for img in images])
+    # a 1×1 Kd image needs no coordinates; a real texture does
+    slot = np.where((slot >= 0) & ~has_uv & ~is_constant[slot.clip(0)], -1, slot)
+    corner_uv = uv_table[vt_refs.clip(0)] if len(uv_table) else np.zeros((len(vt_refs), 3, 2))
+    corner_uv = np.where(has_uv[:, None, None], corner_uv, 0.0)
+    return SurfaceTexture(corner_uv.astype(np.float32), slot.astype(np.int32), images)
 
 
 def read_scan_mesh(path: str | os.PathLike) -> Mesh:
@@ -295,10 +473,11 @@ def transform_mesh(mesh: Mesh, matrix: np.ndarray) -> Mesh:
     from ..mesh import vertex_normals
 
     vertices = (mesh.vertices.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
-    faces = mesh.faces.astype(np.int32)
+    faces, texture = mesh.faces.astype(np.int32), mesh.texture
     if np.linalg.det(matrix[:3, :3]) < 0:
         faces = faces[:, ::-1].copy()  # a reflection would turn the triangles inside out
-    return Mesh(vertices, faces, mesh.vertex_colors, vertex_normals(vertices, faces), dict(mesh.metadata))
+        texture = texture.reverse_winding() if texture is not None else None
+    return Mesh(vertices, faces, mesh.vertex_colors, vertex_normals(vertices, faces), dict(mesh.metadata), texture)
 
 
 def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), up_axis_hint: str | None = None) -> NormalizedScan:

@@ -102,7 +102,7 @@ def check_gltf_references(document: dict, path: str | os.PathLike, limits: Input
 # --------------------------------------------------------------------------------------------------
 # OBJ / MTL / PLY
 # --------------------------------------------------------------------------------------------------
-def _statement_names(rest: str) -> list[str]:
+def statement_names(rest: str) -> list[str]:
     """The candidate file names of a statement's arguments: the whole rest (names with spaces) and each word."""
     rest = rest.strip()
     words = [w for w in rest.split() if w]
@@ -117,7 +117,7 @@ def check_mtl_references(mtl: Path, text: str, root: str | os.PathLike, limits: 
     """Texture maps of a material library (relative to the MTL's folder, inside ``root``)."""
     found = []
     for match in _MTL_MAP.finditer(text):
-        for name in _statement_names(match.group(2)):
+        for name in statement_names(match.group(2)):
             target = check_reference(name, owner=mtl, base=mtl.parent, root=root, what=f"{match.group(1)} texture",
                                      missing_ok=True, limits=limits)
             if target is not None:
@@ -131,7 +131,7 @@ def check_obj_references(path: str | os.PathLike, mtllibs: Iterable[str], limits
     path = Path(path)
     found = []
     for rest in mtllibs:
-        for name in _statement_names(rest):
+        for name in statement_names(rest):
             mtl = check_reference(name, owner=path, what="mtllib", missing_ok=True, limits=limits)
             if mtl is None:
                 continue

@@ -408,19 +408,35 @@ def read_image_rgba(path: str | os.PathLike, what: str = "image", *, root: str |
                     limits: InputLimits | None = None):
     """An image file as an (H, W, 4) uint8 array. The pixel count is checked from the header before any
     pixel is decoded; Pillow's own guard is set to the same limit, with its warning turned into an error."""
+    with open_checked(path, what, root=root, limits=limits) as fh:
+        return _decode_image_rgba(fh, str(path), what, active_limits(limits))
+
+
+def decode_image_rgba(data: bytes, name: str, what: str = "image", *, limits: InputLimits | None = None):
+    """Encoded image bytes (PNG, JPEG … from inside another file, e.g. a GLB's texture) as (H, W, 4) uint8,
+    with the same checks as :func:`read_image_rgba`; ``name`` and ``what`` say where the bytes came from."""
+    import io
+
+    limits = active_limits(limits)
+    if len(data) > limits.max_file_bytes:
+        raise InputError(f"{name}: {what} is {_size(len(data), limits.max_file_bytes)}, over the "
+                         f"{_mb(limits.max_file_bytes)} input limit; {RAISE_HINT}")
+    return _decode_image_rgba(io.BytesIO(data), name, what, limits)
+
+
+def _decode_image_rgba(fh, name: str, what: str, limits: InputLimits):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    limits = active_limits(limits)
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels  # deliberately ours (Pillow errors at 2×, warns at 1×)
-    with open_checked(path, what, root=root, limits=limits) as fh, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(fh) as img:
                 width, height = img.size
                 if width * height > limits.max_image_pixels:
                     raise InputError(
-                        f"{path}: {what} declares {width}×{height} = {width * height:,} pixels, over the limit of "
+                        f"{name}: {what} declares {width}×{height} = {width * height:,} pixels, over the limit of "
                         f"{limits.max_image_pixels:,}; {RAISE_HINT}"
                     )
                 img.load()
@@ -428,11 +444,11 @@ def read_image_rgba(path: str | os.PathLike, what: str = "image", *, root: str |
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InputError(f"{path}: {what} is too large to decode safely ({exc}); {RAISE_HINT}") from None
+            raise InputError(f"{name}: {what} is too large to decode safely ({exc}); {RAISE_HINT}") from None
         except UnidentifiedImageError:
-            raise InputError(f"{path}: not a readable {what} (not an image format Pillow recognises)") from None
+            raise InputError(f"{name}: not a readable {what} (not an image format Pillow recognises)") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise InputError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from None
+            raise InputError(f"{name}: not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
 # --------------------------------------------------------------------------------------------------
