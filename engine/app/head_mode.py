@@ -51,6 +51,8 @@ def fitted_head_field(mesh_path: str | Path, base_generator: str, base_fingerpri
     """The single-head field of ``mesh_path`` (fitted now, or reused from ``cache_folder``); None if cancelled."""
     mesh_path = Path(mesh_path)
     scan = load_scan(mesh_path, normalization)  # untrusted input: checked before anything heavy
+    for warning in scan.mesh.metadata.get("warnings", []):  # e.g. a texture file that is missing
+        on_event("warning", message=warning)
     key = _fit_key(sha256_file(mesh_path), normalization, config, base_fingerprint)
     folder = cache_folder / "fields" / key
     if (folder / FIELD_FILE).is_file() and (folder / FIT_FILE).is_file():
@@ -70,7 +72,8 @@ def fitted_head_field(mesh_path: str | Path, base_generator: str, base_fingerpri
         return None
     path = save_generator(field.generator, folder / FIELD_FILE,
                           extra={"single_head": True, "mesh": mesh_path.name, "fit": config.to_dict()})
-    fit = {"mesh": mesh_path.name, "steps": config.steps, "seconds": round(time.perf_counter() - started, 1),
+    fit = {"mesh": mesh_path.name, "steps": config.steps, "textured": scan.mesh.texture is not None,
+           "warnings": list(scan.mesh.metadata.get("warnings", [])), "seconds": round(time.perf_counter() - started, 1),
            "final_losses": {k: v for k, v in field.history[-1].items() if k != "step"},
            "normalization": {**normalization.to_dict(), "up_axis_used": scan.up_axis, "units_used": scan.units,
                              "scan_to_world": scan.scan_to_world.tolist()}}

@@ -10,8 +10,9 @@ the generator's tri-grid tensor, decoder, ToRGB, renderer and mesh extraction, s
   signed distance. The sign comes from libigl's fast generalised winding number, which stays right for
   scans that are not watertight (an open neck, holes at the ears);
 * **colour** at surface points drawn by area, and at points moved along the surface normal into a thin shell
-  (mostly inside), is the mesh's colour at the source point (vertex colours interpolated barycentrically;
-  a mesh without colours gets a neutral albedo). The renderer averages the colours of consecutive samples
+  (mostly inside), is the mesh's colour at the source point (vertex colours interpolated barycentrically,
+  times the base-colour texture where it has one, :mod:`engine.heads.texture`; a mesh without either gets a
+  neutral albedo). The renderer averages the colours of consecutive samples
   around the surface, so the shell must carry the surface colour;
 * **photometric**, every few steps: the field's raw and super-resolved renders of one of several cameras
   around the head against the mesh rasterised with its bare colours. Without it the super-resolution head,
@@ -40,6 +41,7 @@ from ..generator.field_supervision import DensityTarget, density_loss
 from ..generator.triplane import TriPlaneGenerator
 from ..io.configs import JsonConfig
 from ..mesh import Mesh
+from .texture import TextureSampler, linear_to_srgb, srgb_to_linear
 
 NEUTRAL_ALBEDO = (0.72, 0.57, 0.48)  # a light skin tone, for meshes without colours
 
@@ -107,6 +109,9 @@ class MeshQuery:
             self.colours = np.asarray(mesh.vertex_colors, np.float64)[:, :3] / 255.0
         else:
             self.colours = np.broadcast_to(np.asarray(neutral_albedo, np.float64), vertices.shape).copy()
+        # a textured face shows vertex colour × image (in linear light); without vertex colours, the image alone
+        self._texture = TextureSampler(mesh.texture, dtype=torch.float64) if mesh.texture is not None else None
+        self._textured_base = self.colours if mesh.vertex_colors is not None else np.ones_like(self.colours)
         corners = vertices[faces]  # (F, 3, 3)
         cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
         area = np.linalg.norm(cross, axis=1)
@@ -114,13 +119,23 @@ class MeshQuery:
             raise InputError("mesh field fit: every triangle of the mesh has zero area")
         self.face_normals = cross / np.maximum(area, 1e-30)[:, None]
         self._cumulative_area = np.cumsum(area) / area.sum()
+        # Both hierarchies are built once per mesh: igl.signed_distance rebuilds them on every call, which was
+        # most of a fit step's time on a 30k-triangle scan.
+        self._tree = igl.AABB()
+        self._tree.init(vertices, faces)
+        self._winding = igl.FastWindingNumberBVH()
+        self._winding.init(vertices, faces, 2)
 
     def signed_distance(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(M,) signed distance (negative inside), (M,) closest face, (M, 3) closest point."""
-        sdf, face, closest, _ = self._igl.signed_distance(
-            np.ascontiguousarray(points, np.float64), self.vertices, self.faces,
-            sign_type=self._igl.SIGNED_DISTANCE_TYPE_FAST_WINDING_NUMBER)
-        return sdf, face, closest
+        """(M,) signed distance (negative inside), (M,) closest face, (M, 3) closest point.
+
+        The magnitude is the exact distance to the closest triangle; the sign is libigl's fast generalised
+        winding number (inside where it exceeds ½), as ``igl.signed_distance(..., FAST_WINDING_NUMBER)``.
+        """
+        points = np.ascontiguousarray(points, np.float64)
+        squared, face, closest = self._tree.squared_distance(self.vertices, self.faces, points)
+        inside = self._winding.winding_number(points, 2.0) > 0.5
+        return np.where(inside, -1.0, 1.0) * np.sqrt(squared), face, closest
 
     def colour_at(self, points: np.ndarray, face: np.ndarray) -> np.ndarray:
         """(M, 3) colours at points lying on faces ``face``: barycentric interpolation of vertex colours."""
@@ -135,7 +150,13 @@ class MeshQuery:
         weights = np.stack((w0, w1, w2), 1)
         weights /= np.maximum(weights.sum(1, keepdims=True), 1e-12)
         corner_colours = self.colours[self.faces[face]]  # (M, 3 corners, 3)
-        return (weights[:, :, None] * corner_colours).sum(1)
+        colour = (weights[:, :, None] * corner_colours).sum(1)
+        if self._texture is None:
+            return colour
+        image, textured = self._texture.sample(torch.from_numpy(np.asarray(face, np.int64)), torch.from_numpy(weights))
+        base = srgb_to_linear(torch.from_numpy((weights[:, :, None] * self._textured_base[self.faces[face]]).sum(1)))
+        shown = linear_to_srgb(base * image).numpy()
+        return np.where(textured.numpy()[:, None], shown, colour)
 
     def sample_surface(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """n points drawn uniformly by area: positions, unit face normals, colours."""
@@ -202,12 +223,14 @@ def photo_targets(mesh: Mesh, G: TriPlaneGenerator, count: int) -> dict[str, Ten
     return {"c": c, "image": image, "image_raw": F.adaptive_avg_pool2d(image, native)}
 
 
-def photo_loss(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, views: dict[str, Tensor], index: int) -> Tensor:
-    """L1 of the field's super-resolved and raw renders of view ``index`` against the mesh's."""
+def photo_loss(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, views: dict[str, Tensor], index: int,
+               rng: torch.Generator | None = None) -> Tensor:
+    """L1 of the field's super-resolved and raw renders of view ``index`` against the mesh's. ``rng`` draws
+    the renderer's ray-sample jitter (None: torch's global stream)."""
     from ..generator.triplane import RenderOptions
 
     c = views["c"][index : index + 1]
-    out = G.render(ws, c, RenderOptions(background="white"), planes=planes)
+    out = G.render(ws, c, RenderOptions(background="white", generator=rng), planes=planes)
     return F.l1_loss(out["image"], views["image"][index : index + 1]) + \
         F.l1_loss(out["image_raw"], views["image_raw"][index : index + 1])
 
@@ -253,7 +276,9 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
                   "colour": F.l1_loss(colour, batch.colour)}
         total = config.weight_density * losses["density"] + config.weight_colour * losses["colour"]
         if views is not None and step % config.photo_every == 0:
-            losses["photo"] = photo_loss(head, planes, ws, views, (step // config.photo_every) % views["c"].shape[0])
+            jitter = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # reproducible, whatever ran before
+            losses["photo"] = photo_loss(head, planes, ws, views, (step // config.photo_every) % views["c"].shape[0],
+                                         jitter)
             total = total + config.weight_photo * losses["photo"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()

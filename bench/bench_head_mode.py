@@ -1,0 +1,122 @@
+"""Benchmark head mode's field fit on procedural world scans: time per phase, and how well the field fits.
+
+For each of ``--heads`` world identities (``engine.world.scan.head_mesh``: vertex-coloured busts with eyes,
+brows and lips, normalised like any scan) it fits the mesh's own tri-grid with the embedded pack's generator
+(:func:`engine.heads.mesh_field.fit_mesh_field`) and reports
+
+* seconds per step, split into building the supervision (libigl queries on the mesh), the field losses'
+  forward + backward, and the photometric step (render + super-resolution, every ``photo_every`` steps);
+* the fitted field's PSNR against the scan's own bare-colour views (:func:`photo_targets`' cameras — the
+  views the fit saw) and against 6 views it never saw (yaw 0, ±30, ±120, 180, pitch −0.2), raw 64² and
+  super-resolved 128², over the whole image (white background included, as the views are used).
+
+    python bench/bench_head_mode.py --heads 2 --steps 300 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
+
+from engine.generator.camera import cameras_at  # noqa: E402
+from engine.generator.inference import camera_config_for  # noqa: E402
+from engine.generator.loading import load_generator  # noqa: E402
+from engine.generator.triplane import RenderOptions  # noqa: E402
+from engine.heads import mesh_field  # noqa: E402
+from engine.heads.mesh_field import MeshFieldConfig, fit_mesh_field, photo_targets  # noqa: E402
+from engine.heads.scan_views import ScanViewConfig, render_scan_views  # noqa: E402
+from engine.heads.scans import normalize_scan  # noqa: E402
+from engine.pack import pack_paths  # noqa: E402
+from engine.world.identity import sample_identities  # noqa: E402
+from engine.world.scan import head_mesh  # noqa: E402
+
+HELD_OUT_YAWS = (0.0, 0.52, -0.52, 2.09, -2.09, 3.14159)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of images in [-1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(a, b).clamp_min(1e-12)
+    return float(10 * torch.log10(4.0 / mse))
+
+
+class PhaseTimer:
+    """Wraps the fit's helpers to time them (the fit itself is not changed)."""
+
+    def __init__(self):
+        self.seconds = {"supervision": 0.0, "photo": 0.0}
+        self._batch, self._photo = mesh_field.field_batch, mesh_field.photo_loss
+
+    def __enter__(self):
+        def timed_batch(*a, **k):
+            t = time.perf_counter()
+            out = self._batch(*a, **k)
+            self.seconds["supervision"] += time.perf_counter() - t
+            return out
+
+        def timed_photo(*a, **k):
+            t = time.perf_counter()
+            out = self._photo(*a, **k)
+            self.seconds["photo"] += time.perf_counter() - t  # forward only; its backward is in "field"
+            return out
+
+        mesh_field.field_batch, mesh_field.photo_loss = timed_batch, timed_photo
+        return self
+
+    def __exit__(self, *exc):
+        mesh_field.field_batch, mesh_field.photo_loss = self._batch, self._photo
+
+
+def fitted_psnr(field, mesh, cameras: torch.Tensor) -> dict[str, float]:
+    G = field.generator
+    target = render_scan_views(mesh, cameras, ScanViewConfig(resolution=G.img_resolution, lighting=0.0))["image"]
+    native = G.config.rendering.neural_rendering_resolution
+    with torch.no_grad():
+        out = G.render(field.ws.expand(len(cameras), -1, -1), cameras, RenderOptions(background="white"))
+    return {"sr": psnr(out["image"], target), "raw": psnr(out["image_raw"], F.adaptive_avg_pool2d(target, native))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=MeshFieldConfig().steps)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mesh-resolution", type=int, default=112, help="world scan marching-cubes resolution")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    G = load_generator(pack_paths().generator, device="cpu").generator
+    config = MeshFieldConfig(steps=args.steps)
+    identities = sample_identities(args.heads, torch.Generator().manual_seed(2024))
+    rows = []
+    for i in range(args.heads):
+        scan = normalize_scan(head_mesh(identities[i : i + 1], args.mesh_resolution))
+        started = time.perf_counter()
+        with PhaseTimer() as timer:
+            field = fit_mesh_field(scan.mesh, G, config)
+        total = time.perf_counter() - started
+        seen = photo_targets(scan.mesh, field.generator, config.photo_views)["c"]
+        held = cameras_at(torch.tensor(HELD_OUT_YAWS), torch.full((len(HELD_OUT_YAWS),), -0.2),
+                          camera_config_for(field.generator, (0.0, 0.0, 0.0))).c
+        row = {"head": i, "triangles": scan.mesh.num_faces, "steps": args.steps, "seconds": round(total, 1),
+               "s_per_step": round(total / args.steps, 3),
+               "supervision_s_per_step": round(timer.seconds["supervision"] / args.steps, 3),
+               "photo_forward_s_per_photo_step": round(timer.seconds["photo"] / max(1, args.steps // max(1, config.photo_every)), 3),
+               "psnr_seen": fitted_psnr(field, scan.mesh, seen), "psnr_held_out": fitted_psnr(field, scan.mesh, held),
+               "final": field.history[-1]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
