@@ -4,7 +4,8 @@ Pure Python (no ``bpy``): the panel fills a :class:`StylizeRequest` from its pro
 preferences, :func:`check_request` finds the mistakes an artist can fix (missing interpreter, missing model
 folder) before anything starts, and :func:`engine_argv` turns the request into
 ``python -m engine head …`` — the same command a terminal user runs, which is what keeps the panel and the
-engine CLI in step (every panel setting is one engine option).
+engine CLI in step (every panel setting is one engine option). With *Selected Mesh* as the head source the
+operator first exports the object to ``mesh_file`` and the command becomes ``engine head --mesh FILE``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class StylizeRequest:
     steps: int = 0  # 0 = the engine's default for the models in use
     seed: int = 0
     latent_file: str = ""  # a W+ latent .npz; wins over the seed when set
+    # head mode: the artist's mesh, exported by the operator (a .glb with its world transform and textures);
+    # wins over the latent and the seed. ``source_object`` names the Blender object it came from.
+    mesh_file: str = ""
+    source_object: str = ""
+    field_steps: int = 0  # 0 = the engine's default fit length
     strength: float = 0.5
     mesh_resolution: int = 128
     device: str = "auto"
@@ -74,6 +80,11 @@ class StylizeRequest:
     cache_dir: str = ""
     cancel_file: str = ""
     models: ModelPaths = field(default_factory=ModelPaths)
+
+    @property
+    def head_mode(self) -> bool:
+        """True when the head is the artist's selected mesh (fitted field), not a generated one."""
+        return bool(self.mesh_file)
 
     @property
     def style_name(self) -> str:
@@ -112,7 +123,11 @@ def check_request(request: StylizeRequest) -> list[str]:
             problems.append(f"{label} must be a folder: {value}")
         elif not want_dir and not p.is_file():
             problems.append(f"{label} must be a file: {value}")
-    if request.latent_file and not Path(_expand(request.latent_file)).is_file():
+    if request.mesh_file and not request.source_object:
+        problems.append("Head mode needs the name of the selected mesh object it exports")
+    if request.field_steps < 0:
+        problems.append(f"Field fit steps must be ≥ 0 (0 = the engine's default), got {request.field_steps}")
+    if request.latent_file and not request.mesh_file and not Path(_expand(request.latent_file)).is_file():
         problems.append(f"Latent file does not exist: {request.latent_file}")
     if request.preset == "CUSTOM" and not request.prompt.strip():
         problems.append("Custom style needs a prompt")
@@ -139,7 +154,11 @@ def engine_argv(request: StylizeRequest) -> list[str]:
                                    ("--no-rank", request.rank)) if not on]
     if request.steps > 0:
         argv += ["--steps", str(int(request.steps))]
-    if request.latent_file:
+    if request.mesh_file:
+        argv += ["--mesh", _expand(request.mesh_file)]
+        if request.field_steps > 0:
+            argv += ["--field-steps", str(int(request.field_steps))]
+    elif request.latent_file:
         argv += ["--latent", _expand(request.latent_file)]
     else:
         argv += ["--seed", str(int(request.seed))]

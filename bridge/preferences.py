@@ -149,8 +149,13 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
     prefs = get_preferences(context)
     python, python_problem = resolve_python(prefs)
     root = output_root(prefs)
-    source = Path(_abspath(settings.latent_file)).stem if settings.use_latent and settings.latent_file \
-        else f"seed{settings.seed}"
+    source_object = context.active_object if settings.head_source == "MESH" else None
+    if settings.head_source == "MESH":
+        source = source_object.name if source_object is not None else "mesh"
+    elif settings.head_source == "LATENT" and settings.latent_file:
+        source = Path(_abspath(settings.latent_file)).stem
+    else:
+        source = f"seed{settings.seed}"
     style = settings.preset.lower() if settings.preset != "CUSTOM" else _slug(settings.prompt)
     run_name = f"{style}_{_slug(source)}_{time.strftime('%Y%m%d-%H%M%S')}"
     request = StylizeRequest(
@@ -165,7 +170,10 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         rank=settings.use_rank,
         steps=settings.steps,
         seed=settings.seed,
-        latent_file=_abspath(settings.latent_file) if settings.use_latent else "",
+        latent_file=_abspath(settings.latent_file) if settings.head_source == "LATENT" else "",
+        mesh_file=str(root / run_name / f"{_slug(source)}.glb") if settings.head_source == "MESH" else "",
+        source_object=source_object.name if source_object is not None else "",
+        field_steps=settings.field_steps,
         strength=settings.strength,
         mesh_resolution=settings.mesh_resolution,
         device=prefs.device,
@@ -181,8 +189,15 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         ),
     )
     problems = ([python_problem] if python_problem else []) + check_request(request)
-    if settings.use_latent and not settings.latent_file:
-        problems.append("Choose a latent file, or switch the head source to Seed")
+    if settings.head_source == "LATENT" and not settings.latent_file:
+        problems.append("Choose a latent file, or switch the head source to Generated")
+    if settings.head_source == "MESH":
+        from .mesh_source import MeshSourceError, check_source_object
+
+        try:
+            check_source_object(source_object)
+        except MeshSourceError as exc:
+            problems.insert(0, str(exc))
     return request, problems
 
 

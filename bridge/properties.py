@@ -36,9 +36,19 @@ class HeadStylizerSettings(bpy.types.PropertyGroup):
                                      description="Re-weight the diffusion score by rank (keeps detail)")
     steps: bpy.props.IntProperty(name="Iterations", min=0, soft_max=10000, default=0,
                                  description="Stylization steps. 0: the engine's default for the models in use")
-    use_latent: bpy.props.BoolProperty(name="Use Latent File",
-                                       description="Stylize the head stored in a W+ latent file instead of a seed")
+    head_source: bpy.props.EnumProperty(
+        name="Head",
+        items=(("SEED", "Generated", "A head the generator makes from a seed"),
+               ("MESH", "Selected Mesh", "The selected mesh (a sculpt, scan or character head): fitted, stylized "
+                                         "and imported beside it; the source is left untouched"),
+               ("LATENT", "Latent File", "The head stored in a W+ latent file (e.g. from engine invert)")),
+        default="SEED",
+    )
     seed: bpy.props.IntProperty(name="Seed", min=0, default=0, description="Which generated head to stylize")
+    field_steps: bpy.props.IntProperty(
+        name="Fit Steps", min=0, soft_max=5000, default=0,
+        description="Selected mesh: steps fitting the mesh's own tri-grid field (once per mesh, then cached). "
+                    "0: the engine's default")
     latent_file: bpy.props.StringProperty(name="Latent", subtype="FILE_PATH",
                                           description="W+ latent .npz (key 'w') of the head to stylize")
     strength: bpy.props.FloatProperty(

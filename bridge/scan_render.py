@@ -308,3 +308,25 @@ def prepare_scan_views(source: Path, folder: Path, resolution: int = 128, sample
             bpy.data.meshes.remove(mesh)
     return write_views_manifest(folder, source, plan, matrix, fov_degrees, radius)
 
+
+def prepare_scan_glb(source: Path, target: Path) -> Path:
+    """The batch's mesh mode: import one scan with Blender's importer (so FBX works too) and write it as a
+    ``.glb`` (textures embedded, y-up) that the engine's head mode reads; the imported object is removed.
+    The engine normalises it (units, centre) as it does any glTF scan."""
+    import bpy
+
+    from .mesh_source import export_source_glb
+
+    check_scan(source)  # before any importer: Blender's follow every file a scan names
+    target.parent.mkdir(parents=True, exist_ok=True)
+    obj = import_scan(source)
+    try:
+        partial = target.with_name(target.stem + ".partial.glb")
+        export_source_glb(bpy.context, obj, partial)
+        partial.replace(target)  # atomic: a half-written glb never looks finished
+    finally:
+        mesh = obj.data
+        bpy.data.objects.remove(obj, do_unlink=True)
+        if mesh.users == 0:
+            bpy.data.meshes.remove(mesh)
+    return target

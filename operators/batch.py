@@ -6,7 +6,10 @@ Two phases, both cancellable:
    glb/gltf, fbx) is imported with Blender's importer, normalised and rendered from the generator's
    calibrated cameras into ``OUT/views/<name>/`` with a ``cameras.json`` (:mod:`.scan_render`). A scan that
    fails to import is reported and skipped; a views folder that is already complete is reused.
+   In the *Each Mesh* mode each scan is instead written as ``OUT/meshes/<name>.glb`` (Blender's importer, then
+   its glTF exporter), for the engine's head mode.
 2. **Engine** (out of process): ``python -m engine batch --views OUT/views --out OUT --i-have-consent …``
+   (``--mode mesh --in OUT/meshes`` in the *Each Mesh* mode)
    runs through :class:`.engine_process.EngineProcess`; its ``item`` events update the progress bar and
    status. Cancel stops after the current item (the engine keeps everything finished; rerunning resumes).
 
@@ -52,9 +55,17 @@ class BatchPlan:
     consent: bool = False
     scans: list[Path] = field(default_factory=list)
     models: dict[str, str] = field(default_factory=dict)  # engine flag (without --) → path; empty = embedded pack
+    mode: str = "generator"  # "generator": views → inversion; "mesh": glb → each scan's own field (head mode)
+
+    @property
+    def handoff_dir(self) -> Path:
+        """Where phase 1 leaves what the engine reads: rendered views, or the scans as glb files."""
+        return self.out_dir / ("meshes" if self.mode == "mesh" else "views")
 
     def engine_argv(self) -> list[str]:
-        argv = [self.python, "-m", "engine", "batch", "--views", str(self.out_dir / "views"), "--out", str(self.out_dir),
+        source = ["--mode", "mesh", "--in", str(self.handoff_dir), "--units", self.units] if self.mode == "mesh" \
+            else ["--views", str(self.handoff_dir)]
+        argv = [self.python, "-m", "engine", "batch", *source, "--out", str(self.out_dir),
                 "--method", self.method, "--mesh-resolution", str(self.mesh_resolution), "--device", self.device,
                 "--cancel-file", str(self.out_dir / ".cancel")]
         argv += ["--prompt", self.prompt] if self.prompt else ["--style", self.style]
@@ -90,6 +101,19 @@ class BatchSession:
     def view_folder(self, scan: Path) -> Path:
         return self.plan.out_dir / "views" / scan.stem
 
+    def mesh_file(self, scan: Path) -> Path:
+        return self.plan.handoff_dir / f"{scan.stem}.glb"
+
+    def _prepare(self, scan: Path) -> None:
+        """Phase 1 for one scan (skipped when already done): render its views, or write it as a glb."""
+        if self.plan.mode == "mesh":
+            if not self.mesh_file(scan).is_file():
+                scan_render.prepare_scan_glb(scan, self.mesh_file(scan))
+            return
+        folder = self.view_folder(scan)
+        if not (folder / "cameras.json").is_file():
+            scan_render.prepare_scan_views(scan, folder, self.plan.resolution, self.plan.samples, self.plan.units)
+
     def step(self) -> bool:
         """Advance by one unit of work; False when finished."""
         if self.phase == "views":
@@ -99,14 +123,14 @@ class BatchSession:
                 return False
             if self.index < len(self.plan.scans):
                 scan = self.plan.scans[self.index]
-                folder = self.view_folder(scan)
-                self.status = f"views {self.index + 1}/{len(self.plan.scans)}: {scan.name}"
-                if not (folder / "cameras.json").is_file():
-                    try:
-                        scan_render.prepare_scan_views(scan, folder, self.plan.resolution, self.plan.samples, self.plan.units)
-                    except Exception as exc:  # noqa: BLE001 - an importer failure must not stop the batch
-                        self.failures[scan.name] = f"{type(exc).__name__}: {exc}"
-                        scan_render.write_failure(folder, scan, self.failures[scan.name])
+                doing = "meshes" if self.plan.mode == "mesh" else "views"
+                self.status = f"{doing} {self.index + 1}/{len(self.plan.scans)}: {scan.name}"
+                try:
+                    self._prepare(scan)
+                except Exception as exc:  # noqa: BLE001 - an importer failure must not stop the batch
+                    self.failures[scan.name] = f"{type(exc).__name__}: {exc}"
+                    if self.plan.mode != "mesh":
+                        scan_render.write_failure(self.view_folder(scan), scan, self.failures[scan.name])
                 self.index += 1
                 self.progress = 0.3 * self.index / max(len(self.plan.scans), 1)
                 return True
@@ -166,6 +190,14 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
     style: bpy.props.StringProperty(name="Style", default="zombie", description="Style preset (zombie, statue, cartoon, sketch, gold, photo, Pixar, …)")
     prompt: bpy.props.StringProperty(name="Prompt", default="", description="Custom prompt (overrides the style)")
     units: bpy.props.EnumProperty(name="Units", items=[(u, u, f"Scan units: {u}") for u in ("auto", "mm", "cm", "m", "world", "fit")], default="auto")
+    mode: bpy.props.EnumProperty(
+        name="Mode",
+        items=(("generator", "Generator", "Invert each scan into the stylized generator (fast per head; the head is "
+                                          "what the generator can make of it)"),
+               ("mesh", "Each Mesh", "Stylize each scan as itself: its own fitted field (head mode; slower, keeps "
+                                     "heads the generator cannot make)")),
+        default="generator",
+    )
     view_resolution: bpy.props.IntProperty(name="View Size", default=128, min=32, max=1024)
     mesh_resolution: bpy.props.IntProperty(name="Mesh Resolution", default=128, min=32, max=512)
     consent: bpy.props.BoolProperty(name="I have the subjects' consent", default=False,
@@ -193,7 +225,7 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
     return BatchPlan(python=python, engine_root=engine_root(prefs), in_dir=in_dir, out_dir=out_dir, style=settings.style,
                      prompt=settings.prompt, method="ld", resolution=settings.view_resolution,
                      units=settings.units, mesh_resolution=settings.mesh_resolution, device=getattr(prefs, "device", "auto").lower(),
-                     consent=True, scans=scans,
+                     consent=True, scans=scans, mode=settings.mode,
                      models={"generator": _abspath(prefs.generator_path) if prefs.generator_path else "",
                              "diffusion": _abspath(prefs.diffusion_dir) if prefs.diffusion_dir else "",
                              "depth-controlnet": _abspath(prefs.depth_controlnet_dir) if prefs.depth_controlnet_dir else "",
@@ -286,6 +318,7 @@ def draw_batch_panel(layout, context) -> None:
     col.prop(settings, "output_dir")
     col.prop(settings, "style")
     col.prop(settings, "prompt")
+    col.prop(settings, "mode")
     col.prop(settings, "units")
     col.prop(settings, "mesh_resolution")
     col.prop(settings, "consent")

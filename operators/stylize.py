@@ -3,7 +3,9 @@
 :class:`StylizeSession` is the one piece of logic both ways of running share: the modal operator pumps it
 from a window-manager timer (the UI never waits), background mode (``blender -b``, the bpy module, tests)
 pumps it in a blocking loop. Events from the engine update the scene's panel state; when the engine says
-``done`` the head is imported, previews are loaded and, if asked, the turntable is rendered.
+``done`` the head is imported, previews are loaded and, if asked, the turntable is rendered. With the
+*Selected Mesh* head source the object is first exported to a ``.glb`` (:mod:`bridge.mesh_source`) and the
+result is placed beside it at its scale and orientation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from ..bridge import engine_process
 from ..bridge.engine_process import EngineProcess
 from ..bridge.job import StylizeRequest, engine_argv, engine_environment
 from ..bridge.mesh_import import HeadFileError, import_head
+from ..bridge.mesh_source import (MeshSourceError, beside_offset, export_source_glb, placement_matrix, scan_to_world_of,
+                                  world_bounds)
 from ..bridge.preferences import build_request
 from ..bridge.properties import settings_of
 from ..bridge.scores import NOT_MEASURED
@@ -27,6 +31,17 @@ from ..bridge.scores import NOT_MEASURED
 # (before/after views, marching cubes, scoring) move it on as they start; "done" completes it.
 STYLIZE_SHARE = 0.85
 STAGE_PROGRESS = {"stylize": STYLIZE_SHARE, "render": 0.88, "mesh": 0.93, "evaluate": 0.97}
+# Head mode first fits the mesh's field (as long as the stylization, or longer): the bar gives it the first half.
+FIT_SHARE = 0.45
+
+
+def progress_span(stage: str, head_mode: bool) -> tuple[float, float]:
+    """(start, width) of the progress bar that a stage's step fraction fills."""
+    if not head_mode:
+        return 0.0, STYLIZE_SHARE
+    if stage == "fit":
+        return 0.0, FIT_SHARE
+    return FIT_SHARE, STYLIZE_SHARE - FIT_SHARE
 _ACTIVE: "StylizeSession | None" = None  # one run at a time: the engine may use all cores or the whole GPU
 
 
@@ -35,8 +50,11 @@ def active_session() -> "StylizeSession | None":
 
 
 def head_object_name(request: StylizeRequest) -> str:
-    """"Head.zombie.seed7" (or "Head.zombie.<latent file name>")."""
-    source = Path(request.latent_file).stem if request.latent_file else f"seed{request.seed}"
+    """"Head.zombie.seed7" (or "Head.zombie.<latent file name>", "Head.zombie.<source object>")."""
+    if request.head_mode:
+        source = request.source_object
+    else:
+        source = Path(request.latent_file).stem if request.latent_file else f"seed{request.seed}"
     return f"Head.{request.style_name}.{source}"
 
 
@@ -99,11 +117,14 @@ class StylizeSession:
             fraction = event.get("fraction")
             if fraction is None and event.get("total"):
                 fraction = event.get("step", 0) / event["total"]
+            stage = str(event.get("stage", "stylize"))
             if fraction is not None:
-                s.progress = STYLIZE_SHARE * max(0.0, min(1.0, float(fraction)))
+                start, width = progress_span(stage, self.request.head_mode)
+                s.progress = start + width * max(0.0, min(1.0, float(fraction)))
             loss = event.get("loss")
             loss_text = f", loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
-            s.status = f"Stylizing {event.get('step', '?')}/{event.get('total', '?')}{loss_text}"
+            doing = "Fitting the mesh's field" if stage == "fit" else "Stylizing"
+            s.status = f"{doing} {event.get('step', '?')}/{event.get('total', '?')}{loss_text}"
         elif kind == "stage":
             stage = str(event.get("stage", ""))
             s.status = str(event.get("message") or f"{stage.capitalize()}: {event.get('status', '')}".strip(": "))
@@ -155,6 +176,11 @@ class StylizeSession:
             s.status = f"Failed: {exc}"
             self.messages.append(("ERROR", str(exc)))
             return False
+        if self.request.head_mode:
+            try:
+                self.place_beside_source(obj, result)
+            except MeshSourceError as exc:  # the head is imported; it just stays at the cursor
+                self.messages.append(("WARNING", f"Stylized head left at the 3D cursor: {exc}"))
         obj["head_stylizer_result"] = self.result_path
         s.result_path = self.result_path
         s.object_name = obj.name
@@ -180,6 +206,16 @@ class StylizeSession:
         return True
 
 
+    def place_beside_source(self, obj, result: dict[str, Any]) -> None:
+        """Head mode: same scale and orientation as the source object, moved beside it along +X."""
+        import mathutils
+
+        source = bpy.data.objects.get(self.request.source_object)
+        offset = beside_offset(*world_bounds(source)) if source is not None else (0.0, 0.0, 0.0)
+        matrix = placement_matrix(scan_to_world_of(result), offset)
+        obj.matrix_world = mathutils.Matrix(matrix.tolist())
+
+
 def _score(value: Any, missing: float = -1.0) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else missing
 
@@ -202,7 +238,7 @@ def _redraw(context) -> None:
 
 
 class HEADSTYLIZER_OT_stylize_head(bpy.types.Operator):
-    """Stylize a generated head toward the chosen style and import the coloured mesh (runs the engine in the background)"""
+    """Stylize a generated head, or the selected mesh, toward the chosen style and import the coloured result (runs the engine in the background)"""
 
     bl_idname = "headstylizer.stylize_head"
     bl_label = "Stylize Head"
@@ -226,6 +262,14 @@ class HEADSTYLIZER_OT_stylize_head(bpy.types.Operator):
             self.report({"ERROR"}, problems[0])
             settings_of(context).status = f"Not started: {problems[0]}"
             return None
+        if request.head_mode:
+            try:
+                os.makedirs(os.path.dirname(request.mesh_file), exist_ok=True)
+                export_source_glb(context, bpy.data.objects[request.source_object], request.mesh_file)
+            except (MeshSourceError, RuntimeError, OSError) as exc:
+                self.report({"ERROR"}, f"Cannot export {request.source_object!r} for head mode: {exc}")
+                settings_of(context).status = "Not started: the selected mesh could not be exported"
+                return None
         session = StylizeSession(context.scene.name, request)
         try:
             session.start()

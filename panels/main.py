@@ -52,9 +52,15 @@ class HEADSTYLIZER_PT_main(_SidebarPanel, bpy.types.Panel):
             col.prop(s, "prompt", text="Prompt")
 
         col = layout.column(align=True)
-        col.prop(s, "use_latent")
-        if s.use_latent:
+        col.prop(s, "head_source")
+        if s.head_source == "LATENT":
             col.prop(s, "latent_file")
+        elif s.head_source == "MESH":
+            obj = context.active_object
+            if obj is not None and obj.type == "MESH":
+                col.label(text=f"{obj.name} ({len(obj.data.polygons):,} faces)", icon="MESH_DATA")
+            else:
+                col.label(text="Select a mesh object", icon="ERROR")
         else:
             col.prop(s, "seed")
         layout.prop(s, "strength", slider=True)
@@ -89,6 +95,8 @@ class HEADSTYLIZER_PT_options(_SidebarPanel, bpy.types.Panel):
         row.prop(s, "use_grid", toggle=True)
         row.prop(s, "use_rank", toggle=True)
         layout.prop(s, "steps")
+        if s.head_source == "MESH":
+            layout.prop(s, "field_steps")
         layout.prop(s, "mesh_resolution")
         layout.prop(s, "turntable")
         if s.turntable:

@@ -130,6 +130,39 @@ result(refused=refused, started=started_without_consent, outcome=outcome, status
 
 
 @pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
+def test_batch_operator_mesh_mode_hands_each_scan_to_head_mode_as_a_glb(scan_folder, tmp_path):
+    r = run_bpy(f"""
+import os
+p = prefs()
+p.python_path = sys.executable
+p.engine_root = {str(FAKE_ENGINE)!r}
+os.environ["FAKE_BATCH_ARGV_LOG"] = {str(tmp_path / 'argv.json')!r}
+s = bpy.context.scene.head_stylizer_batch
+s.input_dir = {str(scan_folder)!r}
+s.output_dir = {str(tmp_path / 'out')!r}
+s.mode = "mesh"
+s.consent = True
+outcome = str(bpy.ops.headstylizer.batch())
+result(outcome=outcome, status=s.status, objects=sorted(o.name for o in bpy.data.objects))
+""", timeout=300)
+    assert r["outcome"] == "{'FINISHED'}" and r["status"].startswith("done: 2 heads"), r
+    assert set(r["objects"]) <= {"Camera", "Cube", "Light"}  # imported scans are removed again
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "meshes").iterdir()) == ["alice.glb", "bob.glb"]  # broken.fbx failed
+    assert not (out / "views").exists()
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("--mode") + 1] == "mesh" and argv[argv.index("--in") + 1] == str(out / "meshes")
+    # what the engine reads is the scan itself: normalised the engine's way, the same head in the same place
+    from engine.heads.scans import load_scan
+
+    for name in ("alice", "bob"):
+        source = next(p for p in scan_folder.iterdir() if p.stem == name and p.suffix != ".json")
+        ours, theirs = load_scan(out / "meshes" / f"{name}.glb").mesh.vertices, load_scan(source).mesh.vertices
+        np.testing.assert_allclose(ours.min(0), theirs.min(0), atol=2e-3)
+        np.testing.assert_allclose(ours.max(0), theirs.max(0), atol=2e-3)
+
+
+@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
 def test_batch_classes_register_and_unregister_with_the_extension():
     r = run_bpy("""
 import bpy

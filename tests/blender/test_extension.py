@@ -398,14 +398,15 @@ class Panel:
 
 panels = [getattr(bpy.types, n) for n in ("HEADSTYLIZER_PT_main", "HEADSTYLIZER_PT_options", "HEADSTYLIZER_PT_result",
                                           "HEADSTYLIZER_PT_batch") if hasattr(bpy.types, n)]
-states = [dict(), dict(preset="CUSTOM", use_latent=True, turntable=True), dict(is_running=True, progress=0.4)]
+states = [dict(), dict(preset="CUSTOM", head_source="LATENT", turntable=True), dict(head_source="MESH"),
+          dict(is_running=True, progress=0.4)]
 for state in states:
     for key, value in state.items():
         setattr(settings, key, value)
     for panel in panels:
         panel.draw(Panel(), bpy.context)
 before = Layout.calls.count("template_icon")
-settings.preset, settings.use_latent, settings.turntable = "ZOMBIE", False, False
+settings.preset, settings.head_source, settings.turntable = "ZOMBIE", "SEED", False
 bpy.ops.headstylizer.stylize_head()
 settings.is_running = False
 for panel in panels:

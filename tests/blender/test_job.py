@@ -89,6 +89,27 @@ def test_engine_argv_custom_prompt_latent_switches_models_and_memory(tmp_path):
     assert argv[argv.index("--cancel-file") + 1] == str(tmp_path / "run" / "cancel")
 
 
+def test_engine_argv_in_head_mode_sends_the_exported_mesh_and_parses_as_the_engine_expects(tmp_path):
+    import argparse
+
+    from engine.app.commands.head import add_arguments, job_from_args
+
+    r = _request(tmp_path, mesh_file=str(tmp_path / "run" / "Bust.glb"), source_object="Bust", field_steps=250,
+                 seed=3, latent_file=str(tmp_path / "ignored.npz"))
+    assert check_request(r) == []  # the mesh is exported after the check; a stale latent setting is ignored
+    argv = engine_argv(r)
+    assert argv[argv.index("--mesh") + 1] == str(tmp_path / "run" / "Bust.glb")
+    assert "--seed" not in argv and "--latent" not in argv
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    job = job_from_args(parser.parse_args(argv[4:]))
+    assert (job.mesh, job.field_steps) == (str(tmp_path / "run" / "Bust.glb"), 250)
+    default = engine_argv(_request(tmp_path, mesh_file=str(tmp_path / "b.glb"), source_object="B"))
+    assert "--field-steps" not in default  # 0 = the engine's own default
+    assert any("name of the selected mesh" in p for p in check_request(_request(tmp_path, mesh_file="x.glb")))
+    assert any("Field fit steps" in p for p in check_request(_request(tmp_path, field_steps=-1)))
+
+
 def test_engine_environment_puts_engine_root_on_pythonpath_and_drops_pythonhome(tmp_path):
     env = engine_environment(str(tmp_path), {"PYTHONHOME": "/blender/python", "PYTHONPATH": "/x", "A": "1"})
     assert env["PYTHONPATH"] == str(tmp_path.resolve()) and "PYTHONHOME" not in env and env["A"] == "1"

@@ -1,5 +1,6 @@
 """Fake ``python -m engine batch``: checks consent like the real one, emits the batch protocol for every views
-folder and writes a placeholder glb + sidecar, logging its argv to $FAKE_BATCH_ARGV_LOG."""
+folder (or, with ``--mode mesh``, every glb of ``--in``) and writes a placeholder glb + sidecar, logging its
+argv to $FAKE_BATCH_ARGV_LOG."""
 
 import json
 import os
@@ -20,9 +21,13 @@ def main(argv):
     if "--i-have-consent" not in argv:
         print("error: refusing to run: a batch needs the subjects' consent", file=sys.stderr)
         return 2
-    views = Path(argv[argv.index("--views") + 1])
     out = Path(argv[argv.index("--out") + 1])
-    folders = sorted(p for p in views.iterdir() if (p / "cameras.json").is_file())
+    if "--mode" in argv and argv[argv.index("--mode") + 1] == "mesh":  # head mode: one glb per scan
+        folders = sorted(Path(argv[argv.index("--in") + 1]).glob("*.glb"))
+        folders = [f.with_suffix("") for f in folders]
+    else:
+        views = Path(argv[argv.index("--views") + 1])
+        folders = sorted(p for p in views.iterdir() if (p / "cameras.json").is_file())
     emit("stage", stage="batch", message=f"{len(folders)} inputs")
     for i, folder in enumerate(folders):
         emit("item", index=i, total=len(folders), input=str(folder), status="started")

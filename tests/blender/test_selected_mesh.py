@@ -1,0 +1,137 @@
+"""Stylize Head with *Selected Mesh* as the head source: export, engine, and the result placed beside the source.
+
+The fake engine runs the real engine's reader and normalisation on the exported ``.glb`` and hands the
+normalised mesh back as the "stylized" head, with the real ``scan_to_world``. So if the export's axes, the
+engine's glTF convention or the placement matrix disagree anywhere, the result does not land on a copy of
+the source moved along +X — which is what these tests check, vertex by vertex.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.blender.runner import HAVE_BPY, run_bpy
+
+pytestmark = [pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)"),
+              pytest.mark.usefixtures("single_thread")]
+
+DEFAULT_OBJECTS = {"Camera", "Cube", "Light"}  # Blender's startup scene
+SOURCE_SCENE = """
+import math
+import numpy as np
+import mathutils
+from mathutils.kdtree import KDTree
+
+use_fake_engine("unused.npz", FAKE_ENGINE_ARGV_LOG={argv_log!r})
+prefs().output_dir = {out!r}
+scene = bpy.context.scene
+settings = scene.head_stylizer
+
+bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12, radius=0.12, location=(2.0, 1.0, 0.5))
+src = bpy.context.active_object
+src.name = "Bust"
+src.scale = (1.0, 0.8, 1.4)                      # taller than wide, like a head
+src.rotation_euler = (0.0, 0.0, math.radians(30))
+image = bpy.data.images.new("skin", 8, 8)
+pixels = np.zeros((8, 8, 4), np.float32); pixels[..., 3] = 1.0
+pixels[4:, :, 0] = 1.0; pixels[:4, :, 2] = 1.0   # Blender rows go bottom-up: red top half, blue bottom half
+image.pixels.foreach_set(pixels.ravel())
+image.filepath_raw = {texture!r}; image.file_format = "PNG"; image.save()
+material = bpy.data.materials.new("Skin"); material.use_nodes = True
+bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+node = material.node_tree.nodes.new("ShaderNodeTexImage"); node.image = image
+material.node_tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+src.data.materials.append(material)
+bpy.context.view_layer.update()
+
+
+def world_vertices(o):
+    co = np.empty(len(o.data.vertices) * 3); o.data.vertices.foreach_get("co", co)
+    m = np.array(o.matrix_world)
+    return co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
+"""
+
+
+def _scenario(tmp_path: Path, body: str) -> dict:
+    prologue = SOURCE_SCENE.format(argv_log=str(tmp_path / "argv.json"), out=str(tmp_path / "out"),
+                                   texture=str(tmp_path / "skin.png"))
+    return run_bpy(prologue + body, timeout=300)
+
+
+def test_selected_mesh_comes_back_beside_its_source_at_its_scale(tmp_path):
+    r = _scenario(tmp_path, """
+matrix_before = [list(row) for row in src.matrix_world]
+vertices_before = len(src.data.vertices)
+source_world = world_vertices(src)
+settings.head_source = "MESH"; settings.steps = 2; settings.field_steps = 40
+assert bpy.ops.headstylizer.stylize_head() == {"FINISHED"}, settings.status
+obj = bpy.data.objects[settings.object_name]
+lo, hi = source_world.min(0), source_world.max(0)
+offset = np.array([1.25 * (hi[0] - lo[0]), 0.0, 0.0])
+placed = world_vertices(obj) - offset
+tree = KDTree(len(source_world))
+for i, co in enumerate(source_world):
+    tree.insert(co, i)
+tree.balance()
+gaps = [tree.find(co)[2] for co in placed]
+result(name=obj.name, gap=max(gaps), placed_count=len(placed), source_count=vertices_before,
+       source_after=len(src.data.vertices), matrix_before=matrix_before,
+       matrix_after=[list(row) for row in src.matrix_world], status=settings.status,
+       result_path=settings.result_path, argv=json.load(open(os.environ["FAKE_ENGINE_ARGV_LOG"])),
+       objects=sorted(o.name for o in bpy.data.objects))
+""")
+    assert r["name"] == "Head.zombie.Bust"
+    assert r["gap"] < 1e-4  # every vertex of the result sits on a source vertex, moved along +X
+    assert r["placed_count"] >= r["source_count"] // 2
+    assert r["source_after"] == r["source_count"]
+    np.testing.assert_allclose(r["matrix_after"], r["matrix_before"], atol=0)  # the source is untouched
+    assert set(r["objects"]) - DEFAULT_OBJECTS == {"Bust", "Head.zombie.Bust"}
+    argv = r["argv"]
+    mesh_file = Path(argv[argv.index("--mesh") + 1])
+    assert mesh_file.suffix == ".glb" and mesh_file.parent == Path(r["result_path"]).parent
+    assert argv[argv.index("--field-steps") + 1] == "40" and "--seed" not in argv and "--latent" not in argv
+    record = json.loads(Path(r["result_path"]).read_text())["mesh"]
+    assert record["normalization"]["textured"] is True  # the base-colour image went along
+    assert record["normalization"]["up_axis_used"] == "y"
+
+
+def test_selected_mesh_texture_reaches_the_engine_the_right_way_up(tmp_path):
+    """The exported head's top half is red, its bottom half blue — read back by the engine's own reader."""
+    r = _scenario(tmp_path, """
+from bl_ext.hs_tests.head_stylizer.bridge.mesh_source import export_source_glb
+path = export_source_glb(bpy.context, src, {glb!r})
+result(path=path, selected=[o.name for o in bpy.context.view_layer.objects.selected],
+       active=bpy.context.view_layer.objects.active.name)
+""".format(glb=str(tmp_path / "bust.glb")))
+    from engine.heads.mesh_field import MeshQuery
+    from engine.heads.scans import load_scan
+
+    scan = load_scan(r["path"])
+    assert scan.mesh.texture is not None
+    query = MeshQuery(scan.mesh)
+    rng = np.random.default_rng(0)
+    points, _, colours = query.sample_surface(4000, rng)
+    centre_y = (scan.mesh.vertices[:, 1].max() + scan.mesh.vertices[:, 1].min()) / 2
+    top, bottom = colours[points[:, 1] > centre_y + 0.05], colours[points[:, 1] < centre_y - 0.05]
+    assert top[:, 0].mean() > 0.9 and top[:, 2].mean() < 0.1  # red above
+    assert bottom[:, 2].mean() > 0.9 and bottom[:, 0].mean() < 0.1  # blue below
+    assert r["active"] == "Bust" and r["selected"] == ["Bust"]  # selection restored
+
+
+def test_selected_mesh_needs_a_mesh_with_faces(tmp_path):
+    r = _scenario(tmp_path, """
+bpy.ops.object.empty_add(location=(0, 0, 0))
+settings.head_source = "MESH"
+try:
+    outcome = bpy.ops.headstylizer.stylize_head()
+except RuntimeError as exc:  # bpy turns an operator's ERROR report into RuntimeError
+    outcome = str(exc)
+result(outcome=str(outcome), status=settings.status, objects=sorted(o.name for o in bpy.data.objects))
+""")
+    assert "Select a mesh to stylize" in r["outcome"] and "empty" in r["outcome"]
+    assert r["status"].startswith("Not started")
+    assert set(r["objects"]) - DEFAULT_OBJECTS == {"Bust", "Empty"}  # nothing was made
