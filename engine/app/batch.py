@@ -28,7 +28,8 @@ Models are loaded once (:class:`BatchModels`); then, per input, in sorted order:
   in every provenance record (:mod:`engine.heads.provenance`). Source files are hashed, never copied.
 
 The three model steps are injected callables (:class:`BatchModels`), so the driver is testable with stubs;
-:func:`load_engine_models` builds the real ones (embedded pack or given checkpoints).
+:func:`load_engine_models` builds the real ones (embedded pack or given checkpoints), and
+:func:`engine.app.batch_mesh.load_mesh_mode_models` those of the ``mesh`` mode (each scan stylized as itself).
 """
 
 from __future__ import annotations
@@ -322,6 +323,9 @@ def run_batch(
                 item = ItemResult(str(path), f"{stem}.glb", old.get("identity_similarity"), 0.0, "skipped")
             else:
                 item = _process(path, kind, stem, out_dir, models, consent, fingerprint, source_sha)
+        except StylizationCancelled as exc:  # mesh mode: cancelled inside the item's own fit or stylization
+            item = ItemResult(str(path), seconds=time.perf_counter() - item_start, status="cancelled", error=str(exc))
+            report.cancelled = True
         except (EngineError, OSError, ValueError, RuntimeError) as exc:  # one bad file never stops the batch
             message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             log(f"batch: {path.name}: {message}")
@@ -365,12 +369,29 @@ class BatchSettings:
     edge_controlnet: str | None = None
     device: str = "auto"
     cache_dir: str | None = None
+    # "generator": invert each input into the one stylized generator; "mesh": stylize each scan as itself
+    # (head mode: its own fitted field, :mod:`engine.app.batch_mesh`)
+    mode: str = "generator"
+    field_steps: int = 600  # mesh mode: steps of each scan's field fit
 
     def fingerprinted(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         for key in ("device", "cache_dir"):
             d.pop(key)
+        if self.mode == "generator":  # fingerprints of generator-mode batches stay what they were before mesh mode
+            d.pop("mode")
+            d.pop("field_steps")
         return d
+
+    def validate(self) -> "BatchSettings":
+        if self.mode not in BATCH_MODES:
+            raise ConfigError(f"batch mode must be one of {BATCH_MODES}, got {self.mode!r}")
+        if self.field_steps < 1:
+            raise ConfigError(f"field steps must be ≥ 1, got {self.field_steps}")
+        return self
+
+
+BATCH_MODES = ("generator", "mesh")
 
 
 def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], float]:

@@ -1,5 +1,7 @@
 """``python -m engine batch``: a folder of scans, portraits or latents → stylized glb heads + report.
 
+``--mode mesh`` stylizes each scan as itself (head mode, :mod:`engine.app.batch_mesh`) instead of inverting it.
+
 Needs ``--i-have-consent`` (checked before anything is loaded; exit status 2 without it). Progress is JSON
 lines on stdout (``item`` events per input, ``progress`` with ``stage: batch``, then ``done`` or
 ``cancelled``); a cancel file, SIGINT or SIGTERM stops after the current item. See :mod:`engine.app.batch`.
@@ -30,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto", help="scan up axis (see engine/heads/scans.py)")
     p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")
     p.add_argument("--scan-yaw", type=float, default=0.0, help="turntable angle of the scans to undo, degrees")
+    p.add_argument("--mode", choices=("generator", "mesh"), default="generator",
+                   help="generator: invert each input into the stylized generator; mesh: stylize each scan as itself "
+                        "(head mode: its own fitted field; scans only)")
+    p.add_argument("--field-steps", type=int, default=600, help="mesh mode: steps of each scan's field fit")
     p.add_argument("--generator", default=None)
     p.add_argument("--diffusion", default=None)
     p.add_argument("--depth-controlnet", default=None)
@@ -65,11 +71,18 @@ def run(args: argparse.Namespace) -> int:
         edge_controlnet=args.edge_controlnet,
         device=args.device,
         cache_dir=args.cache or str(Path(args.out) / "cache"),
-    )
+        mode=args.mode,
+        field_steps=args.field_steps,
+    ).validate()
     cancel = CancelToken(args.cancel_file)
     with cancel.signal_handlers():
         try:
-            models = load_engine_models(settings, cancel, emit)
+            if settings.mode == "mesh":
+                from ..batch_mesh import load_mesh_mode_models
+
+                models = load_mesh_mode_models(settings, cancel, emit)
+            else:
+                models = load_engine_models(settings, cancel, emit)
         except StylizationCancelled as exc:
             cancel.acknowledge()
             emit("cancelled", stage="stylize", message=str(exc))

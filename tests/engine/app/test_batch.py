@@ -222,6 +222,41 @@ def test_cli_end_to_end_on_the_pack(tmp_path):
     assert extras["head_stylizer"]["model_sha256"]["generator"]
 
 
+@pytest.mark.slow
+def test_cli_mesh_mode_stylizes_each_scan_as_itself(tmp_path):
+    """``--mode mesh``: each scan's own field is fitted and stylized (head mode); a portrait is refused with a
+    reason; a rerun skips everything; the glb sits where the fitted scan does."""
+    folder = tmp_path / "in"
+    ids = sample_identities(1, torch.Generator().manual_seed(21))
+    export_scan(ids, folder / "s0", ScanExport(resolution=40, formats=(".ply",)))
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 150, 120)).save(folder / "portrait.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "engine", "batch", "--in", str(folder), "--out", str(out), "--style", "zombie",
+           "--mode", "mesh", "--field-steps", "8", "--steps", "2", "--mesh-resolution", "48", "--device", "cpu",
+           "--i-have-consent", "--cache", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["done"] == 1 and report["counts"]["failed"] == 1
+    portrait = [r for r in report["items"] if r["input"].endswith(".png")][0]
+    assert "mesh mode stylizes meshes" in portrait["error"]
+    sidecar = json.loads((out / "s0.json").read_text())
+    assert sidecar["inversion"]["mode"] == "mesh" and sidecar["inversion"]["fit"]["steps"] == 8
+    assert isinstance(sidecar["identity_similarity"], float)
+    assert sidecar["settings"]["mode"] == "mesh" and sidecar["settings"]["fit"]["steps"] == 8
+    mesh, extras = read_gltf(out / "s0.glb")
+    assert mesh.num_faces > 200 and extras["head_stylizer"]["consent"] is True
+    scan = load_scan(folder / "s0.ply")  # the stylized head occupies the fitted scan's place in the generator's frame
+    lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
+    slo, shi = scan.mesh.vertices.min(0), scan.mesh.vertices.max(0)
+    assert np.abs((lo + hi) / 2 - (slo + shi) / 2).max() < 0.1
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert again.returncode == 0
+    assert json.loads((out / "report.json").read_text())["counts"]["skipped"] == 1
+
+
 def test_views_folders_from_blender(tmp_path):
     """A views folder (RGBA PNGs + cameras.json, as bridge/scan_render.py writes) becomes an inversion
     target with the recorded cameras; a folder Blender marked failed.json is a failed row naming the scan."""

@@ -1,0 +1,119 @@
+"""The batch's ``mesh`` mode: every scan is stylized as *itself* (head mode), not as its inversion.
+
+The default batch inverts each scan into the generator and meshes the one stylized generator at that latent,
+so a head the generator cannot make loses its person. In ``mesh`` mode each scan instead gets what
+``engine head --mesh`` gives one mesh (:mod:`engine.app.head_mode`): its own tri-grid field, fitted once and
+cached by the file's SHA-256, then stylized with the batch's style and options (cached too), then meshed.
+The driver (:func:`engine.app.batch.run_batch`: sidecars, resume, report, provenance, consent, cancel
+between items) is the same; only the two model steps differ:
+
+* ``invert(path, kind)`` fits and stylizes the item's field (only scans: a portrait or a latent has no mesh
+  to fit, and is refused with a message saying so) and returns the field's latent, the scan's bare-colour
+  views from the four held-out scoring cameras (the fit's cameras never include them) and the fit record;
+* ``build_head(ws, cameras)`` meshes the field that ``invert`` just stylized and renders it from the
+  scoring cameras — so ``identity_similarity`` compares the source mesh and its stylized self on views the
+  fit did not see, as in the default mode.
+
+Costs per item what ``engine head --mesh`` costs (fit + stylization); a rerun with the same settings
+reuses both caches and only meshes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..io.events import emit, log
+from ..stylize.cancel import CancelToken
+from .batch import BatchModels, BatchSettings, EventSink, HeadOutput, Inverted, StylizationCancelled, _renders, \
+    _similarity_from_encoder
+
+
+def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = None,
+                          on_event: EventSink = emit) -> BatchModels:
+    """Resolve the models once; per item, fit + stylize the scan's own field (see the module docstring)."""
+    from ..generator.loading import load_generator
+    from ..heads.invert import SCORE_VIEW_PITCHES_DEG, SCORE_VIEW_YAWS_DEG, composite, scan_target
+    from ..heads.mesh_field import MeshFieldConfig
+    from ..heads.provenance import model_hashes
+    from ..heads.scan_views import ScanViewConfig
+    from ..heads.scans import ScanNormalization, load_scan
+    from ..pack import pack_paths
+    from .head_mode import fitted_head_field
+    from .pipeline import HeadJob, _path_fingerprint, extract_head, resolve_models, resolve_prompt, stylized_generator
+
+    cancel = cancel or CancelToken()
+    job = HeadJob(
+        out_dir=str(Path(settings.cache_dir or "out/batch-cache")),
+        prompt=settings.prompt, style_preset=settings.style_preset, method=settings.method, steps=settings.steps,
+        generator=settings.generator, diffusion=settings.diffusion, depth_controlnet=settings.depth_controlnet,
+        edge_controlnet=settings.edge_controlnet, mesh_resolution=settings.mesh_resolution, device=settings.device,
+        cache_dir=settings.cache_dir, field_steps=settings.field_steps,
+    ).validate()
+    on_event("stage", stage="load", message="resolving models")
+    sources = resolve_models(job)
+    prompt, warning = resolve_prompt(job, sources)
+    if warning:
+        log(f"warning: {warning}")
+    base = load_generator(sources.generator, settings.device).generator
+    device = next(base.parameters()).device
+    fingerprint = _path_fingerprint(sources.generator)
+    fit_config = MeshFieldConfig(steps=settings.field_steps)
+    normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
+    encoder_path = sources.pack.identity_encoder if sources.pack is not None else pack_paths().identity_encoder
+    encoder = None
+    if encoder_path.is_file():
+        from ..evaluate.recognition import load_identity_encoder
+
+        encoder = load_identity_encoder(encoder_path, device)
+    similarity = _similarity_from_encoder(encoder) if encoder is not None else None
+    current: dict[str, Any] = {}  # the field ``invert`` stylized last, for ``build_head`` (called right after)
+
+    def invert_item(path: Path, kind: str) -> Inverted:
+        current.clear()
+        if kind != "scan":
+            raise InputError(f"{path}: mesh mode stylizes meshes; this input is a {kind} (run the batch without "
+                             "--mode mesh to invert it into the generator instead)")
+        field = fitted_head_field(path, sources.generator, fingerprint, job.cache_folder, fit_config, settings.device,
+                                  cancel, on_event, normalization)
+        if field is None:
+            raise StylizationCancelled("cancelled while fitting the mesh's field; run the batch again to resume")
+        item_sources = dataclasses.replace(sources, generator=str(field.path), field_of=sources.generator)
+        stylized = stylized_generator(job, item_sources, prompt, cancel, on_event)
+        if stylized.cancelled or stylized.path is None:
+            raise StylizationCancelled("cancelled while stylizing the mesh's field; run the batch again to resume")
+        styled = load_generator(stylized.path, settings.device).generator
+        current["generator"] = styled
+        scan = load_scan(path, normalization)
+        held_out = scan_target(base, scan.mesh, ScanViewConfig(resolution=base.config.img_resolution, lighting=0.0),
+                               SCORE_VIEW_YAWS_DEG, SCORE_VIEW_PITCHES_DEG)
+        source = composite(held_out.images, held_out.masks, "white").cpu()
+        info = {"mode": "mesh", "field": str(field.path), "fit_reused": field.reused, "fit": field.fit,
+                "stylized_generator": str(stylized.path), "stylize_reused": stylized.reused,
+                "normalization": field.fit.get("normalization")}
+        return Inverted(styled.head_ws.detach().cpu(), source, info, held_out.cameras.cpu(), held_out.names)
+
+    def build_head(ws: torch.Tensor, score_cameras: torch.Tensor | None = None) -> HeadOutput:
+        styled = current.get("generator")
+        if styled is None:
+            raise RuntimeError("mesh mode: build_head called before a field was stylized")
+        mesh = extract_head(styled, ws.to(device), settings.mesh_resolution)
+        return HeadOutput(mesh, None if score_cameras is None else _renders(styled, ws, score_cameras))
+
+    models = {"generator": sources.generator, "diffusion": sources.diffusion,
+              "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet}
+    if encoder is not None:
+        models["identity_encoder"] = str(encoder_path)
+    return BatchModels(
+        invert=invert_item,
+        build_head=build_head,
+        similarity=similarity,
+        model_sha256=model_hashes(models, sources.pack.root if sources.pack is not None else None),
+        prompt=prompt,
+        method=settings.method,
+        settings={**settings.fingerprinted(), "fit": fit_config.to_dict()},
+    )
