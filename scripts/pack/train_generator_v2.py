@@ -30,12 +30,14 @@ sitting stops cleanly at ``--minutes``; rerunning the same command continues, so
 sittings and still ends with the same weights as an uninterrupted run on the same machine. ::
 
     python scripts/pack/train_generator_v2.py run --stage field --minutes 100     # repeat until finished
-    python scripts/pack/train_generator_v2.py run --stage render --minutes 100    # starts from the field
-    python scripts/pack/train_generator_v2.py evaluate --stage render --sheet docs/images/generator_v2.png
-    python scripts/pack/train_generator_v2.py publish --out engine/pack/embedded-v1
+    python scripts/pack/train_generator_v2.py run --stage field2 --minutes 100    # from field's step 2208
+    python scripts/pack/train_generator_v2.py run --stage sr --minutes 100        # from the finished field2
+    python scripts/pack/train_generator_v2.py run --stage joint --minutes 100     # from the finished sr
+    python scripts/pack/train_generator_v2.py evaluate --stage joint --sheet docs/images/generator_v2.png
+    python scripts/pack/train_generator_v2.py publish --stage joint --out engine/pack/embedded-v1
 
 ``field`` starts from the v1 pack generator (its mapping, synthesis and super-resolution are a usable
-initialisation), ``render`` from the finished ``field`` stage.
+initialisation); each later stage from the one its config's ``init`` names.
 """
 
 from __future__ import annotations
@@ -648,7 +650,7 @@ def finish_for_inference(G: TriPlaneGenerator) -> TriPlaneGenerator:
 
 
 # ------------------------------------------------------------------------------------------------ publish
-def publish(work: Path, out: Path, stage: str = "render") -> dict:
+def publish(work: Path, out: Path, stage: str = "joint") -> dict:
     """Write the finished stage's generator into the pack with a report of every stage."""
     from scripts.pack.train_generator import mesh_check
 
@@ -696,6 +698,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ev.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     pub = sub.add_parser("publish", help="write the finished generator and its report into the pack")
     pub.add_argument("--out", type=Path, default=REPO_ROOT / "engine" / "pack" / "embedded-v1")
+    pub.add_argument("--stage", choices=sorted(STAGES), default="joint", help="the finished stage to publish")
     for q in (run, ev, pub):
         q.add_argument("--work", type=Path, default=DEFAULT_WORK)
         q.add_argument("--threads", type=int, default=1)
@@ -721,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_report(a.json, metrics)
             print(json.dumps({"stage": a.stage, **metrics["mean"]}, indent=1))
         else:
-            report = publish(a.work, a.out)
+            report = publish(a.work, a.out, a.stage)
             print(json.dumps(report["held_out"]["mean"], indent=1))
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
