@@ -679,7 +679,22 @@ def publish(work: Path, out: Path, stage: str = "joint") -> dict:
               "parameters": sum(p.numel() for p in G.parameters()), "file_bytes": path.stat().st_size,
               "held_out": metrics, "mesh": mesh, "eval_seconds": round(time.perf_counter() - t0, 1)}
     write_report(out / "reports" / "generator.json", report)
+    write_stage_logs(work, out / "logs" / "generator.jsonl")
     return report
+
+
+def write_stage_logs(work: Path, path: Path) -> Path:
+    """The pack's training log: every stage's log lines in stage order, each tagged with its stage."""
+    from engine.io.atomic import write_text
+
+    lines = []
+    for name in STAGES:
+        log_path = work / name / "log.jsonl"
+        if log_path.is_file():
+            for line in log_path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    lines.append(json.dumps({"stage": name, **json.loads(line)}))
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ main
