@@ -13,9 +13,10 @@ centres inside its screen bounding box are enumerated as (triangle, pixel) candi
 ``repeat_interleave``, edge functions give barycentrics (perspective-corrected through 1/z), and the nearest
 candidate per pixel wins through ``scatter_reduce(amin)`` on depth. Triangles are processed in chunks that
 bound the number of candidates, so memory stays flat for dense scans. Colours are the scan's vertex colours
-(sRGB; times the base-colour texture where the scan has one, :mod:`engine.heads.texture`) lit like the procedural world's photographs — the camera-fixed key/fill/rim lights of
-:class:`engine.world.styles.Lighting` with a wrapped Lambert and hemisphere ambient — because the generator
-learned lit heads, not albedo. ``supersample`` renders at k·R and box-filters, which anti-aliases silhouettes.
+(sRGB; times the base-colour texture where the scan has one, :mod:`engine.heads.texture`) lit like the procedural world's photographs — the key/fill/rim lights of
+:class:`engine.world.styles.Lighting` with a wrapped Lambert and hemisphere ambient, fixed to the head (placed
+by the front camera) as the v2 pack generator was trained, or turning with each camera (``lights``) —
+because the generator learned lit heads, not albedo. ``supersample`` renders at k·R and box-filters, which anti-aliases silhouettes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class ScanViewConfig:
     """How scan views are rendered.
 
     ``lighting``: 0 renders the bare vertex colours, 1 the world's studio lighting (blend in between).
+    ``lights``: ``"head"`` fixes the studio lights to the head (where a front camera would put them), as the
+    embedded generator v2 was trained (a view-independent field can only reproduce lights that do not move
+    with the camera); ``"camera"`` moves them with each view's camera (the v1 generator's training lights).
     ``max_candidates`` bounds the (triangle, pixel) pairs held in memory at once.
     """
 
@@ -47,6 +51,7 @@ class ScanViewConfig:
     supersample: int = 2
     background: str = "white"
     lighting: float = 1.0
+    lights: str = "head"
     wrap: float = 0.35
     near: float = 1e-3
     max_candidates: int = 2_000_000
@@ -60,6 +65,8 @@ class ScanViewConfig:
             raise ConfigError(f"scan view background must be one of {sorted(BACKGROUND_COLOURS)}, got {self.background!r}")
         if not 0.0 <= self.lighting <= 1.0:
             raise ConfigError(f"scan view lighting must be in [0, 1], got {self.lighting}")
+        if self.lights not in ("head", "camera"):
+            raise ConfigError(f"scan view lights must be 'head' or 'camera', got {self.lights!r}")
         if self.max_candidates < 1024:
             raise ConfigError(f"scan view max_candidates must be ≥ 1024, got {self.max_candidates}")
         return self
@@ -209,6 +216,14 @@ def _shade(albedo: Tensor, normal: Tensor, view_dir: Tensor, cam_rotation: Tenso
     return albedo + config.lighting * (lit - albedo)
 
 
+def front_camera_rotation() -> Tensor:
+    """(3, 3) camera-to-world rotation of the front camera (yaw 0, pitch 0, looking at the origin): where the
+    head-fixed studio lights come from (the v2 training script's ``head_light_camera``)."""
+    from ..generator.camera import CameraConfig, cameras_at
+
+    return cameras_at(0.0, 0.0, CameraConfig(pivot=(0.0, 0.0, 0.0))).c[0, :16].reshape(4, 4)[:3, :3]
+
+
 def render_scan_views(mesh: Mesh | MeshTensors, cameras: Tensor, config: ScanViewConfig = ScanViewConfig()) -> dict[str, Tensor]:
     """Render the scan from cameras (N, 25): ``image`` (N, 3, R, R) in [-1, 1], ``mask`` and ``depth`` (N, 1, R, R).
 
@@ -225,6 +240,7 @@ def render_scan_views(mesh: Mesh | MeshTensors, cameras: Tensor, config: ScanVie
     background = torch.tensor(BACKGROUND_COLOURS[config.background], dtype=data.vertices.dtype, device=data.vertices.device)
     images, masks, depths = [], [], []
     centres = (torch.arange(big, dtype=data.vertices.dtype, device=data.vertices.device) + 0.5) / big
+    head_light_rotation = front_camera_rotation()
     rows, cols = torch.meshgrid(centres, centres, indexing="ij")
     for i in range(cameras.shape[0]):  # a handful of views; everything inside is vectorised
         screen, z = project(data.vertices, cam2world[i], intrinsics[i], big)
@@ -240,7 +256,8 @@ def render_scan_views(mesh: Mesh | MeshTensors, cameras: Tensor, config: ScanVie
         ray_cam = torch.stack((x_cam, y_cam, torch.ones_like(x_cam)), dim=-1)
         ray_len = ray_cam.norm(dim=-1)
         view_dir = F.normalize(ray_cam @ cam2world[i, :3, :3].T, dim=-1)
-        colour = _linear_to_srgb(_shade(albedo, normal, view_dir, cam2world[i, :3, :3], config))
+        light_rotation = head_light_rotation.to(cam2world) if config.lights == "head" else cam2world[i, :3, :3]
+        colour = _linear_to_srgb(_shade(albedo, normal, view_dir, light_rotation, config))
         colour = torch.where(hit[:, None], colour, background)
         depth = torch.where(hit, raster.depth * ray_len, torch.zeros_like(ray_len))
         images.append(colour.reshape(big, big, 3).permute(2, 0, 1))

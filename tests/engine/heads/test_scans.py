@@ -155,3 +155,29 @@ def test_rasteriser_z_buffer_and_chunking():
     centre = small["image"][0, :, 16, 16]
     assert torch.allclose(centre, torch.full((3,), -1.0), atol=1e-4)  # black (nearer) square in front
     assert float(small["depth"][0, 0, 16, 16]) == pytest.approx(2.7 - 0.3, abs=2e-3)
+
+
+def test_head_fixed_lights_shade_a_surface_point_alike_from_every_view():
+    """lights="head": a point's colour does not depend on the camera (what the v2 pack generator learned);
+    lights="camera": the lights turn with the camera, so the same point is shaded differently."""
+    from engine.mesh import Mesh as _Mesh
+    from tests.engine.heads.shapes import uv_sphere
+
+    sphere = uv_sphere(rings=48, segments=96)
+    grey = _Mesh(sphere.vertices, sphere.faces, np.full(sphere.vertices.shape, 180, np.uint8))
+    yaws = torch.tensor([0.0, 0.8])
+    cams = cameras_at(yaws, torch.zeros(2), CameraConfig(pivot=(0, 0, 0))).c
+    point = torch.tensor([[0.2 * np.sin(0.4), 0.0, 0.2 * np.cos(0.4)]], dtype=torch.float32)  # seen by both
+    colours = {}
+    for lights in ("head", "camera"):
+        views = render_scan_views(grey, cams, ScanViewConfig(resolution=64, supersample=1, lights=lights))
+        seen = []
+        for v in range(2):
+            c2w, K = cams[v, :16].reshape(4, 4), cams[v, 16:].reshape(3, 3)
+            screen, _ = project(point, c2w, K, 64)  # (x, y) = (column, row), pixel centres at integers
+            col, row = (int(round(float(x))) for x in screen[0])
+            seen.append(views["image"][v, :, row, col])
+        colours[lights] = seen
+    assert float((colours["head"][0] - colours["head"][1]).abs().max()) < 0.02
+    assert float((colours["camera"][0] - colours["camera"][1]).abs().max()) > 0.05
+    torch.testing.assert_close(colours["head"][0], colours["camera"][0])  # the front camera is the light camera
