@@ -87,6 +87,21 @@ class Variant:
     rank: bool = True
 
 
+def _variant_key(name: str) -> str:
+    """"LD (full)" / "ld" → "ld"; "LD − mirror" / "ld-mirror" → "ld-mirror" (case, spaces and dashes ignored)."""
+    key = name.lower().replace("(full)", "").replace("−", "-").replace(" ", "")
+    return key
+
+
+def resolve_variant(name: str) -> "Variant":
+    """A variant by its table name or a short form (``ld``, ``sds``, ``ld-mirror``, ``ld-grid``, ``ld-rank``)."""
+    by_key = {_variant_key(v): variant for v, variant in VARIANTS.items()}
+    try:
+        return by_key[_variant_key(name)]
+    except KeyError:
+        raise SystemExit(f"unknown variant {name.strip()!r}; choose from: {', '.join(sorted(by_key))}") from None
+
+
 VARIANTS = {
     v.name: v
     for v in (
@@ -267,7 +282,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int_list, default=[40, 400], help="step counts of the main table")
     parser.add_argument("--curve", type=int_list, default=[10, 20, 40, 100, 200, 400],
                         help="step counts of the style-vs-identity curve (those above max(--steps) are dropped)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant names")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants: ld, sds, ld-mirror, ld-grid, ld-rank (or their table names)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -276,7 +291,7 @@ def main() -> None:
         raise SystemExit("--latents must be at least 3 (skin-tone terciles)")
     out = Path(args.out)
     styles = [s.strip() for s in args.styles.split(",") if s.strip()]
-    variants = [VARIANTS[name.strip()] for name in args.variants.split(",")]
+    variants = [resolve_variant(name) for name in args.variants.split(",") if name.strip()]
     top = max(args.steps)
     marks = sorted(set(args.steps) | {s for s in args.curve if s <= top})
 

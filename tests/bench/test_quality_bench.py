@@ -33,3 +33,10 @@ def test_step_lists_parse_sorted_and_positive():
     assert quality.int_list("400,40,40") == [40, 400]
     with pytest.raises(Exception):
         quality.int_list("0,40")
+
+
+def test_variants_are_found_by_short_or_table_name_and_a_typo_names_the_choices():
+    assert [quality.resolve_variant(n).name for n in ("ld", "SDS", "LD (full)", "ld-mirror", "LD − grid")] == \
+        ["LD (full)", "SDS", "LD (full)", "LD − mirror", "LD − grid"]
+    with pytest.raises(SystemExit, match="unknown variant 'LDX'; choose from: ld, ld-grid"):
+        quality.resolve_variant("LDX")
