@@ -424,26 +424,10 @@ def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
     return _renders(G, ws, scan_cameras(G, (0.0,), (0.0,))[0])
 
 
-def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit) -> BatchModels:
-    """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator
-    (cached by :func:`engine.app.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
-    from ..generator.inference import load_w_plus
+def resolve_batch_models(settings: BatchSettings, on_event: EventSink = emit):
+    """(head job, model sources, prompt, base generator) of a batch — what both batch modes load first."""
     from ..generator.loading import load_generator
-    from ..heads.invert import (
-        SCORE_VIEW_PITCHES_DEG,
-        SCORE_VIEW_YAWS_DEG,
-        InversionConfig,
-        composite,
-        encoder_embedder,
-        image_target,
-        invert,
-        scan_cameras,
-        scan_target,
-    )
-    from ..heads.provenance import model_hashes
-    from ..heads.scans import ScanNormalization, load_scan, read_image
-    from ..pack import pack_paths
-    from .pipeline import HeadJob, extract_head, resolve_models, resolve_prompt, stylized_generator
+    from .pipeline import HeadJob, resolve_models, resolve_prompt
 
     job = HeadJob(
         out_dir=str(Path(settings.cache_dir or "out/batch-cache")),
@@ -464,20 +448,50 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     prompt, warning = resolve_prompt(job, sources)
     if warning:
         log(f"warning: {warning}")
-    base = load_generator(sources.generator, settings.device).generator
+    return job, sources, prompt, load_generator(sources.generator, settings.device).generator
+
+
+def batch_identity_encoder(sources, device: torch.device):
+    """(encoder or None, its path). The identity encoder is the embedded pack's even when the other models are
+    the user's: it is the only offline identity model, used for the inversion's feature loss and the report's
+    similarity."""
+    from ..pack import pack_paths
+
+    encoder_path = sources.pack.identity_encoder if sources.pack is not None else pack_paths().identity_encoder
+    if not encoder_path.is_file():
+        return None, encoder_path
+    from ..evaluate.recognition import load_identity_encoder
+
+    return load_identity_encoder(encoder_path, device), encoder_path
+
+
+def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit) -> BatchModels:
+    """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator
+    (cached by :func:`engine.app.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
+    from ..generator.inference import load_w_plus
+    from ..generator.loading import load_generator
+    from ..heads.invert import (
+        SCORE_VIEW_PITCHES_DEG,
+        SCORE_VIEW_YAWS_DEG,
+        InversionConfig,
+        composite,
+        encoder_embedder,
+        image_target,
+        invert,
+        scan_cameras,
+        scan_target,
+    )
+    from ..heads.provenance import model_hashes
+    from ..heads.scans import ScanNormalization, load_scan, read_image
+    from .pipeline import extract_head, stylized_generator
+
+    job, sources, prompt, base = resolve_batch_models(settings, on_event)
     on_event("stage", stage="stylize", message=f"stylizing the generator toward {prompt!r} (cached)")
     stylized_info = stylized_generator(job, sources, prompt, cancel, on_event)
     if stylized_info.cancelled or stylized_info.path is None:
         raise StylizationCancelled("cancelled while stylizing the generator; run the batch again to resume")
     stylized = load_generator(stylized_info.path, settings.device).generator
-    encoder = None
-    # The identity encoder is the embedded pack's even when the other models are the user's: it is the only
-    # offline identity model, used for the inversion's feature loss and the report's similarity.
-    encoder_path = (sources.pack.identity_encoder if sources.pack is not None else pack_paths().identity_encoder)
-    if encoder_path.is_file():
-        from ..evaluate.recognition import load_identity_encoder
-
-        encoder = load_identity_encoder(encoder_path, next(base.parameters()).device)
+    encoder, encoder_path = batch_identity_encoder(sources, next(base.parameters()).device)
     inversion = InversionConfig() if settings.inversion_steps is None else InversionConfig(steps=settings.inversion_steps)
     normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
     embed = encoder_embedder(encoder) if encoder is not None else None

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..io.events import emit, log
+from ..io.events import emit
 from ..stylize.cancel import CancelToken
-from .batch import BatchModels, BatchSettings, EventSink, HeadOutput, Inverted, StylizationCancelled, _renders, \
-    _similarity_from_encoder
+from .batch import (BatchModels, BatchSettings, EventSink, HeadOutput, Inverted, StylizationCancelled, _renders,
+                    _similarity_from_encoder, batch_identity_encoder, resolve_batch_models)
 
 
 def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = None,
@@ -41,35 +41,17 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     from ..heads.mesh_field import MeshFieldConfig
     from ..heads.provenance import model_hashes
     from ..heads.scan_views import ScanViewConfig
-    from ..heads.scans import ScanNormalization, load_scan
-    from ..pack import pack_paths
+    from ..heads.scans import ScanNormalization
     from .head_mode import fitted_head_field
-    from .pipeline import HeadJob, _path_fingerprint, extract_head, resolve_models, resolve_prompt, stylized_generator
+    from .pipeline import _path_fingerprint, extract_head, stylized_generator
 
     cancel = cancel or CancelToken()
-    job = HeadJob(
-        out_dir=str(Path(settings.cache_dir or "out/batch-cache")),
-        prompt=settings.prompt, style_preset=settings.style_preset, method=settings.method, steps=settings.steps,
-        generator=settings.generator, diffusion=settings.diffusion, depth_controlnet=settings.depth_controlnet,
-        edge_controlnet=settings.edge_controlnet, mesh_resolution=settings.mesh_resolution, device=settings.device,
-        cache_dir=settings.cache_dir, field_steps=settings.field_steps,
-    ).validate()
-    on_event("stage", stage="load", message="resolving models")
-    sources = resolve_models(job)
-    prompt, warning = resolve_prompt(job, sources)
-    if warning:
-        log(f"warning: {warning}")
-    base = load_generator(sources.generator, settings.device).generator
+    job, sources, prompt, base = resolve_batch_models(settings, on_event)
     device = next(base.parameters()).device
     fingerprint = _path_fingerprint(sources.generator)
     fit_config = MeshFieldConfig(steps=settings.field_steps)
     normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
-    encoder_path = sources.pack.identity_encoder if sources.pack is not None else pack_paths().identity_encoder
-    encoder = None
-    if encoder_path.is_file():
-        from ..evaluate.recognition import load_identity_encoder
-
-        encoder = load_identity_encoder(encoder_path, device)
+    encoder, encoder_path = batch_identity_encoder(sources, device)
     similarity = _similarity_from_encoder(encoder) if encoder is not None else None
     current: dict[str, Any] = {}  # the field ``invert`` stylized last, for ``build_head`` (called right after)
 
@@ -88,8 +70,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
             raise StylizationCancelled("cancelled while stylizing the mesh's field; run the batch again to resume")
         styled = load_generator(stylized.path, settings.device).generator
         current["generator"] = styled
-        scan = load_scan(path, normalization)
-        held_out = scan_target(base, scan.mesh, ScanViewConfig(resolution=base.config.img_resolution, lighting=0.0),
+        held_out = scan_target(base, field.scan.mesh, ScanViewConfig(resolution=base.config.img_resolution, lighting=0.0),
                                SCORE_VIEW_YAWS_DEG, SCORE_VIEW_PITCHES_DEG)
         source = composite(held_out.images, held_out.masks, "white").cpu()
         info = {"mode": "mesh", "field": str(field.path), "fit_reused": field.reused, "fit": field.fit,

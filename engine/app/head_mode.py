@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ..generator.loading import load_generator, resolve_device, save_generator
 from ..heads.mesh_field import MeshFieldConfig, fit_mesh_field
-from ..heads.scans import ScanNormalization, load_scan
+from ..heads.scans import NormalizedScan, ScanNormalization, load_scan
 from ..io.atomic import write_json
 from ..io.checkpoint import read_json_object
 from ..pack import sha256_file
@@ -37,6 +37,7 @@ class HeadField:
     path: Path
     reused: bool
     fit: dict[str, Any]  # steps, seconds, final losses, scan normalisation
+    scan: NormalizedScan  # the mesh as read and normalised (callers need not read it again)
 
 
 def _fit_key(mesh_sha256: str, normalization: ScanNormalization, config: MeshFieldConfig, base_fingerprint: str | None) -> str:
@@ -57,7 +58,7 @@ def fitted_head_field(mesh_path: str | Path, base_generator: str, base_fingerpri
     folder = cache_folder / "fields" / key
     if (folder / FIELD_FILE).is_file() and (folder / FIT_FILE).is_file():
         on_event("stage", stage="fit", status="reused", field=str(folder / FIELD_FILE))
-        return HeadField(folder / FIELD_FILE, True, read_json_object(folder / FIT_FILE, "head field fit record"))
+        return HeadField(folder / FIELD_FILE, True, read_json_object(folder / FIT_FILE, "head field fit record"), scan)
     base = load_generator(base_generator, device=resolve_device(device)).generator
     every = max(1, config.steps // 20)
 
@@ -78,4 +79,4 @@ def fitted_head_field(mesh_path: str | Path, base_generator: str, base_fingerpri
            "normalization": {**normalization.to_dict(), "up_axis_used": scan.up_axis, "units_used": scan.units,
                              "scan_to_world": scan.scan_to_world.tolist()}}
     write_json(folder / FIT_FILE, fit)  # written last: a folder without it is refitted
-    return HeadField(path, False, fit)
+    return HeadField(path, False, fit, scan)

@@ -89,9 +89,9 @@ result(manifest=str(path), objects=len(bpy.data.objects), scenes=len(bpy.data.sc
         assert float((a & b).sum() / (a | b).sum()) > 0.85, view["name"]
 
 
-@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
-def test_batch_operator_needs_consent_then_renders_and_runs_the_engine(scan_folder, tmp_path):
-    r = run_bpy(f"""
+def _batch_prologue(scan_folder: Path, tmp_path: Path) -> str:
+    """Scenario start: the fake batch engine, its argv log, the scans folder and the output folder."""
+    return f"""
 import os
 p = prefs()
 p.python_path = sys.executable
@@ -100,6 +100,12 @@ os.environ["FAKE_BATCH_ARGV_LOG"] = {str(tmp_path / 'argv.json')!r}
 s = bpy.context.scene.head_stylizer_batch
 s.input_dir = {str(scan_folder)!r}
 s.output_dir = {str(tmp_path / 'out')!r}
+"""
+
+
+@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
+def test_batch_operator_needs_consent_then_renders_and_runs_the_engine(scan_folder, tmp_path):
+    r = run_bpy(_batch_prologue(scan_folder, tmp_path) + f"""
 s.view_resolution = 48
 s.consent = False
 try:
@@ -131,15 +137,7 @@ result(refused=refused, started=started_without_consent, outcome=outcome, status
 
 @pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
 def test_batch_operator_mesh_mode_hands_each_scan_to_head_mode_as_a_glb(scan_folder, tmp_path):
-    r = run_bpy(f"""
-import os
-p = prefs()
-p.python_path = sys.executable
-p.engine_root = {str(FAKE_ENGINE)!r}
-os.environ["FAKE_BATCH_ARGV_LOG"] = {str(tmp_path / 'argv.json')!r}
-s = bpy.context.scene.head_stylizer_batch
-s.input_dir = {str(scan_folder)!r}
-s.output_dir = {str(tmp_path / 'out')!r}
+    r = run_bpy(_batch_prologue(scan_folder, tmp_path) + """
 s.mode = "mesh"
 s.consent = True
 outcome = str(bpy.ops.headstylizer.batch())
