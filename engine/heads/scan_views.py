@@ -31,7 +31,7 @@ from torch import Tensor
 from ..errors import ConfigError, InputError
 from ..generator.camera import check_camera_vector, split_camera_vector
 from ..mesh import Mesh, vertex_normals
-from .texture import TextureSampler
+from .texture import TextureSampler, linear_to_srgb, srgb_to_linear
 
 BACKGROUND_COLOURS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5)}
 
@@ -79,15 +79,6 @@ class Raster:
     triangle: Tensor  # (R²,) int64, −1 where nothing is hit
     bary: Tensor  # (R², 3) perspective-correct barycentric weights
     depth: Tensor  # (R²,) camera-z of the hit (inf where nothing is hit)
-
-
-def _srgb_to_linear(c: Tensor) -> Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(c: Tensor) -> Tensor:
-    c = c.clamp(0.0, 1.0)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp_min(1e-12) ** (1.0 / 2.4) - 0.055)
 
 
 def project(vertices: Tensor, cam2world: Tensor, intrinsics: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
@@ -184,7 +175,7 @@ class MeshTensors:
         self.vertices = torch.from_numpy(mesh.vertices.astype(np.float32)).to(device)
         self.faces = torch.from_numpy(mesh.faces.astype(np.int64)).to(device)
         self.normals = torch.from_numpy(np.asarray(normals, dtype=np.float32)).to(device)
-        self.albedo = _srgb_to_linear(torch.from_numpy(colours.astype(np.float32) / 255.0).to(device))
+        self.albedo = srgb_to_linear(torch.from_numpy(colours.astype(np.float32) / 255.0).to(device))
         self.texture = TextureSampler(mesh.texture, device) if mesh.texture is not None else None
         # a textured face shows its vertex colour × its image; without vertex colours, the image alone
         self.textured_base = self.albedo if mesh.vertex_colors is not None else torch.ones_like(self.albedo)
@@ -257,7 +248,7 @@ def render_scan_views(mesh: Mesh | MeshTensors, cameras: Tensor, config: ScanVie
         ray_len = ray_cam.norm(dim=-1)
         view_dir = F.normalize(ray_cam @ cam2world[i, :3, :3].T, dim=-1)
         light_rotation = head_light_rotation.to(cam2world) if config.lights == "head" else cam2world[i, :3, :3]
-        colour = _linear_to_srgb(_shade(albedo, normal, view_dir, light_rotation, config))
+        colour = linear_to_srgb(_shade(albedo, normal, view_dir, light_rotation, config))
         colour = torch.where(hit[:, None], colour, background)
         depth = torch.where(hit, raster.depth * ray_len, torch.zeros_like(ray_len))
         images.append(colour.reshape(big, big, 3).permute(2, 0, 1))

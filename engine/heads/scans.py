@@ -59,6 +59,7 @@ from ..io.untrusted import (
     read_json,
 )
 from ..mesh import Mesh, SurfaceTexture, read_npz, read_ply
+from .gltf import linear_to_srgb
 
 SCAN_SUFFIXES = (".ply", ".obj", ".glb", ".gltf")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -271,21 +272,15 @@ def _material_images(obj_path: Path, materials: dict[str, ObjMaterial], used: li
             warnings.append(f"{obj_path}: material {name!r}: texture {file_name!r} not found; "
                             + ("its Kd colour is used" if material.kd else "its faces keep their vertex colour"))
         if material.kd is not None:
-            srgb = np.round(_linear_to_srgb(np.asarray(material.kd)) * 255.0).astype(np.uint8)
+            srgb = np.round(linear_to_srgb(np.asarray(material.kd)) * 255.0).astype(np.uint8)
             slots[i] = len(images)
             images.append(srgb.reshape(1, 1, 3))
     return images, slots, warnings
 
 
-def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1.0 / 2.4) - 0.055)
-
-
-def _obj_refs(tokens: list[str], slot: int, count: int, name: str, what: str) -> np.ndarray:
-    """The ``slot``-th ``/``-separated index of every face token, 0-based (−1 where absent; OBJ is 1-based
+def _obj_refs(parts: list[list[str]], slot: int, count: int, name: str, what: str) -> np.ndarray:
+    """The ``slot``-th index of every face token (split at ``/``), 0-based (−1 where absent; OBJ is 1-based
     and negative indices count back from the end of the table so far — here, of the whole table)."""
-    parts = [t.split("/") for t in tokens]
     raw = [p[slot] if len(p) > slot and p[slot] else "0" for p in parts]
     try:
         refs = np.array(raw, dtype=np.int64)
@@ -341,8 +336,8 @@ def read_obj(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh
         raise InputError(f"{name}: malformed OBJ ({exc})") from None
     if counts.min() < 3:
         raise InputError(f"{name}: OBJ face with fewer than 3 vertices")
-    tokens = [tok for f in f_lines for tok in f]
-    refs = _obj_refs(tokens, 0, len(table), name, "vertex")
+    parts = [tok.split("/") for f in f_lines for tok in f]  # v, v/vt, v/vt/vn or v//vn
+    refs = _obj_refs(parts, 0, len(table), name, "vertex")
     if (refs < 0).any():
         raise InputError(f"{name}: OBJ face references a missing vertex")
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -369,13 +364,13 @@ def read_obj(path: str | os.PathLike, limits: InputLimits | None = None) -> Mesh
         images, slots, image_warnings = _material_images(path, materials, list(used), limits)
         warnings += image_warnings
         if images:
-            mesh.texture = _obj_texture(vt_lines, tokens, corners, face_of_tri, np.asarray(face_material), slots, images, name)
+            mesh.texture = _obj_texture(vt_lines, parts, corners, face_of_tri, np.asarray(face_material), slots, images, name)
     if warnings:
         mesh.metadata["warnings"] = warnings
     return mesh.check(name)
 
 
-def _obj_texture(vt_lines: list[str], tokens: list[str], corners: np.ndarray, face_of_tri: np.ndarray,
+def _obj_texture(vt_lines: list[str], parts: list[list[str]], corners: np.ndarray, face_of_tri: np.ndarray,
                  face_material: np.ndarray, slots: np.ndarray, images: list[np.ndarray], name: str) -> SurfaceTexture:
     """Per-corner UVs (v flipped to glTF's top-down convention) and image slots of the OBJ's triangles.
     A face whose material has a texture image but whose corners lack ``vt`` shows its colour untextured."""
@@ -389,7 +384,7 @@ def _obj_texture(vt_lines: list[str], tokens: list[str], corners: np.ndarray, fa
         if uv_table.ndim != 2 or uv_table.shape[1] != 2 or not np.isfinite(uv_table).all():
             raise InputError(f"{name}: OBJ texture coordinates (vt) need two finite numbers each")
         uv_table[:, 1] = 1.0 - uv_table[:, 1]
-    vt_refs = _obj_refs(tokens, 1, len(uv_table), name, "texture coordinate")[corners]  # (T, 3)
+    vt_refs = _obj_refs(parts, 1, len(uv_table), name, "texture coordinate")[corners]  # (T, 3)
     slot = np.where(face_material[face_of_tri] >= 0, slots[face_material[face_of_tri].clip(0)], -1)
     has_uv = (vt_refs >= 0).all(axis=1)
     is_constant = np.array([img.shape[:2] == (1, 1) for img in images])
