@@ -144,7 +144,7 @@ def check_request(request: StylizeRequest) -> list[str]:
 
 def engine_argv(request: StylizeRequest) -> list[str]:
     """The full command line: ``[python, -m, engine, head, --out, …]`` (paths made absolute)."""
-    argv = [request.python, "-m", "engine", "head", "--out", _expand(request.out_dir)]
+    argv = [request.python, "-m", "engine", "head", "--json", "--out", _expand(request.out_dir)]
     if request.preset == "CUSTOM":
         argv += ["--prompt", request.prompt.strip()]
     else:

@@ -65,7 +65,7 @@ class BatchPlan:
     def engine_argv(self) -> list[str]:
         source = ["--mode", "mesh", "--in", str(self.handoff_dir), "--units", self.units] if self.mode == "mesh" \
             else ["--views", str(self.handoff_dir)]
-        argv = [self.python, "-m", "engine", "batch", *source, "--out", str(self.out_dir),
+        argv = [self.python, "-m", "engine", "batch", "--json", *source, "--out", str(self.out_dir),
                 "--method", self.method, "--mesh-resolution", str(self.mesh_resolution), "--device", self.device,
                 "--cancel-file", str(self.out_dir / ".cancel")]
         argv += ["--prompt", self.prompt] if self.prompt else ["--style", self.style]

@@ -151,7 +151,7 @@ result(name=obj.name, faces=len(me.polygons), vertices=len(me.vertices), domain=
     assert r["views"] == ["front", "yaw+45"]
     assert Path(r["result_path"]).name == "head.json" and Path(r["result_path"]).parent.parent == tmp_path / "out"
     argv = r["argv"]
-    assert argv[:2] == ["head", "--out"] and argv[argv.index("--style-preset") + 1] == "zombie"
+    assert argv[:3] == ["head", "--json", "--out"] and argv[argv.index("--style-preset") + 1] == "zombie"
     assert argv[argv.index("--seed") + 1] == "7" and argv[argv.index("--steps") + 1] == "3"
 
 

@@ -63,7 +63,7 @@ def test_strength_maps_linearly_to_guidance_scale_with_paper_value_in_the_middle
 def test_engine_argv_for_a_preset_and_a_seed(tmp_path):
     r = _request(tmp_path, preset="PIXAR", seed=7, strength=0.5, mesh_resolution=96, cancel_file="")
     assert engine_argv(r) == [
-        PY, "-m", "engine", "head", "--out", str(tmp_path / "run"), "--style-preset", "pixar",
+        PY, "-m", "engine", "head", "--json", "--out", str(tmp_path / "run"), "--style-preset", "pixar",
         "--method", "ld", "--seed", "7", "--guidance-scale", "7.5", "--mesh-resolution", "96", "--device", "auto",
     ]
 

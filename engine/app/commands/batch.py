@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in", dest="in_dir", help="folder of scans (.ply/.obj/.glb/.gltf/.npz), portraits (.png/.jpg) or W+ latents (.npz)")
     p.add_argument("--views", dest="views_dir", help="folder of per-scan view folders rendered by the Blender batch operator")
     p.add_argument("--out", required=True, help="output folder: <name>.glb + <name>.json per input, report.csv/json")
-    p.add_argument("--prompt", default="", help="style prompt (or --style-preset)")
+    p.add_argument("--prompt", default=None, help="style prompt (or --style-preset)")
     p.add_argument("--style", "--style-preset", dest="style_preset", default=None, help="style preset name (photo, statue, zombie, cartoon, sketch, gold, Pixar, …)")
     p.add_argument("--method", choices=("ld", "sds"), default="ld")
     p.add_argument("--steps", type=int, default=None, help="stylization steps (default: the pipeline's default for the models)")
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         )
     inputs = collect_inputs(args.in_dir, args.views_dir)
     settings = BatchSettings(
-        prompt=args.prompt,
+        prompt=args.prompt or "",
         style_preset=args.style_preset,
         method=args.method,
         steps=args.steps,

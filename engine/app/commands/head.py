@@ -17,7 +17,7 @@ from ..pipeline import GALLERY_FIRST_SEED, GALLERY_HEADS, METHODS, HeadJob, run_
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for head.json, head.npz/.ply and views/")
-    p.add_argument("--prompt", default="", help="style prompt (overrides --style-preset)")
+    p.add_argument("--prompt", default=None, help="style prompt (overrides --style-preset)")
     p.add_argument("--style-preset", choices=sorted(STYLE_PRESETS), help="named style (prompt chosen for the models in use)")
     p.add_argument("--method", choices=METHODS, default="ld", help="likelihood distillation (default) or SDS")
     p.add_argument("--no-mirror", action="store_true", help="disable mirror gradients")
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def job_from_args(args: argparse.Namespace) -> HeadJob:
     return HeadJob(
         out_dir=args.out,
-        prompt=args.prompt,
+        prompt=args.prompt or "",
         style_preset=args.style_preset,
         method=args.method,
         mirror=not args.no_mirror,
