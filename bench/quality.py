@@ -80,11 +80,18 @@ STYLE_LEVELS = (0.5, 0.7, 0.9)
 
 @dataclass(frozen=True)
 class Variant:
+    """One stylization recipe of the bench. ``lr``/``guidance_scale`` override the job's defaults (None: keep);
+    ``distill`` overrides further :class:`~engine.distill.DistillConfig` fields (pairs, to stay hashable)."""
+
+    key: str
     name: str
     method: str = "ld"
     mirror: bool = True
     grid: bool = True
     rank: bool = True
+    lr: float | None = None
+    guidance_scale: float = 7.5
+    distill: tuple[tuple[str, object], ...] = ()
 
 
 def _variant_key(name: str) -> str:
@@ -94,22 +101,46 @@ def _variant_key(name: str) -> str:
 
 
 def resolve_variant(name: str) -> "Variant":
-    """A variant by its table name or a short form (``ld``, ``sds``, ``ld-mirror``, ``ld-grid``, ``ld-rank``)."""
-    by_key = {_variant_key(v): variant for v, variant in VARIANTS.items()}
+    """A variant by its short key (``ld``, ``sds``, ``ld-mirror``, …, ``sds-noiseless``) or its table name."""
+    every = {**VARIANTS, **SWEEP_VARIANTS}.values()
+    by_key = {v.key: v for v in every} | {_variant_key(v.name): v for v in every}
     try:
         return by_key[_variant_key(name)]
     except KeyError:
-        raise SystemExit(f"unknown variant {name.strip()!r}; choose from: {', '.join(sorted(by_key))}") from None
+        raise SystemExit(f"unknown variant {name.strip()!r}; choose from: {', '.join(v.key for v in every)}") from None
 
 
+# The issue's five: the paper's method and its ablations (the default run).
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("LD (full)"),
-        Variant("SDS", method="sds"),
-        Variant("LD − mirror", mirror=False),
-        Variant("LD − grid", grid=False),
-        Variant("LD − rank", rank=False),
+        Variant("ld", "LD (full)"),
+        Variant("sds", "SDS", method="sds"),
+        Variant("ld-mirror", "LD − mirror", mirror=False),
+        Variant("ld-grid", "LD − grid", grid=False),
+        Variant("ld-rank", "LD − rank", rank=False),
+    )
+}
+
+# Why-questions about LD vs SDS (run with --variants; all keep mirror, grid and rank on). The official SDS is
+# LD's guidance direction with the weight √(1−ᾱ_t) instead of √ᾱ_t plus a zero-mean noise term −ε·√(1−ᾱ_t):
+# "noiseless" removes that term, "textbook" adds back ε_uncond (the unconditional score, the part the
+# mode-seeking argument is about), CFG 100 is StyleGANFusion's strength; lr / CFG / timestep range ask
+# whether LD's identity loss is a matter of step size, prior strength or noise level.
+SWEEP_VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("sds-noiseless", "SDS without −ε", method="sds", distill=(("sds_variant", "noiseless"),)),
+        Variant("sds-textbook", "SDS textbook", method="sds", distill=(("sds_variant", "textbook"),)),
+        Variant("sds-textbook-cfg100", "SDS textbook, CFG 100", method="sds", guidance_scale=100.0,
+                distill=(("sds_variant", "textbook"),)),
+        Variant("ld-lr5e-4", "LD, lr 5e-4", lr=5e-4),
+        Variant("sds-lr5e-4", "SDS, lr 5e-4", method="sds", lr=5e-4),
+        Variant("ld-cfg3", "LD, CFG 3", guidance_scale=3.0),
+        Variant("ld-cfg15", "LD, CFG 15", guidance_scale=15.0),
+        Variant("ld-high-noise", "LD, t 681–181", distill=(("single_step_range", (15, 40)), ("grid_step_range", (15, 40)))),
+        Variant("sds-high-noise", "SDS, t 681–181", method="sds",
+                distill=(("single_step_range", (15, 40)), ("grid_step_range", (15, 40)))),
     )
 }
 
@@ -161,7 +192,14 @@ class Bench:
         return report
 
 
-def run_variant(bench: Bench, job: HeadJob, style: str, marks: list[int], record) -> None:
+def with_distill_overrides(config, variant: Variant):
+    """``config`` (a StylizeConfig) with the variant's extra DistillConfig fields set (validated)."""
+    if not variant.distill:
+        return config
+    return dataclasses.replace(config, distill=dataclasses.replace(config.distill, **dict(variant.distill)).validate())
+
+
+def run_variant(bench: Bench, job: HeadJob, variant: Variant, style: str, marks: list[int], record) -> None:
     """Stylize once to ``max(marks)`` steps and measure at every mark as the run passes it.
 
     ``record(step, report)`` is called for each mark measured; marks already on record are skipped by the
@@ -169,7 +207,7 @@ def run_variant(bench: Bench, job: HeadJob, style: str, marks: list[int], record
     """
     sources = resolve_models(job)
     prompt, _ = resolve_prompt(job, sources)
-    config = stylize_config_for(job, sources, prompt)
+    config = with_distill_overrides(stylize_config_for(job, sources, prompt), variant)
     run_dir = job.cache_folder / "stylized" / stylize_cache_key(config, sources)
     # checkpoint at every mark (the checkpoint interval is not part of the cache key)
     every = math.gcd(*marks)
@@ -282,7 +320,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int_list, default=[40, 400], help="step counts of the main table")
     parser.add_argument("--curve", type=int_list, default=[10, 20, 40, 100, 200, 400],
                         help="step counts of the style-vs-identity curve (those above max(--steps) are dropped)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants: ld, sds, ld-mirror, ld-grid, ld-rank (or their table names)")
+    parser.add_argument("--variants", default=",".join(v.key for v in VARIANTS.values()),
+                        help="comma-separated variants: ld, sds, ld-mirror, ld-grid, ld-rank; the LD-vs-SDS sweep: "
+                             + ", ".join(v.key for v in SWEEP_VARIANTS.values()))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -308,7 +348,8 @@ def main() -> None:
             if not missing:
                 continue
             job = HeadJob(out_dir=str(out), style_preset=preset_for(style), method=variant.method, mirror=variant.mirror,
-                          grid=variant.grid, rank=variant.rank, steps=top, device="cpu",
+                          grid=variant.grid, rank=variant.rank, steps=top, lr=variant.lr,
+                          guidance_scale=variant.guidance_scale, device="cpu",
                           cache_dir=str(out / "cache")).validate()
             if bench is None:
                 bench = make_bench(job, args.latents)
@@ -322,9 +363,9 @@ def main() -> None:
                 print(f"    measured at step {step}: style {_get(report, 'style_score_after_mean'):.3f}, "
                       f"margin {_get(report, 'identity_margin_mean'):.3f}", file=sys.stderr, flush=True)
 
-            run_variant(bench, job, style, missing, record)
+            run_variant(bench, job, variant, style, missing, record)
 
-    names = list(VARIANTS)
+    names = list(VARIANTS) + list(SWEEP_VARIANTS)
     rows = []
     for key, value in results.items():
         style, name, steps = key.split("/")

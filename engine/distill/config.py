@@ -19,7 +19,8 @@ from ..errors import ConfigError
 from ..io.configs import JsonConfig
 
 METHODS = ("ld", "sds")
-SDS_VARIANTS = ("official", "textbook")
+# "noiseless" is an ablation, not a method of its own: the official SDS without its −ε term (see gradients).
+SDS_VARIANTS = ("official", "textbook", "noiseless")
 
 
 @dataclass(frozen=True)

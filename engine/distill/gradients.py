@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from .config import SDS_VARIANTS
 from .rank import rank_reweight
 from .shapes import broadcast_per_sample, check_ndim, check_same_shape
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DistillConfig
 
-SDS_VARIANTS = ("official", "textbook")
 STAGES = ("single", "grid")
 
 
@@ -89,17 +89,24 @@ def ld_gradient(score: Tensor, alpha_bar_t: float | Tensor) -> Tensor:
 
 
 def sds_gradient_from_score(
-    score: Tensor, eps: Tensor, alpha_bar_t: float | Tensor, eps_uncond: Tensor | None = None
+    score: Tensor,
+    eps: Tensor,
+    alpha_bar_t: float | Tensor,
+    eps_uncond: Tensor | None = None,
+    subtract_noise: bool = True,
 ) -> Tensor:
     """SDS gradient from an (optionally rank-re-weighted) guided score.
 
     Without ``eps_uncond``: the official code's ``(score − ε)·√(1−ᾱ_t)``. With it: the textbook
     ``(ε_uncond + score − ε)·√(1−ᾱ_t)``, i.e. the full CFG prediction minus the injected noise.
+    ``subtract_noise=False`` drops the −ε term (the "noiseless" ablation): since ε is drawn independently of
+    the render, −ε·∂x/∂θ has zero mean, and the official SDS is then LD's guidance direction with the weight
+    √(1−ᾱ_t) instead of √ᾱ_t. Comparing the two isolates what the noise term does to training.
     """
     check_ndim("score", score, 4, "(B, C, H, W)")
     check_same_shape("score", score, "eps", eps)
     dtype = _compute_dtype(score)
-    residual = score.to(dtype) - eps.to(dtype)
+    residual = score.to(dtype) - eps.to(dtype) if subtract_noise else score.to(dtype)
     if eps_uncond is not None:
         check_same_shape("score", score, "eps_uncond", eps_uncond)
         residual = residual + eps_uncond.to(dtype)
@@ -123,11 +130,14 @@ def sds_gradient(
       ``w(t) = √(1−ᾱ_t)``, so that the two variants differ only in the ε_uncond term and an ablation
       isolates it. (DreamFusion itself uses w(t) = σ_t² = 1−ᾱ_t; since the result is divided by 1000 and
       clamped anyway, the weight mostly rescales.)
+    * ``"noiseless"`` (ablation): ``s·(ε_text − ε_uncond) · √(1−ᾱ_t)``, the official form without −ε.
     """
     if variant not in SDS_VARIANTS:
         raise InputError(f"sds variant must be one of {SDS_VARIANTS}, got {variant!r}")
     score = guided_score(eps_text, eps_uncond, scale)
-    return sds_gradient_from_score(score, eps, alpha_bar_t, eps_uncond if variant == "textbook" else None)
+    return sds_gradient_from_score(
+        score, eps, alpha_bar_t, eps_uncond if variant == "textbook" else None, subtract_noise=variant != "noiseless"
+    )
 
 
 # -------------------------------------------------------------------------------------------------
@@ -211,7 +221,11 @@ def distillation_gradient(
         grad = ld_gradient(score, alpha_bar_t)
     else:
         grad = sds_gradient_from_score(
-            score, eps, alpha_bar_t, eps_uncond if config.sds_variant == "textbook" else None
+            score,
+            eps,
+            alpha_bar_t,
+            eps_uncond if config.sds_variant == "textbook" else None,
+            subtract_noise=config.sds_variant != "noiseless",
         )
     return postprocess_gradient(
         grad,

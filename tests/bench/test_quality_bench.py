@@ -38,5 +38,19 @@ def test_step_lists_parse_sorted_and_positive():
 def test_variants_are_found_by_short_or_table_name_and_a_typo_names_the_choices():
     assert [quality.resolve_variant(n).name for n in ("ld", "SDS", "LD (full)", "ld-mirror", "LD − grid")] == \
         ["LD (full)", "SDS", "LD (full)", "LD − mirror", "LD − grid"]
-    with pytest.raises(SystemExit, match="unknown variant 'LDX'; choose from: ld, ld-grid"):
+    with pytest.raises(SystemExit, match="unknown variant 'LDX'; choose from: ld, sds, ld-mirror"):
         quality.resolve_variant("LDX")
+
+
+def test_sweep_variants_reach_the_distill_config_and_the_job():
+    from engine.stylize.config import StylizeConfig
+
+    base = StylizeConfig(prompt="a zombie head", generator="g")
+    noiseless = quality.resolve_variant("sds-noiseless")
+    assert (noiseless.method, quality.with_distill_overrides(base, noiseless).distill.sds_variant) == ("sds", "noiseless")
+    high = quality.with_distill_overrides(base, quality.resolve_variant("ld-high-noise")).distill
+    assert (high.single_step_range, high.grid_step_range, high.method) == ((15, 40), (15, 40), "ld")
+    assert quality.with_distill_overrides(base, quality.resolve_variant("ld")) is base
+    cfg100 = quality.resolve_variant("sds-textbook-cfg100")
+    assert cfg100.guidance_scale == 100.0 and dict(cfg100.distill) == {"sds_variant": "textbook"}
+    assert quality.resolve_variant("ld-lr5e-4").lr == 5e-4

@@ -127,6 +127,14 @@ def test_sds_textbook_hand_values():
         sds_gradient(EPS_TEXT, EPS_UNCOND, EPS, 0.64, SCALE, variant="nope")
 
 
+def test_sds_noiseless_is_the_official_form_without_the_noise_term():
+    # score = (1, 2, −2, 0); × √(1 − 0.64) = 0.6, and ε plays no part
+    got = sds_gradient(EPS_TEXT, EPS_UNCOND, EPS, 0.64, SCALE, variant="noiseless")
+    torch.testing.assert_close(got, t2x2([0.6, 1.2, -1.2, 0.0]), rtol=0, atol=1e-12)
+    official = sds_gradient(EPS_TEXT, EPS_UNCOND, EPS, 0.64, SCALE, variant="official")
+    torch.testing.assert_close(got - official, EPS * 0.6, rtol=0, atol=1e-12)
+
+
 def test_half_precision_scores_give_float32_gradients():
     score = t2x2([1.0, 2.0, -2.0, 0.0], dtype=torch.float16)
     assert ld_gradient(score, 0.64).dtype == torch.float32
@@ -433,6 +441,9 @@ def test_distillation_gradient_follows_config():
     sds = distillation_gradient(sds_cfg, eps_text, eps_uncond, eps, alpha, mask)
     want = postprocess_gradient(sds_gradient(eps_text, eps_uncond, eps, alpha, 7.5, "textbook"), None, 1000.0, 1.0)
     torch.testing.assert_close(sds, want)
+    noiseless = distillation_gradient(sds_cfg.replace(sds_variant="noiseless"), eps_text, eps_uncond, eps, alpha, mask)
+    want = postprocess_gradient(sds_gradient(eps_text, eps_uncond, eps, alpha, 7.5, "noiseless"), None, 1000.0, 1.0)
+    torch.testing.assert_close(noiseless, want)
     with pytest.raises(InputError):
         distillation_gradient(cfg, eps_text, eps_uncond, eps, alpha, stage="both")
 
