@@ -129,3 +129,75 @@ def create_head_object(context, arrays: HeadArrays, name: str) -> bpy.types.Obje
 
 def import_head(context, npz_path: str | os.PathLike, name: str) -> bpy.types.Object:
     return create_head_object(context, read_head_npz(npz_path), name)
+
+
+def _remove_objects(objects) -> None:
+    """Delete objects with their mesh, materials and images when nothing else uses them."""
+    for obj in objects:
+        data = obj.data if obj.type == "MESH" else None
+        materials = [m for m in (data.materials if data else []) if m]
+        bpy.data.objects.remove(obj, do_unlink=True)
+        if data is not None and data.users == 0:
+            bpy.data.meshes.remove(data)
+        for material in materials:
+            if material.users == 0:
+                images = [n.image for n in material.node_tree.nodes if n.type == "TEX_IMAGE" and n.image] \
+                    if material.node_tree else []
+                bpy.data.materials.remove(material)
+                for image in images:
+                    if image.users == 0:
+                        bpy.data.images.remove(image)
+
+
+def import_head_glb(context, glb_path: str | os.PathLike, name: str) -> bpy.types.Object:
+    """The level-0 mesh of the engine's game-ready ``head.glb`` (UV texture in a Principled material, in the
+    file's units — metres for a life-size head), through Blender's own glTF importer (y-up → z-up like
+    :func:`yup_to_zup`), renamed ``name``, at the 3D cursor, selected and active. Lower levels of detail hang
+    off level 0 through ``MSFT_lod`` and are not imported."""
+    path = os.fspath(glb_path)
+    if not os.path.isfile(path):
+        raise HeadFileError(f"{path}: the head's glb is missing")
+    before = set(bpy.data.objects)
+    try:
+        result = bpy.ops.import_scene.gltf(filepath=path)
+    except RuntimeError as exc:
+        raise HeadFileError(f"{path}: Blender could not import the head ({exc})") from exc
+    created = [o for o in bpy.data.objects if o not in before]
+    meshes = [o for o in created if o.type == "MESH"]
+    # Blender's importer also makes objects of the nodes only MSFT_lod refers to: keep level 0 (its node name
+    # ends in _LOD0; a glb with one mesh has no levels)
+    level0 = [o for o in meshes if o.name.split(".")[0].endswith("_LOD0")] if len(meshes) > 1 else meshes
+    if "FINISHED" not in result or len(level0) != 1:
+        _remove_objects(created)
+        raise HeadFileError(f"{path}: expected one head mesh (or one level 0) in the glb, Blender imported {len(meshes)}")
+    obj = level0[0]
+    for other in context.view_layer.objects.selected:  # before removing: the list would hold dead objects
+        other.select_set(False)
+    _remove_objects([o for o in created if o is not obj])
+    obj.parent = None
+    obj.name = name
+    obj.data.name = name
+    obj.location = context.scene.cursor.location
+    obj.select_set(True)
+    context.view_layer.objects.active = obj
+    return obj
+
+
+def import_run_head(context, run_dir: str | os.PathLike, summary: dict, name: str) -> tuple[bpy.types.Object, float]:
+    """Import a run's head: its textured game-ready ``head.glb`` when the run wrote one, else ``head.npz``.
+
+    Returns (object, metres per engine unit of its mesh data): 1.0 for the npz (engine units), the glb's
+    life-size factor otherwise. Relative paths in ``summary`` are relative to ``run_dir``.
+    """
+    def resolve(relative: str) -> str:
+        return relative if os.path.isabs(relative) else os.path.join(os.fspath(run_dir), relative)
+
+    glb = summary.get("glb")
+    if glb:
+        obj = import_head_glb(context, resolve(glb), name)
+        scale = float((summary.get("game_asset") or {}).get("metres_per_unit", 1.0))
+    else:
+        obj = import_head(context, resolve(summary["mesh_npz"]), name)
+        scale = 1.0
+    obj["head_stylizer_metres_per_unit"] = scale
+    return obj, scale

@@ -1,4 +1,5 @@
-"""Import Head (``head.npz`` or a run's ``head.json``) and Export glTF (``.glb`` with vertex colours)."""
+"""Import Head (``head.npz``, or a run's ``head.json``: its textured ``head.glb`` when there is one) and Export
+glTF (``.glb`` of the object: its texture or vertex colours)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from ..bridge.mesh_import import HeadFileError, import_head
-from .stylize import load_head_json, resolve_in
+from ..bridge.mesh_import import HeadFileError, import_head, import_run_head
+from .stylize import load_head_json
 
 
 def _name_for(path: Path, summary: dict | None) -> str:
@@ -34,11 +35,11 @@ class HEADSTYLIZER_OT_import_head(bpy.types.Operator, ImportHelper):
         path = Path(bpy.path.abspath(self.filepath))
         try:
             summary = None
-            npz = path
-            if path.suffix.lower() == ".json":
+            if path.suffix.lower() == ".json":  # a run: its textured game-ready glb when it has one
                 summary = load_head_json(path)
-                npz = Path(resolve_in(path.parent, summary["mesh_npz"]))
-            obj = import_head(context, npz, self.name or _name_for(path, summary))
+                obj, _ = import_run_head(context, path.parent, summary, self.name or _name_for(path, summary))
+            else:
+                obj = import_head(context, path, self.name or _name_for(path, summary))
         except HeadFileError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

@@ -20,7 +20,7 @@ import bpy
 from ..bridge import engine_process
 from ..bridge.engine_process import EngineProcess
 from ..bridge.job import StylizeRequest, engine_argv, engine_environment
-from ..bridge.mesh_import import HeadFileError, import_head
+from ..bridge.mesh_import import HeadFileError, import_run_head
 from ..bridge.mesh_source import (MeshSourceError, beside_offset, export_source_glb, placement_matrix, scan_to_world_of,
                                   world_bounds)
 from ..bridge.preferences import build_request
@@ -171,14 +171,14 @@ class StylizeSession:
         try:
             result = load_head_json(self.result_path)
             run_dir = os.path.dirname(self.result_path)
-            obj = import_head(context, resolve_in(run_dir, result["mesh_npz"]), head_object_name(self.request))
+            obj, metres_per_unit = import_run_head(context, run_dir, result, head_object_name(self.request))
         except HeadFileError as exc:
             s.status = f"Failed: {exc}"
             self.messages.append(("ERROR", str(exc)))
             return False
         if self.request.head_mode:
             try:
-                self.place_beside_source(obj, result)
+                self.place_beside_source(obj, result, metres_per_unit)
             except MeshSourceError as exc:  # the head is imported; it just stays at the cursor
                 self.messages.append(("WARNING", f"Stylized head left at the 3D cursor: {exc}"))
         obj["head_stylizer_result"] = self.result_path
@@ -206,13 +206,15 @@ class StylizeSession:
         return True
 
 
-    def place_beside_source(self, obj, result: dict[str, Any]) -> None:
-        """Head mode: same scale and orientation as the source object, moved beside it along +X."""
+    def place_beside_source(self, obj, result: dict[str, Any], metres_per_unit: float = 1.0) -> None:
+        """Head mode: same scale and orientation as the source object, moved beside it along +X. The mesh data
+        may be in metres (a life-size glb): undo that factor first, the placement maps engine units."""
         import mathutils
 
         source = bpy.data.objects.get(self.request.source_object)
         offset = beside_offset(*world_bounds(source)) if source is not None else (0.0, 0.0, 0.0)
         matrix = placement_matrix(scan_to_world_of(result), offset)
+        matrix[:3, :3] = matrix[:3, :3] / float(metres_per_unit)
         obj.matrix_world = mathutils.Matrix(matrix.tolist())
 
 

@@ -50,7 +50,7 @@ from ..errors import ConfigError, EngineError, InputError
 from ..heads.gltf import write_glb
 from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
 from ..heads.scans import VIEWS_MANIFEST, check_input_entry, input_kind, list_inputs
-from ..io.atomic import write_json, write_text
+from ..io.atomic import write_bytes, write_json, write_text
 from ..io.untrusted import read_json
 from ..io.events import emit, log
 from ..mesh import Mesh
@@ -76,6 +76,9 @@ class HeadOutput:
 
     mesh: Mesh
     score_renders: torch.Tensor | None = None  # (K, 3, H, W) in [-1, 1]
+    # (extras, name) → the game-ready glb bytes (texture baked from the head's field, LODs, life size); None:
+    # the glb carries the mesh's vertex colours
+    game_glb: Callable[[dict, str], bytes] | None = None
 
 
 @dataclass
@@ -252,7 +255,10 @@ def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModel
         settings_fingerprint=fingerprint,
     ).to_dict()
     glb = out_dir / f"{stem}.glb"
-    write_glb(head.mesh, glb, extras={"head_stylizer": provenance}, name=stem)
+    if head.game_glb is not None:
+        write_bytes(glb, head.game_glb({"head_stylizer": provenance}, stem))
+    else:
+        write_glb(head.mesh, glb, extras={"head_stylizer": provenance}, name=stem)
     seconds = time.perf_counter() - start
     result = ItemResult(str(path), glb.name, similarity, seconds, "done", "", details=dict(inverted.info))
     sidecar = {
@@ -373,6 +379,11 @@ class BatchSettings:
     # (head mode: its own fitted field, :mod:`engine.app.batch_mesh`)
     mode: str = "generator"
     field_steps: int = 600  # mesh mode: steps of each scan's field fit
+    # game-ready glb (engine/heads/game_asset.py): life size, UV texture baked from the field, LODs; off: the
+    # glb carries vertex colours in the engine's units, as before
+    game_asset: bool = True
+    texture_size: int = 1024
+    life_size: bool = True
 
     def fingerprinted(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -381,9 +392,28 @@ class BatchSettings:
         if self.mode == "generator":  # fingerprints of generator-mode batches stay what they were before mesh mode
             d.pop("mode")
             d.pop("field_steps")
+        if not self.game_asset:  # … and of vertex-coloured outputs what they were before game assets
+            for key in ("game_asset", "texture_size", "life_size"):
+                d.pop(key)
         return d
 
+    def game_asset_config(self):
+        from ..heads.game_asset import GameAssetConfig
+
+        return GameAssetConfig(texture_size=self.texture_size, life_size=self.life_size).validate()
+
+    def game_glb_for(self, G, ws: torch.Tensor, mesh: Mesh) -> Callable[[dict, str], bytes] | None:
+        """The :attr:`HeadOutput.game_glb` of a head (None when game assets are off)."""
+        if not self.game_asset:
+            return None
+        from .pipeline import game_asset_bytes
+
+        config = self.game_asset_config()
+        return lambda extras, name: game_asset_bytes(G, ws, mesh, config, extras, name)[0]
+
     def validate(self) -> "BatchSettings":
+        if self.game_asset:
+            self.game_asset_config()
         if self.mode not in BATCH_MODES:
             raise ConfigError(f"batch mode must be one of {BATCH_MODES}, got {self.mode!r}")
         if self.field_steps < 1:
@@ -532,7 +562,8 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     def build_head(ws: torch.Tensor, score_cameras: torch.Tensor | None = None) -> HeadOutput:
         device = next(stylized.parameters()).device
         mesh = extract_head(stylized, ws.to(device), settings.mesh_resolution)
-        return HeadOutput(mesh, None if score_cameras is None else _renders(stylized, ws, score_cameras))
+        return HeadOutput(mesh, None if score_cameras is None else _renders(stylized, ws, score_cameras),
+                          settings.game_glb_for(stylized, ws.to(device), mesh))
 
     models = {"generator": sources.generator, "diffusion": sources.diffusion,
               "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet,

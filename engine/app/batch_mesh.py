@@ -83,7 +83,8 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
         if styled is None:
             raise RuntimeError("mesh mode: build_head called before a field was stylized")
         mesh = extract_head(styled, ws.to(device), settings.mesh_resolution)
-        return HeadOutput(mesh, None if score_cameras is None else _renders(styled, ws, score_cameras))
+        return HeadOutput(mesh, None if score_cameras is None else _renders(styled, ws, score_cameras),
+                          settings.game_glb_for(styled, ws.to(device), mesh))
 
     models = {"generator": sources.generator, "diffusion": sources.diffusion,
               "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet}

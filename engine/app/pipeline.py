@@ -33,7 +33,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -41,10 +41,11 @@ import torch
 from ..distill import DistillConfig
 from ..errors import ConfigError
 from ..generator.camera import named_views, orbit_cameras
-from ..generator.inference import ViewSettings, camera_config_for, head_mesh, load_w_plus, render_images, seed_latent
+from ..generator.inference import (ViewSettings, camera_config_for, field_functions, head_mesh, load_w_plus, render_images,
+                                   seed_latent)
 from ..generator.loading import load_generator, resolve_device
 from ..generator.triplane import TriPlaneGenerator
-from ..io.atomic import write_json, write_with
+from ..io.atomic import write_bytes, write_json, write_with
 from ..io.configs import JsonConfig
 from ..io.events import emit, log
 from ..io.images import image_grid, save_png, to_uint8
@@ -55,6 +56,9 @@ from ..stylize.config import StylizeConfig
 from ..stylize.loop import stylize
 from ..stylize.presets import get_style_preset, preset_prompt
 from ..stylize.training_state import read_latest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..heads.game_asset import GameAssetConfig
 
 EventSink = Callable[..., None]
 METHODS = ("ld", "sds")
@@ -115,6 +119,14 @@ class HeadJob(JsonConfig):
     cache_dir: str | None = None
     mesh: str | None = None  # head mode: stylize this mesh's own fitted field instead of a generated head
     field_steps: int = 600  # head mode: steps of the field fit
+    game_asset: bool = True  # also write head.glb: life size, UV texture baked from the field, LODs
+    texture_size: int = 1024
+    life_size: bool = True  # head.glb in metres (False: the engine's units)
+
+    def game_asset_config(self) -> "GameAssetConfig":
+        from ..heads.game_asset import GameAssetConfig
+
+        return GameAssetConfig(texture_size=self.texture_size, life_size=self.life_size).validate()
 
     def validate(self) -> "HeadJob":
         if not self.prompt and not self.style_preset:
@@ -135,6 +147,8 @@ class HeadJob(JsonConfig):
             raise ConfigError(f"turntable frames must be ≥ 0, got {self.turntable_frames}")
         if not 0.0 <= self.truncation_psi <= 1.0:
             raise ConfigError(f"truncation ψ must be in [0, 1], got {self.truncation_psi}")
+        if self.game_asset:
+            self.game_asset_config()
         if not 1 <= self.gallery_heads <= 64:
             raise ConfigError(f"gallery heads must be in 1..64, got {self.gallery_heads}")
         if self.mesh and self.latent:
@@ -340,6 +354,21 @@ def extract_head(
     return head_mesh(G, ws, config, timings=timings)
 
 
+def game_asset_bytes(
+    G: TriPlaneGenerator, ws: torch.Tensor, mesh: Mesh, config: "GameAssetConfig", extras: dict | None = None,
+    name: str = "head",
+) -> tuple[bytes, dict]:
+    """(the game-ready ``.glb`` of ``mesh``, its metadata): textures baked from ``G``'s colour for ``ws``."""
+    from ..heads.game_asset import build_game_asset, game_glb_bytes
+
+    mesh_config = MeshConfig.for_box_warp(G.config.rendering.box_warp, resolution=int(mesh.metadata.get("resolution", 128)),
+                                          iso_level=float(mesh.metadata.get("iso_level", 10.0)))
+    _, color_fn = field_functions(G, ws)
+    with torch.no_grad():
+        asset = build_game_asset(mesh, color_fn, mesh_config, config, device=next(G.parameters()).device)
+    return game_glb_bytes(asset, config, extras, name=name), asset.metadata
+
+
 def embedded_backends(pack: PackPaths) -> tuple[Any, Any]:
     """(identity backend, style backend) from the pack's recognition models."""
     from ..evaluate.metrics import EmbeddedIdentityBackend, EmbeddedStyleBackend
@@ -515,6 +544,12 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     npz = write_npz(mesh, out / "head.npz")
     ply = write_ply(mesh, out / "head.ply")
     latent = save_latent(ws, out / "latent.npz")
+    glb, game_asset = None, None
+    if job.game_asset:
+        on_event("stage", stage="export", message=f"game-ready glb: UV texture {job.texture_size}², LODs, "
+                                                  + ("life size" if job.life_size else "engine units"))
+        data, game_asset = game_asset_bytes(styled, ws, mesh, job.game_asset_config(), name="head")
+        glb = write_bytes(out / "head.glb", data)
     scores: dict[str, Any] = {}
     pack = scoring_pack(sources)
     if job.evaluate and not pack.identity_encoder.is_file():
@@ -547,6 +582,8 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         "stylize_reused": stylized.reused,
         "mesh_npz": rel(npz),
         "mesh_ply": rel(ply),
+        "glb": rel(glb) if glb else None,
+        "game_asset": game_asset,
         "vertices": mesh.num_vertices,
         "faces": mesh.num_faces,
         "before": {k: rel(v) for k, v in before_files.items()},

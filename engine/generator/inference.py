@@ -248,6 +248,26 @@ def render_subject(
     return result
 
 
+def field_functions(
+    G: TriPlaneGenerator, ws: torch.Tensor, planes: torch.Tensor | None = None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """(density_fn, color_fn) of one head: raw density and raw RGB (the ToRGB layer applied per point, so
+    colours match the low-resolution render) at (M, 3) world points. ``planes``: a tri-grid to use instead of
+    the one ``ws`` synthesizes (a head-mode field; ``ws`` then only modulates the ToRGB layer)."""
+    device = next(G.parameters()).device
+    ws = ws.to(device)
+    with torch.no_grad():
+        planes = G.synthesize_planes(ws) if planes is None else planes.to(device)
+
+    def density_fn(points: torch.Tensor) -> torch.Tensor:
+        return G.query_points(planes, points[None].to(device))["sigma"][0, :, 0]
+
+    def color_fn(points: torch.Tensor) -> torch.Tensor:
+        return G.point_colors(planes, ws, points[None].to(device))[0]
+
+    return density_fn, color_fn
+
+
 @torch.no_grad()
 def head_mesh(
     G: TriPlaneGenerator,
@@ -258,20 +278,9 @@ def head_mesh(
     planes: torch.Tensor | None = None,
 ) -> Mesh:
     """Marching-cubes mesh of the head's density for one W+ latent, with vertex colours from the raw RGB
-    head (the ToRGB layer applied per point, so colours match the low-resolution render).
-
-    ``planes``: a tri-grid to use instead of the one ``ws`` synthesizes (a head-mode field fitted to a mesh;
-    ``ws`` then only modulates the ToRGB layer)."""
+    head (see :func:`field_functions`; ``planes`` likewise)."""
+    density_fn, color_fn = field_functions(G, ws, planes)
     device = next(G.parameters()).device
-    ws = ws.to(device)
-    planes = G.synthesize_planes(ws) if planes is None else planes.to(device)
-
-    def density_fn(points: torch.Tensor) -> torch.Tensor:
-        return G.query_points(planes, points[None].to(device))["sigma"][0, :, 0]
-
-    def color_fn(points: torch.Tensor) -> torch.Tensor:
-        return G.point_colors(planes, ws, points[None].to(device))[0]
-
     return extract_mesh(density_fn, color_fn, config, device=device, progress=progress, timings=timings)
 
 

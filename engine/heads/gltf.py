@@ -113,6 +113,13 @@ class _BinBuilder:
         )
         return len(self.accessors) - 1
 
+    def add_bytes(self, data: bytes) -> int:
+        """A buffer view of raw bytes (an embedded image); returns the view's index."""
+        offset = len(self.blob)
+        self.blob += _pad(data, b"\x00")
+        self.views.append({"buffer": 0, "byteOffset": offset, "byteLength": len(data)})
+        return len(self.views) - 1
+
 
 def glb_bytes(mesh: Mesh, extras: dict | None = None, name: str = "head", generator: str = "head-stylizer") -> bytes:
     """The ``.glb`` file for ``mesh`` (see module docstring) with ``extras`` as ``asset.extras``."""
@@ -145,8 +152,13 @@ def glb_bytes(mesh: Mesh, extras: dict | None = None, name: str = "head", genera
         "bufferViews": builder.views,
         "buffers": [{"byteLength": len(builder.blob)}],
     }
+    return glb_container(document, bytes(builder.blob))
+
+
+def glb_container(document: dict, blob: bytes) -> bytes:
+    """The GLB bytes of a glTF JSON ``document`` whose single buffer is ``blob`` (chunks padded as required)."""
     json_chunk = _pad(json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8"), b" ")
-    bin_chunk = bytes(builder.blob)
+    bin_chunk = _pad(blob, b"\x00")
     total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
     return b"".join(
         (
@@ -162,6 +174,75 @@ def glb_bytes(mesh: Mesh, extras: dict | None = None, name: str = "head", genera
 def write_glb(mesh: Mesh, path: str | os.PathLike, extras: dict | None = None, name: str = "head") -> Path:
     """Write ``mesh`` as a binary glTF atomically."""
     return write_bytes(path, glb_bytes(mesh, extras, name=name))
+
+
+# Sampler: trilinear minification, clamped (an atlas must not wrap around its edges).
+_ATLAS_SAMPLER = {"magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071}
+
+
+def textured_lod_glb_bytes(
+    levels: list[tuple[Mesh, np.ndarray, bytes]],
+    screen_coverage: list[float],
+    extras: dict | None = None,
+    name: str = "head",
+    generator: str = "head-stylizer",
+) -> bytes:
+    """A ``.glb`` with levels of detail, each a textured mesh: ``levels`` = (mesh, per-vertex uv (V, 2) in glTF's
+    convention, PNG bytes of its base-colour texture), finest first.
+
+    Level 0 is the scene's node; the others hang off it through ``MSFT_lod`` (engines without the extension
+    show level 0), with ``MSFT_screencoverage`` in the node's extras. No ``COLOR_0``: glTF multiplies it into
+    the base colour, which would darken the texture.
+    """
+    if not levels:
+        raise InputError(f"{name}: no levels of detail to write")
+    builder = _BinBuilder()
+    nodes, meshes, materials, textures, images = [], [], [], [], []
+    for level, (mesh, uv, png) in enumerate(levels):
+        label = f"{name}_LOD{level}"
+        mesh.check(label)
+        if mesh.num_faces == 0:
+            raise InputError(f"{label}: cannot write a glTF mesh without triangles")
+        if uv.shape != (mesh.num_vertices, 2) or not np.isfinite(uv).all():
+            raise InputError(f"{label}: need one finite (u, v) per vertex, got {uv.shape}")
+        positions = mesh.vertices.astype(np.float32)
+        attributes = {
+            "POSITION": builder.add(positions, 5126, "VEC3", TARGET_ARRAY_BUFFER,
+                                    min=[float(v) for v in positions.min(axis=0)],
+                                    max=[float(v) for v in positions.max(axis=0)]),
+            "NORMAL": builder.add(_unit_normals(mesh), 5126, "VEC3", TARGET_ARRAY_BUFFER),
+            "TEXCOORD_0": builder.add(uv.astype(np.float32), 5126, "VEC2", TARGET_ARRAY_BUFFER),
+        }
+        indices = builder.add(mesh.faces.astype(np.uint32).reshape(-1), 5125, "SCALAR", TARGET_ELEMENT_ARRAY_BUFFER)
+        images.append({"bufferView": builder.add_bytes(png), "mimeType": "image/png", "name": f"{label}_basecolor"})
+        textures.append({"sampler": 0, "source": level})
+        materials.append({"name": f"{label}_material",
+                          "pbrMetallicRoughness": {"baseColorTexture": {"index": level, "texCoord": 0},
+                                                   "metallicFactor": 0.0, "roughnessFactor": 0.8}})
+        meshes.append({"name": label, "primitives": [{"attributes": attributes, "indices": indices,
+                                                      "material": level, "mode": MODE_TRIANGLES}]})
+        nodes.append({"mesh": level, "name": label})
+    document: dict[str, Any] = {"asset": {"version": "2.0", "generator": generator}}
+    if extras:
+        document["asset"]["extras"] = extras
+    if len(levels) > 1:
+        nodes[0]["extensions"] = {"MSFT_lod": {"ids": list(range(1, len(levels)))}}
+        nodes[0]["extras"] = {"MSFT_screencoverage": [float(c) for c in screen_coverage[: len(levels)]]}
+        document["extensionsUsed"] = ["MSFT_lod"]
+    document.update({
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": nodes,
+        "meshes": meshes,
+        "materials": materials,
+        "textures": textures,
+        "images": images,
+        "samplers": [_ATLAS_SAMPLER],
+        "accessors": builder.accessors,
+        "bufferViews": builder.views,
+        "buffers": [{"byteLength": len(builder.blob)}],
+    })
+    return glb_container(document, bytes(builder.blob))
 
 
 # --------------------------------------------------------------------------------------------------

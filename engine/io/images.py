@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,13 @@ def to_uint8(image: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Write an (H, W[, C]) uint8 array as PNG, atomically."""
     return write_with(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """An (H, W[, C]) uint8 array as PNG file bytes (deterministic: same pixels, same bytes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
 
 
 def image_grid(arrays: list[np.ndarray], columns: int) -> np.ndarray:

@@ -419,3 +419,51 @@ result(icons_before=before, icons_after=Layout.calls.count("template_icon") - be
 """)
     assert r["icons_before"] == 0 and r["icons_after"] == 2  # before + after thumbnails once a run finished
     assert r["progress_bars"] >= 1
+
+
+def test_run_with_a_game_ready_glb_imports_textured_life_size_and_exports_the_texture(tmp_path):
+    """A run that wrote head.glb: Import Head brings level 0 in with its baked texture in a material, at life
+    size; Export glTF writes that texture back out (validator: 0 errors, 0 warnings)."""
+    import numpy as np
+
+    from engine.heads.game_asset import GameAssetConfig, build_game_asset, game_glb_bytes
+    from engine.io.atomic import write_bytes
+    from engine.mesh import MeshConfig, extract_mesh
+
+    def density(p):
+        return 10.0 + (0.3 - p.norm(dim=-1)) * 400.0
+
+    def colour(p):
+        return torch.stack([0.5 + 0.4 * torch.sin(p[:, 1] * 200), 0.5 + 0.0 * p[:, 0], 0.5 - 0.4 * torch.sin(p[:, 1] * 200)], -1)
+
+    config = MeshConfig.for_box_warp(1.0, resolution=40, iso_level=10.0)
+    mesh = extract_mesh(density, colour, config)
+    asset = build_game_asset(mesh, colour, config, GameAssetConfig(texture_size=512))
+    run = tmp_path / "run"
+    write_bytes(run / "head.glb", game_glb_bytes(asset, GameAssetConfig(texture_size=512)))
+    (run / "head.json").write_text(json.dumps({"mesh_npz": "missing.npz", "glb": "head.glb", "seed": 2,
+                                               "style_preset": "statue", "game_asset": asset.metadata}))
+    out = tmp_path / "export.glb"
+    r = run_bpy(f"""
+assert bpy.ops.headstylizer.import_head(filepath={str(run / 'head.json')!r}) == {{"FINISHED"}}
+obj = bpy.context.active_object
+images = [n.image for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE" and n.image]
+assert bpy.ops.headstylizer.export_gltf(filepath={str(out)!r}) == {{"FINISHED"}}
+result(name=obj.name, faces=len(obj.data.polygons), uv=list(obj.data.uv_layers.keys()),
+       image=[list(i.size) for i in images], dims=list(obj.dimensions), scale=obj["head_stylizer_metres_per_unit"],
+       location=list(obj.location), cursor=list(bpy.context.scene.cursor.location))
+""")
+    assert r["name"] == "Head.statue.seed2" and r["faces"] == asset.levels[0].mesh.num_faces
+    assert r["uv"] and r["image"] == [[512, 512]] and r["scale"] == pytest.approx(0.625)
+    engine_extent = np.ptp(mesh.vertices, axis=0)  # y-up engine units; Blender: (x, z, y) in metres
+    np.testing.assert_allclose(r["dims"], engine_extent[[0, 2, 1]] * 0.625, rtol=1e-3)
+    assert r["location"] == pytest.approx(r["cursor"])
+    gltf = _glb_json(out)
+    primitive = gltf["meshes"][0]["primitives"][0]
+    assert "TEXCOORD_0" in primitive["attributes"] and len(gltf["images"]) == 1
+    assert "baseColorTexture" in gltf["materials"][primitive["material"]]["pbrMetallicRoughness"]
+    if shutil.which("node") is None or not (VALIDATOR / "node_modules" / "gltf-validator").is_dir():
+        pytest.skip("glTF validator not installed (scripts/setup.sh runs npm ci in tools/gltf-validator)")
+    report = json.loads(subprocess.run(["node", str(VALIDATOR / "validate.js"), str(out)], capture_output=True,
+                                       text=True).stdout)
+    assert (report["issues"]["numErrors"], report["issues"]["numWarnings"]) == (0, 0), report["issues"]["messages"][:5]

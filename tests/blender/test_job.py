@@ -92,6 +92,7 @@ def test_engine_argv_custom_prompt_latent_switches_models_and_memory(tmp_path):
 def test_engine_argv_in_head_mode_sends_the_exported_mesh_and_parses_as_the_engine_expects(tmp_path):
     import argparse
 
+    from engine.app.cli import add_output_arguments
     from engine.app.commands.head import add_arguments, job_from_args
 
     r = _request(tmp_path, mesh_file=str(tmp_path / "run" / "Bust.glb"), source_object="Bust", field_steps=250,
@@ -102,6 +103,7 @@ def test_engine_argv_in_head_mode_sends_the_exported_mesh_and_parses_as_the_engi
     assert "--seed" not in argv and "--latent" not in argv
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    add_output_arguments(parser)
     job = job_from_args(parser.parse_args(argv[4:]))
     assert (job.mesh, job.field_steps) == (str(tmp_path / "run" / "Bust.glb"), 250)
     default = engine_argv(_request(tmp_path, mesh_file=str(tmp_path / "b.glb"), source_object="B"))
@@ -212,6 +214,7 @@ def test_every_panel_setting_is_an_option_of_the_real_engine_head_command(tmp_pa
     """The command the panel builds parses with ``python -m engine head``'s own parser, value for value."""
     import argparse
 
+    from engine.app.cli import add_output_arguments
     from engine.app.commands.head import add_arguments, job_from_args
 
     latent = tmp_path / "w.npz"
@@ -223,6 +226,7 @@ def test_every_panel_setting_is_an_option_of_the_real_engine_head_command(tmp_pa
                                    edge_controlnet="/m/e"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    add_output_arguments(parser)
     argv = engine_argv(r)
     assert argv[1:4] == ["-m", "engine", "head"]
     job = job_from_args(parser.parse_args(argv[4:]))

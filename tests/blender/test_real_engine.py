@@ -35,7 +35,7 @@ def _model_preferences() -> str:
     return "".join(f"p.{name} = {str(path)!r}\n" for name, path in PACK_MODELS.items())
 
 
-def test_stylize_head_on_the_embedded_pack_imports_a_coloured_mesh(tmp_path):
+def test_stylize_head_on_the_embedded_pack_imports_a_textured_life_size_head(tmp_path):
     r = run_bpy(f"""
 p = prefs()
 p.python_path = sys.executable          # this interpreter has torch (the engine's requirements)
@@ -47,15 +47,18 @@ settings.preset = "ZOMBIE"; settings.seed = 1; settings.steps = 2; settings.mesh
 assert bpy.ops.headstylizer.stylize_head() == {{"FINISHED"}}, settings.status
 obj = bpy.data.objects[settings.object_name]
 mat = obj.active_material
-result(name=obj.name, faces=len(obj.data.polygons), colors=list(obj.data.color_attributes.keys()),
-       material_nodes=[n.type for n in mat.node_tree.nodes], status=settings.status,
+result(name=obj.name, faces=len(obj.data.polygons), uv=list(obj.data.uv_layers.keys()),
+       images=[list(n.image.size) for n in mat.node_tree.nodes if n.type == "TEX_IMAGE" and n.image],
+       height=obj.dimensions.z, material_nodes=[n.type for n in mat.node_tree.nodes], status=settings.status,
        result_path=settings.result_path, identity=settings.identity_score)
 """, timeout=900, env={"OMP_NUM_THREADS": "1"})
     assert r["name"] == "Head.zombie.seed1"
-    assert r["faces"] > 1000 and r["colors"] == ["Color"]
-    assert {"BSDF_PRINCIPLED", "VERTEX_COLOR"} <= set(r["material_nodes"])
+    # the run's game-ready head.glb, level 0: UV-mapped, its 1024² texture baked from the field, in metres
+    assert r["faces"] > 1000 and r["uv"] and r["images"] == [[1024, 1024]]
+    assert {"BSDF_PRINCIPLED", "TEX_IMAGE"} <= set(r["material_nodes"])
+    assert 0.2 < r["height"] < 0.6  # a life-size bust (engine units would be ~0.7)
     summary = json.loads(Path(r["result_path"]).read_text())
-    assert summary["faces"] == r["faces"]
+    assert summary["faces"] == r["faces"] and summary["glb"] == "head.glb"
     assert (Path(r["result_path"]).parent / summary["after"]["front"]).is_file()
     # Always scored (the pack's encoder), with the re-identification control against the fixed gallery.
     assert isinstance(summary["identity_similarity"], float)

@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="generator: invert each input into the stylized generator; mesh: stylize each scan as itself "
                         "(head mode: its own fitted field; scans only)")
     p.add_argument("--field-steps", type=int, default=600, help="mesh mode: steps of each scan's field fit")
+    p.add_argument("--vertex-colours", action="store_true",
+                   help="write plain vertex-coloured glb heads in the engine's units (default: game-ready glb — life "
+                        "size, UV texture baked from the field, LODs 100/30/10 %%)")
+    p.add_argument("--texture-size", type=int, choices=(512, 1024, 2048, 4096), default=1024,
+                   help="game-ready glb: level-0 base-colour texture in texels (default 1024)")
+    p.add_argument("--engine-units", action="store_true", help="game-ready glb in the engine's units instead of metres")
     p.add_argument("--generator", default=None)
     p.add_argument("--diffusion", default=None)
     p.add_argument("--depth-controlnet", default=None)
@@ -73,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache or str(Path(args.out) / "cache"),
         mode=args.mode,
         field_steps=args.field_steps,
+        game_asset=not args.vertex_colours,
+        texture_size=args.texture_size,
+        life_size=not args.engine_units,
     ).validate()
     cancel = CancelToken(args.cancel_file)
     with cancel.signal_handlers():

@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iso-level", type=float, default=10.0, help="density of the mesh surface (PanoHead: 10)")
     p.add_argument("--turntable", type=int, default=0, help="also render N neural turntable frames (views/turntable/frame_###.png)")
     p.add_argument("--no-evaluate", action="store_true", help="skip identity/style scoring")
+    p.add_argument("--no-game-asset", action="store_true",
+                   help="skip head.glb (game-ready: life size, UV texture baked from the field, LODs 100/30/10 %%)")
+    p.add_argument("--texture-size", type=int, choices=(512, 1024, 2048, 4096), default=1024,
+                   help="head.glb base-colour texture of level 0 in texels (default 1024)")
+    p.add_argument("--engine-units", action="store_true", help="head.glb in the engine's units instead of metres")
     p.add_argument("--gallery-heads", type=int, default=GALLERY_HEADS,
                    help=f"other heads (fixed seeds from {GALLERY_FIRST_SEED}) the stylized head is re-identified among (default {GALLERY_HEADS})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -80,6 +85,9 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         iso_level=args.iso_level,
         turntable_frames=args.turntable,
         evaluate=not args.no_evaluate,
+        game_asset=not args.no_game_asset,
+        texture_size=args.texture_size,
+        life_size=not args.engine_units,
         gallery_heads=args.gallery_heads,
         device=args.device,
         precision=args.precision,

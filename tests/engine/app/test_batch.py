@@ -210,7 +210,10 @@ def test_cli_end_to_end_on_the_pack(tmp_path):
     fbx = [r for r in report["items"] if r["input"].endswith(".fbx")][0]
     assert "Blender" in fbx["error"]
     mesh, extras = read_gltf(out / "s0.glb")
-    assert mesh.num_faces > 500 and mesh.vertex_colors is not None
+    # game-ready by default: level 0 textured from the field (no vertex colours), life size, two lower LODs
+    assert mesh.num_faces > 500 and mesh.texture is not None and mesh.vertex_colors is None
+    assert extras["game_asset"]["metres_per_unit"] == pytest.approx(0.625) and len(extras["game_asset"]["levels"]) == 3
+    assert 0.15 < np.ptp(mesh.vertices[:, 1]) < 0.6  # metres: a bust, not a 1-unit box
     # Identity is scored on the four held-out views, none of which the inversion fitted.
     from engine.heads.invert import SCORE_VIEW_PITCHES_DEG, SCORE_VIEW_YAWS_DEG
 
@@ -235,7 +238,7 @@ def test_cli_mesh_mode_stylizes_each_scan_as_itself(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "engine", "batch", "--in", str(folder), "--out", str(out), "--style", "zombie",
            "--mode", "mesh", "--field-steps", "8", "--steps", "2", "--mesh-resolution", "48", "--device", "cpu",
-           "--i-have-consent", "--cache", str(tmp_path / "cache")]
+           "--i-have-consent", "--cache", str(tmp_path / "cache"), "--engine-units", "--texture-size", "512"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
@@ -248,6 +251,8 @@ def test_cli_mesh_mode_stylizes_each_scan_as_itself(tmp_path):
     assert sidecar["settings"]["mode"] == "mesh" and sidecar["settings"]["fit"]["steps"] == 8
     mesh, extras = read_gltf(out / "s0.glb")
     assert mesh.num_faces > 200 and extras["head_stylizer"]["consent"] is True
+    assert mesh.texture is not None and mesh.texture.images[0].shape == (512, 512, 3)
+    assert extras["game_asset"]["life_size"] is False
     scan = load_scan(folder / "s0.ply")  # the stylized head occupies the fitted scan's place in the generator's frame
     lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
     slo, shi = scan.mesh.vertices.min(0), scan.mesh.vertices.max(0)
