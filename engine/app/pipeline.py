@@ -224,7 +224,8 @@ def _path_fingerprint(path: str | None) -> str | None:
 def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> StylizeConfig:
     """The stylization run a job asks for (its ``out_dir`` is set from the cache key afterwards)."""
     embedded = sources.pack is not None and Path(sources.base_generator) == sources.pack.generator
-    steps = job.steps or (EMBEDDED_DEFAULT_STEPS if embedded else FULL_DEFAULT_STEPS)
+    preset_steps = get_style_preset(job.style_preset).embedded_steps if (embedded and job.style_preset) else None
+    steps = job.steps or (preset_steps or EMBEDDED_DEFAULT_STEPS if embedded else FULL_DEFAULT_STEPS)
     lr = job.lr or (EMBEDDED_DEFAULT_LR if embedded else FULL_DEFAULT_LR)
     distill = DistillConfig(
         method=job.method,

@@ -277,3 +277,19 @@ def test_head_mode_cancel_during_the_fit_writes_nothing(tmp_path, tiny_diffusion
     result = run_head(tiny_job(tmp_path, tiny_diffusion, mesh=str(mesh), field_steps=5), cancel, on_event=Recorder())
     assert result.cancelled and not (tmp_path / "out" / "head.json").exists()
     assert not list((tmp_path / "cache").rglob("head.safetensors"))
+
+
+def test_embedded_step_defaults_come_from_the_preset_and_an_explicit_count_wins(tmp_path):
+    """On the pack, zombie defaults to the 20 steps its bench curve chose, other styles to 40; real models
+    keep their own default; --steps always wins."""
+    from engine.app.pipeline import EMBEDDED_DEFAULT_STEPS, FULL_DEFAULT_STEPS
+
+    def steps(**kw):
+        job = HeadJob(out_dir=str(tmp_path), device="cpu", **kw).validate()
+        return stylize_config_for(job, resolve_models(job), "p").steps
+
+    assert steps(style_preset="zombie") == 20
+    assert steps(style_preset="statue") == EMBEDDED_DEFAULT_STEPS == 40
+    assert steps(prompt="a zombie head") == 40
+    assert steps(style_preset="zombie", steps=7) == 7
+    assert steps(style_preset="zombie", generator="tiny", diffusion=str(tmp_path)) == FULL_DEFAULT_STEPS
