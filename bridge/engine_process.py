@@ -279,6 +279,11 @@ def cached_python_check(python: str, refresh: bool = False) -> tuple[bool, str]:
     return _PYTHON_CHECKS[python]
 
 
+def forget_python_checks() -> None:
+    """Drop remembered checks (after an install changed what an interpreter can import)."""
+    _PYTHON_CHECKS.clear()
+
+
 def previous_python_check(python: str) -> tuple[bool, str] | None:
     """The remembered check of ``python``, or None if it was never checked (never starts a process)."""
     return _PYTHON_CHECKS.get(python)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import bpy
 
-from . import engine_process
+from . import engine_install, engine_process
 from .job import ModelPaths, StylizeRequest, check_request
 
 ADDON_PACKAGE = __package__.rpartition(".")[0]  # the extension's root package, e.g. bl_ext.user_default.head_stylizer
@@ -73,8 +73,30 @@ class HEADSTYLIZER_AP_preferences(bpy.types.AddonPreferences):
         name="VAE Slicing", description="Lower GPU memory when decoding images, a little slower"
     )
 
+    engine_env_dir: bpy.props.StringProperty(
+        name="Engine Environment",
+        description="Where Install Engine puts the engine's Python environment. Empty: this extension's user folder",
+        subtype="DIR_PATH",
+    )
+    torch_variant: bpy.props.EnumProperty(
+        name="Torch",
+        items=(("cpu", "CPU", "Processor only: works everywhere, slow for real Stable Diffusion models"),
+               ("cuda", "CUDA", "NVIDIA GPU (PyTorch's CUDA build)"),
+               ("apple", "Apple", "Apple silicon (Metal): PyPI's macOS wheels")),
+        default="cpu",
+    )
+    package_index: bpy.props.StringProperty(
+        name="Package Index", description="Python package index URL for Install Engine. Empty: PyPI",
+    )
+    wheel_folder: bpy.props.StringProperty(
+        name="Offline Wheels",
+        description="Install from this folder of wheels instead of the internet (pip --no-index --find-links)",
+        subtype="DIR_PATH",
+    )
+
     def draw(self, context):
         layout = self.layout
+        draw_engine_setup(layout, self)
         col = layout.column()
         col.prop(self, "python_path")
         row = col.row()
@@ -105,17 +127,79 @@ def _abspath(path: str) -> str:
     return os.path.abspath(bpy.path.abspath(path)) if path else ""
 
 
+def managed_env_dir(prefs) -> Path:
+    """The Install Engine environment: the preference, else ``engine_env`` in the extension's user folder."""
+    if prefs.engine_env_dir:
+        return Path(_abspath(prefs.engine_env_dir))
+    try:
+        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path="engine_env", create=False))
+    except (ValueError, RuntimeError):  # not installed as an extension (legacy add-on, tests)
+        return Path(bpy.utils.user_resource("SCRIPTS", path="head_stylizer")) / "engine_env"
+
+
+def requirements_file() -> Path:
+    return EXTENSION_ROOT / "requirements.txt"
+
+
 def resolve_python(prefs) -> tuple[str, str | None]:
-    """(interpreter, problem or None). A configured path is used as given (checked later); an empty one
-    means Blender's own Python, which only works if torch imports there (checked once, in a subprocess)."""
+    """(interpreter, problem or None). A configured path is used as given (checked later); else the Install
+    Engine environment when it is ready; else Blender's own Python, which only works if torch imports there
+    (checked once, in a subprocess)."""
     if prefs.python_path:
         return _abspath(prefs.python_path), None
+    env = managed_env_dir(prefs)
+    if engine_install.is_installed(env):
+        return str(engine_install.environment_python(env)), None
     python = engine_process.blender_python()
     ok, message = engine_process.cached_python_check(python)
     if ok:
         return python, None
-    return python, (f"Blender's Python cannot run the engine ({message}); set 'Engine Python' in "
-                    "Preferences › Add-ons › Head Stylizer to an interpreter with torch and diffusers")
+    return python, (f"the engine is not installed (Blender's Python has no torch: {message}); press Install "
+                    "Engine in the Head Stylizer panel, or set 'Engine Python' in the preferences")
+
+
+def engine_status(prefs) -> tuple[bool, str]:
+    """(ready, one line) for the setup checklist, without starting any process."""
+    current = engine_install.current_install
+    if current is not None and not current.state.done:
+        return False, f"installing: {current.state.message}"
+    if prefs.python_path:
+        checked = engine_process.previous_python_check(_abspath(prefs.python_path))
+        return (checked is None or checked[0]), f"Engine Python {prefs.python_path}" + (
+            "" if checked is None else (" (ready)" if checked[0] else " (cannot run the engine)"))
+    env = managed_env_dir(prefs)
+    if engine_install.is_installed(env):
+        check = engine_install.read_marker(env).get("check", {})
+        return True, engine_install.describe(check) if check else "installed"
+    checked = engine_process.previous_python_check(engine_process.blender_python())
+    if checked is not None and checked[0]:
+        return True, f"Blender's Python ({checked[1]})"
+    if current is not None and current.state.done and not current.state.ok:
+        return False, f"install failed: {current.state.message}"
+    return False, "not installed"
+
+
+def draw_engine_setup(layout, prefs) -> None:
+    """Install / Repair / Remove / Check, the install's progress, and its options (the preferences' top box)."""
+    box = layout.box()
+    ready, text = engine_status(prefs)
+    box.label(text=f"Engine: {text}", icon="CHECKMARK" if ready else "ERROR")
+    current = engine_install.current_install
+    if current is not None and not current.state.done:
+        if hasattr(box, "progress"):
+            box.progress(factor=current.state.fraction, type="BAR", text=f"{current.state.stage} {current.state.fraction * 100:.0f}%")
+        box.operator("headstylizer.cancel_install", icon="CANCEL")
+    else:
+        row = box.row()
+        row.operator("headstylizer.install_engine", text="Repair" if ready else "Install Engine",
+                     icon="FILE_REFRESH" if ready else "IMPORT").repair = ready
+        row.operator("headstylizer.remove_engine", icon="TRASH")
+        row.operator("headstylizer.check_python", text="Check", icon="VIEWZOOM")
+    col = box.column()
+    col.prop(prefs, "torch_variant", expand=True)
+    col.prop(prefs, "package_index")
+    col.prop(prefs, "wheel_folder")
+    col.prop(prefs, "engine_env_dir")
 
 
 def python_status_text(prefs) -> str:

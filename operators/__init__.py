@@ -1,4 +1,4 @@
-"""Blender operators: Stylize Head, Cancel, Import Head, Export glTF, Render Turntable, Check Python (+ Batch).
+"""Blender operators: Stylize Head, Cancel, Import Head, Export glTF, Render Turntable, Check, Install Engine (+ Batch).
 
 Only ``bpy.types.Operator`` classes live here; the settings, preferences and the engine process they use are
 in ``bridge/``. Modules that need ``bpy`` are imported inside :func:`register`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-_CORE_MODULES = ("check_python", "stylize", "head_io", "turntable")
+_CORE_MODULES = ("check_python", "engine_setup", "stylize", "head_io", "turntable")
 _OPTIONAL_MODULES = ("batch",)
 _registered: list[type] = []
 _handlers: list[tuple[list, object]] = []

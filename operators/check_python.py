@@ -1,25 +1,29 @@
-"""Preferences › Engine Python › Check: can the chosen interpreter import torch and diffusers?"""
+"""Check: can the engine's interpreter import torch and diffusers, and on which device will it run?"""
 
 from __future__ import annotations
 
 import bpy
 
-from ..bridge import engine_process
-from ..bridge.preferences import _abspath, get_preferences
+from ..bridge import engine_install, engine_process
+from ..bridge.preferences import get_preferences, resolve_python
 
 
 class HEADSTYLIZER_OT_check_python(bpy.types.Operator):
-    """Check whether the engine interpreter can import torch and diffusers"""
+    """Check the engine's interpreter: torch version, device, GPU name and memory"""
 
     bl_idname = "headstylizer.check_python"
     bl_label = "Check"
 
     def execute(self, context):
-        prefs = get_preferences(context)
-        python = _abspath(prefs.python_path) if prefs.python_path else engine_process.blender_python()
-        ok, message = engine_process.cached_python_check(python, refresh=True)
-        self.report({"INFO"} if ok else {"ERROR"}, message)
-        return {"FINISHED"} if ok else {"CANCELLED"}
+        python, _problem = resolve_python(get_preferences(context))
+        engine_process.cached_python_check(python, refresh=True)
+        try:
+            info = engine_install.check_environment(python)
+        except engine_install.InstallError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{python}: {engine_install.describe(info)}")
+        return {"FINISHED"}
 
 
 CLASSES = (HEADSTYLIZER_OT_check_python,)

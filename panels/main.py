@@ -1,6 +1,6 @@
 """The "Head Stylizer" tab of the 3D Viewport's sidebar (N panel).
 
-Top to bottom: style and head, the Stylize Head button with progress/status/Cancel, the distillation
+Top to bottom: the setup checklist (engine, device, models — each with the button that fixes it), style and head, the Stylize Head button with progress/status/Cancel, the distillation
 options (collapsed), and the last run's result (before/after thumbnails, identity score, export and
 turntable buttons). A Batch sub-panel appears when the batch operators are installed.
 """
@@ -28,6 +28,33 @@ def draw_progress(layout, settings) -> None:
         row.prop(settings, "progress", text="Progress", slider=True)
 
 
+def draw_setup_checklist(layout, context) -> None:
+    """Engine ✓/✗ [Install], Device, Models (embedded / real): what a new artist needs before Stylize Head."""
+    from ..bridge import engine_install
+    from ..bridge.preferences import engine_status, get_preferences, managed_env_dir
+
+    prefs = get_preferences(context)
+    ready, text = engine_status(prefs)
+    box = layout.box()
+    col = box.column(align=True)
+    row = col.row()
+    row.label(text=f"Engine: {text}", icon="CHECKMARK" if ready else "ERROR")
+    current = engine_install.current_install
+    if current is not None and not current.state.done:
+        if hasattr(col, "progress"):
+            col.progress(factor=current.state.fraction, type="BAR", text=f"{current.state.fraction * 100:.0f}%")
+        row.operator("headstylizer.cancel_install", text="", icon="CANCEL")
+    elif not ready:
+        row.operator("headstylizer.install_engine", text="Install")
+    check = engine_install.read_marker(managed_env_dir(prefs)).get("check", {}) if ready and not prefs.python_path else {}
+    device = {"auto": "Auto", "cuda": "CUDA", "cpu": "CPU"}[prefs.device]
+    found = engine_install.describe(check).split(", ", 1)[1] if check else "not checked"
+    col.label(text=f"Device: {device} ({found})", icon="MEMORY")
+    real = prefs.diffusion_dir or prefs.generator_path
+    col.label(text="Models: " + ("your models" if real else "embedded pack (tiny, for trying)"),
+              icon="CHECKMARK" if real else "INFO")
+
+
 class _SidebarPanel:
     """Where every Head Stylizer panel lives: 3D Viewport › Sidebar › Head Stylizer."""
 
@@ -45,6 +72,7 @@ class HEADSTYLIZER_PT_main(_SidebarPanel, bpy.types.Panel):
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
+        draw_setup_checklist(layout, context)
 
         col = layout.column(align=True)
         col.prop(s, "preset")

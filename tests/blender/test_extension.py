@@ -275,7 +275,7 @@ result(errors=errors, status=status_after_bad_path, objects=[o.name for o in bpy
         assert message is None or "Traceback" not in message
     assert e["ok"] is None  # with good preferences the same press works
     assert r["default_python"] == [r["sys_executable"], None]  # this interpreter has torch
-    assert "Blender's Python cannot run the engine" in e["no_torch"] and "No module named 'torch'" in e["no_torch"]
+    assert "the engine is not installed (Blender's Python has no torch" in e["no_torch"] and "No module named 'torch'" in e["no_torch"]
     assert r["status"].startswith("Not started: Diffusion model folder does not exist")
     assert [n for n in r["objects"] if n.startswith("Head.")] == ["Head.zombie.seed0"]
 
@@ -360,8 +360,9 @@ def test_build_script_makes_an_installable_zip(tmp_path):
         names = set(archive.namelist())
         archive.extractall(tmp_path / "repo" / "head_stylizer")
     assert {"blender_manifest.toml", "__init__.py", "operators/stylize.py", "panels/main.py", "bridge/preferences.py",
-            "engine/__main__.py", "engine/app/pipeline.py"} <= names
+            "engine/__main__.py", "engine/app/pipeline.py", "requirements.txt", "bridge/engine_install.py"} <= names
     assert not any(n.startswith(("tests/", "bench/", "tools/", ".venv/")) or n.endswith(".pyc") for n in names)
+    assert "requirements-dev.txt" not in names  # Install Engine installs the engine's pins, not the test tools
     r = run_bpy(f"""
 install_extension({str(tmp_path / 'repo')!r})
 result(path=extension().__file__, registered=hasattr(bpy.types, "HEADSTYLIZER_PT_main"),
