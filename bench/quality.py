@@ -134,6 +134,8 @@ SWEEP_VARIANTS = {
         Variant("sds-textbook", "SDS textbook", method="sds", distill=(("sds_variant", "textbook"),)),
         Variant("sds-textbook-cfg100", "SDS textbook, CFG 100", method="sds", guidance_scale=100.0,
                 distill=(("sds_variant", "textbook"),)),
+        Variant("ld-cfg100", "LD, CFG 100", guidance_scale=100.0),
+        Variant("sds-cfg100", "SDS, CFG 100", method="sds", guidance_scale=100.0),
         Variant("ld-lr5e-4", "LD, lr 5e-4", lr=5e-4),
         Variant("sds-lr5e-4", "SDS, lr 5e-4", method="sds", lr=5e-4),
         Variant("ld-cfg3", "LD, CFG 3", guidance_scale=3.0),
