@@ -88,6 +88,11 @@ class HEADSTYLIZER_AP_preferences(bpy.types.AddonPreferences):
     package_index: bpy.props.StringProperty(
         name="Package Index", description="Python package index URL for Install Engine. Empty: PyPI",
     )
+    models_dir: bpy.props.StringProperty(
+        name="Models Folder",
+        description="Where the model manager downloads real models. Empty: this extension's user folder",
+        subtype="DIR_PATH",
+    )
     wheel_folder: bpy.props.StringProperty(
         name="Offline Wheels",
         description="Install from this folder of wheels instead of the internet (pip --no-index --find-links)",
@@ -104,6 +109,9 @@ class HEADSTYLIZER_AP_preferences(bpy.types.AddonPreferences):
         row.operator("headstylizer.check_python", icon="FILE_REFRESH")
         col.prop(self, "device")
         col.prop(self, "output_dir")
+        from ..operators.models import draw_model_manager  # late: operators import this module
+
+        draw_model_manager(layout, self)
         box = layout.box()
         box.label(text="Models (empty = embedded model pack)")
         for name in ("generator_path", "diffusion_dir", "depth_controlnet_dir", "edge_controlnet_dir"):
@@ -135,6 +143,16 @@ def managed_env_dir(prefs) -> Path:
         return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path="engine_env", create=False))
     except (ValueError, RuntimeError):  # not installed as an extension (legacy add-on, tests)
         return Path(bpy.utils.user_resource("SCRIPTS", path="head_stylizer")) / "engine_env"
+
+
+def models_dir(prefs) -> Path:
+    """The model manager's folder: the preference, else ``models`` in the extension's user folder."""
+    if prefs.models_dir:
+        return Path(_abspath(prefs.models_dir))
+    try:
+        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path="models", create=False))
+    except (ValueError, RuntimeError):
+        return Path(bpy.utils.user_resource("SCRIPTS", path="head_stylizer")) / "models"
 
 
 def requirements_file() -> Path:

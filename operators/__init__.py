@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-_CORE_MODULES = ("check_python", "engine_setup", "stylize", "head_io", "turntable")
+_CORE_MODULES = ("check_python", "engine_setup", "models", "stylize", "head_io", "turntable")
 _OPTIONAL_MODULES = ("batch",)
 _registered: list[type] = []
 _handlers: list[tuple[list, object]] = []

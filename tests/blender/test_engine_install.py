@@ -125,3 +125,28 @@ def test_check_reports_torch_and_device_of_this_interpreter():
     assert ei.describe(info).startswith(f"torch {torch.__version__}")
     assert ei.describe({"torch": "2.13.0", "device": "cuda", "gpu": "NVIDIA H200", "gpu_memory_gb": 139.8}) == \
         "torch 2.13.0, CUDA: NVIDIA H200 (139.8 GB)"
+
+
+@pytest.mark.skipif(not __import__("tests.blender.runner", fromlist=["HAVE_BPY"]).HAVE_BPY, reason="bpy module not installed")
+def test_model_manager_in_blender_downloads_from_the_loopback_hub_and_fills_the_preference(tmp_path):
+    from tests.blender.runner import run_bpy
+    from tests.engine.app.fake_hub import FakeHub
+
+    repo = "lllyasviel/sd-controlnet-canny"
+    files = {"config.json": b'{"_class_name": "ControlNetModel"}', "diffusion_pytorch_model.safetensors": b"w" * 40_000}
+    with FakeHub({repo: files}) as hub:
+        r = run_bpy(f"""
+import sys
+from bl_ext.hs_tests.head_stylizer.operators.models import model_status
+p = prefs()
+p.python_path = sys.executable
+p.models_dir = {str(tmp_path / 'models')!r}
+before = model_status(p, "controlnet-canny")
+assert bpy.ops.headstylizer.download_model(key="controlnet-canny") == {{"FINISHED"}}
+result(before=before, after=model_status(p, "controlnet-canny"), edge=p.edge_controlnet_dir, diffusion=p.diffusion_dir)
+""", env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1"}, timeout=300)
+    assert r["before"] == "not downloaded"
+    assert r["after"].startswith(f"{repo}@{hub.commits[repo][:10]}")
+    assert r["edge"] == str(tmp_path / "models" / "controlnet-canny") and r["diffusion"] == ""
+    assert (tmp_path / "models" / "controlnet-canny" / "diffusion_pytorch_model.safetensors").read_bytes() == files[
+        "diffusion_pytorch_model.safetensors"]
