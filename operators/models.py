@@ -20,7 +20,6 @@ from ..bridge.preferences import engine_root, get_preferences, models_dir, resol
 MODEL_KEYS = (("sd15", "Stable Diffusion 1.5", "diffusion_dir"),
               ("controlnet-canny", "Canny ControlNet", "edge_controlnet_dir"),
               ("controlnet-depth", "Depth ControlNet", "depth_controlnet_dir"))
-PREFERENCE_OF = {key: pref for key, _, pref in MODEL_KEYS}
 # key → {"fraction": float, "message": str, "running": bool}
 DOWNLOADS: dict[str, dict] = {}
 
@@ -31,7 +30,8 @@ class HEADSTYLIZER_OT_download_model(bpy.types.Operator):
     bl_idname = "headstylizer.download_model"
     bl_label = "Download"
 
-    key: bpy.props.EnumProperty(items=[(k, label, "") for k, label, _ in MODEL_KEYS])
+    key: bpy.props.EnumProperty(items=[(k, label, "") for k, label, _ in MODEL_KEYS]
+                                + [("all", "All", "Stable Diffusion 1.5 and both ControlNets")])
     _timer = None
     _process: EngineProcess | None = None
 
@@ -64,6 +64,7 @@ class HEADSTYLIZER_OT_download_model(bpy.types.Operator):
         elif event.get("event") == "done":
             state["result"] = event.get("result")
             state["revision"] = event.get("revision")
+            state.setdefault("results", {})[event.get("role")] = event.get("result")
 
     def modal(self, context, event):
         if event.type != "TIMER":
@@ -87,7 +88,11 @@ class HEADSTYLIZER_OT_download_model(bpy.types.Operator):
             state["message"] = f"failed: {self._process.error_message()}"
             self.report({"ERROR"}, f"Download {self.key}: {self._process.error_message()}")
             return {"CANCELLED"}
-        setattr(get_preferences(context), PREFERENCE_OF[self.key], state["result"])
+        prefs = get_preferences(context)
+        role_to_pref = {"diffusion": "diffusion_dir", "edge_controlnet": "edge_controlnet_dir",
+                        "depth_controlnet": "depth_controlnet_dir"}
+        for role, folder in state.get("results", {}).items():
+            setattr(prefs, role_to_pref[role], folder)
         state["message"] = f"done ({str(state.get('revision', ''))[:12]})"
         self.report({"INFO"}, f"Downloaded {self.key} to {state['result']}")
         return {"FINISHED"}

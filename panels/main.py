@@ -51,8 +51,11 @@ def draw_setup_checklist(layout, context) -> None:
     found = engine_install.describe(check).split(", ", 1)[1] if check else "not checked"
     col.label(text=f"Device: {device} ({found})", icon="MEMORY")
     real = prefs.diffusion_dir or prefs.generator_path
-    col.label(text="Models: " + ("your models" if real else "embedded pack (tiny, for trying)"),
+    row = col.row()
+    row.label(text="Models: " + ("your models" if real else "embedded pack (tiny, for trying)"),
               icon="CHECKMARK" if real else "INFO")
+    if not real and ready:  # the download runs in the engine's environment
+        row.operator("headstylizer.download_model", text="Download").key = "all"
 
 
 class _SidebarPanel:

@@ -134,7 +134,12 @@ def test_model_manager_in_blender_downloads_from_the_loopback_hub_and_fills_the_
 
     repo = "lllyasviel/sd-controlnet-canny"
     files = {"config.json": b'{"_class_name": "ControlNetModel"}', "diffusion_pytorch_model.safetensors": b"w" * 40_000}
-    with FakeHub({repo: files}) as hub:
+    sd = {"model_index.json": b"{}", "scheduler/scheduler_config.json": b"{}", "tokenizer/vocab.json": b"{}",
+          "text_encoder/config.json": b"{}", "text_encoder/model.safetensors": b"t" * 3000, "unet/config.json": b"{}",
+          "unet/diffusion_pytorch_model.safetensors": b"u" * 5000, "unet/diffusion_pytorch_model.bin": b"b" * 5000,
+          "vae/config.json": b"{}", "vae/diffusion_pytorch_model.safetensors": b"v" * 2000}
+    repos = {repo: files, "lllyasviel/sd-controlnet-depth": files, "stable-diffusion-v1-5/stable-diffusion-v1-5": sd}
+    with FakeHub(repos) as hub:
         r = run_bpy(f"""
 import sys
 from bl_ext.hs_tests.head_stylizer.operators.models import model_status
@@ -143,10 +148,17 @@ p.python_path = sys.executable
 p.models_dir = {str(tmp_path / 'models')!r}
 before = model_status(p, "controlnet-canny")
 assert bpy.ops.headstylizer.download_model(key="controlnet-canny") == {{"FINISHED"}}
-result(before=before, after=model_status(p, "controlnet-canny"), edge=p.edge_controlnet_dir, diffusion=p.diffusion_dir)
+one = dict(edge=p.edge_controlnet_dir, diffusion=p.diffusion_dir)
+assert bpy.ops.headstylizer.download_model(key="all") == {{"FINISHED"}}  # the checklist's button
+result(before=before, after=model_status(p, "controlnet-canny"), one=one, edge=p.edge_controlnet_dir,
+       depth=p.depth_controlnet_dir, diffusion=p.diffusion_dir)
 """, env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1"}, timeout=300)
     assert r["before"] == "not downloaded"
     assert r["after"].startswith(f"{repo}@{hub.commits[repo][:10]}")
-    assert r["edge"] == str(tmp_path / "models" / "controlnet-canny") and r["diffusion"] == ""
+    models = tmp_path / "models"
+    assert r["one"] == {"edge": str(models / "controlnet-canny"), "diffusion": ""}
+    assert (r["edge"], r["depth"], r["diffusion"]) == (str(models / "controlnet-canny"), str(models / "controlnet-depth"),
+                                                       str(models / "sd15"))
+    assert not (models / "sd15" / "unet" / "diffusion_pytorch_model.bin").exists()
     assert (tmp_path / "models" / "controlnet-canny" / "diffusion_pytorch_model.safetensors").read_bytes() == files[
         "diffusion_pytorch_model.safetensors"]

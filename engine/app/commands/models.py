@@ -14,7 +14,8 @@ from ..models import MODEL_SPECS, download_model, read_manifest
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("download", "list"))
-    p.add_argument("key", nargs="?", choices=sorted(MODEL_SPECS), help="which model (download)")
+    p.add_argument("key", nargs="?", choices=sorted(MODEL_SPECS) + ["all"],
+                   help="which model (download); all = Stable Diffusion 1.5 and both ControlNets")
     p.add_argument("--out", required=True, help="the models folder (one sub-folder per model, models.json)")
     p.add_argument("--revision", help="branch, tag or commit (default: the recorded commit, else main)")
     p.add_argument("--update", action="store_true", help="resolve main again instead of the recorded commit")
@@ -35,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
         from ...errors import ConfigError
 
         raise ConfigError(f"models download needs a model: one of {', '.join(MODEL_SPECS)}")
-    download_model(args.key, args.out, revision=args.revision, update=args.update, repo_id=args.repo,
-                   endpoint=args.endpoint)
+    keys = list(MODEL_SPECS) if args.key == "all" else [args.key]
+    if len(keys) > 1 and (args.repo or args.revision):
+        from ...errors import ConfigError
+
+        raise ConfigError("--repo and --revision name one repository; download the models one by one")
+    for key in keys:
+        download_model(key, args.out, revision=args.revision, update=args.update, repo_id=args.repo,
+                       endpoint=args.endpoint)
     return 0
