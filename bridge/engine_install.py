@@ -283,9 +283,10 @@ class EngineInstall:
             self._update(fraction=0.93, message="packages installed")
 
 
-def default_base_python() -> str:
-    return sys.executable
-
-
 # The install in progress or last finished in this Blender session (the panel and operators share it).
 current_install: EngineInstall | None = None
+
+
+def running_install() -> EngineInstall | None:
+    """The install still in progress, or None."""
+    return current_install if current_install is not None and not current_install.state.done else None

@@ -279,6 +279,11 @@ def cached_python_check(python: str, refresh: bool = False) -> tuple[bool, str]:
     return _PYTHON_CHECKS[python]
 
 
+def remember_python_check(python: str, ok: bool, message: str) -> None:
+    """Record a check made another way (Check's fuller probe), so status lines need not start a second one."""
+    _PYTHON_CHECKS[python] = (ok, message)
+
+
 def forget_python_checks() -> None:
     """Drop remembered checks (after an install changed what an interpreter can import)."""
     _PYTHON_CHECKS.clear()

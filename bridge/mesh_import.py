@@ -183,21 +183,23 @@ def import_head_glb(context, glb_path: str | os.PathLike, name: str) -> bpy.type
     return obj
 
 
+def resolve_in(folder: str | os.PathLike, relative: str) -> str:
+    """A run summary's path: absolute as written, else relative to the run folder."""
+    return relative if os.path.isabs(relative) else os.path.join(os.fspath(folder), relative)
+
+
 def import_run_head(context, run_dir: str | os.PathLike, summary: dict, name: str) -> tuple[bpy.types.Object, float]:
     """Import a run's head: its textured game-ready ``head.glb`` when the run wrote one, else ``head.npz``.
 
     Returns (object, metres per engine unit of its mesh data): 1.0 for the npz (engine units), the glb's
     life-size factor otherwise. Relative paths in ``summary`` are relative to ``run_dir``.
     """
-    def resolve(relative: str) -> str:
-        return relative if os.path.isabs(relative) else os.path.join(os.fspath(run_dir), relative)
-
     glb = summary.get("glb")
     if glb:
-        obj = import_head_glb(context, resolve(glb), name)
+        obj = import_head_glb(context, resolve_in(run_dir, glb), name)
         scale = float((summary.get("game_asset") or {}).get("metres_per_unit", 1.0))
     else:
-        obj = import_head(context, resolve(summary["mesh_npz"]), name)
+        obj = import_head(context, resolve_in(run_dir, summary["mesh_npz"]), name)
         scale = 1.0
     obj["head_stylizer_metres_per_unit"] = scale
     return obj, scale

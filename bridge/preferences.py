@@ -135,24 +135,25 @@ def _abspath(path: str) -> str:
     return os.path.abspath(bpy.path.abspath(path)) if path else ""
 
 
+def _user_folder(preference: str, name: str) -> Path:
+    """``preference`` when set, else ``name`` in the extension's user folder (the scripts folder when it is
+    not installed as an extension: legacy add-on, tests)."""
+    if preference:
+        return Path(_abspath(preference))
+    try:
+        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path=name, create=False))
+    except (ValueError, RuntimeError):
+        return Path(bpy.utils.user_resource("SCRIPTS", path="head_stylizer")) / name
+
+
 def managed_env_dir(prefs) -> Path:
     """The Install Engine environment: the preference, else ``engine_env`` in the extension's user folder."""
-    if prefs.engine_env_dir:
-        return Path(_abspath(prefs.engine_env_dir))
-    try:
-        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path="engine_env", create=False))
-    except (ValueError, RuntimeError):  # not installed as an extension (legacy add-on, tests)
-        return Path(bpy.utils.user_resource("SCRIPTS", path="head_stylizer")) / "engine_env"
+    return _user_folder(prefs.engine_env_dir, "engine_env")
 
 
 def models_dir(prefs) -> Path:
     """The model manager's folder: the preference, else ``models`` in the extension's user folder."""
-    if prefs.models_dir:
-        return Path(_abspath(prefs.models_dir))
-    try:
-        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path="models", create=False))
-    except (ValueError, RuntimeError):
-        return Path(bpy.utils.user_resource("SCRIPTS", path="head_stylizer")) / "models"
+    return _user_folder(prefs.models_dir, "models")
 
 
 def requirements_file() -> Path:
@@ -178,9 +179,9 @@ def resolve_python(prefs) -> tuple[str, str | None]:
 
 def engine_status(prefs) -> tuple[bool, str]:
     """(ready, one line) for the setup checklist, without starting any process."""
-    current = engine_install.current_install
-    if current is not None and not current.state.done:
-        return False, f"installing: {current.state.message}"
+    running = engine_install.running_install()
+    if running is not None:
+        return False, f"installing: {running.state.message}"
     if prefs.python_path:
         checked = engine_process.previous_python_check(_abspath(prefs.python_path))
         return (checked is None or checked[0]), f"Engine Python {prefs.python_path}" + (
@@ -192,8 +193,9 @@ def engine_status(prefs) -> tuple[bool, str]:
     checked = engine_process.previous_python_check(engine_process.blender_python())
     if checked is not None and checked[0]:
         return True, f"Blender's Python ({checked[1]})"
-    if current is not None and current.state.done and not current.state.ok:
-        return False, f"install failed: {current.state.message}"
+    finished = engine_install.current_install
+    if finished is not None and not finished.state.ok:
+        return False, f"install failed: {finished.state.message}"
     return False, "not installed"
 
 
@@ -202,10 +204,10 @@ def draw_engine_setup(layout, prefs) -> None:
     box = layout.box()
     ready, text = engine_status(prefs)
     box.label(text=f"Engine: {text}", icon="CHECKMARK" if ready else "ERROR")
-    current = engine_install.current_install
-    if current is not None and not current.state.done:
+    running = engine_install.running_install()
+    if running is not None:
         if hasattr(box, "progress"):
-            box.progress(factor=current.state.fraction, type="BAR", text=f"{current.state.stage} {current.state.fraction * 100:.0f}%")
+            box.progress(factor=running.state.fraction, type="BAR", text=f"{running.state.stage} {running.state.fraction * 100:.0f}%")
         box.operator("headstylizer.cancel_install", icon="CANCEL")
     else:
         row = box.row()

@@ -16,12 +16,13 @@ class HEADSTYLIZER_OT_check_python(bpy.types.Operator):
 
     def execute(self, context):
         python, _problem = resolve_python(get_preferences(context))
-        engine_process.cached_python_check(python, refresh=True)
         try:
             info = engine_install.check_environment(python)
         except engine_install.InstallError as exc:
+            engine_process.remember_python_check(python, False, str(exc))
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        engine_process.remember_python_check(python, True, engine_install.describe(info))
         self.report({"INFO"}, f"{python}: {engine_install.describe(info)}")
         return {"FINISHED"}
 

@@ -11,12 +11,7 @@ import bpy
 
 from ..bridge import engine_install, engine_process
 from ..bridge.preferences import _abspath, get_preferences, managed_env_dir, requirements_file
-
-
-def _redraw(context) -> None:
-    for window in context.window_manager.windows:
-        for area in window.screen.areas:
-            area.tag_redraw()
+from .stylize import redraw_areas
 
 
 class HEADSTYLIZER_OT_install_engine(bpy.types.Operator):
@@ -27,10 +22,10 @@ class HEADSTYLIZER_OT_install_engine(bpy.types.Operator):
 
     repair: bpy.props.BoolProperty(name="Repair", description="Recreate the environment from scratch")
     _timer = None
+    _install: engine_install.EngineInstall | None = None
 
     def execute(self, context):
-        current = engine_install.current_install
-        if current is not None and not current.state.done:
+        if engine_install.running_install() is not None:
             self.report({"WARNING"}, "Install Engine is already running")
             return {"CANCELLED"}
         prefs = get_preferences(context)
@@ -44,27 +39,26 @@ class HEADSTYLIZER_OT_install_engine(bpy.types.Operator):
             repair=self.repair,
         )
         try:
-            engine_install.current_install = engine_install.EngineInstall(options).start()
+            self._install = engine_install.current_install = engine_install.EngineInstall(options).start()
         except engine_install.InstallError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         if bpy.app.background:
-            return self._finish(engine_install.current_install.wait())
+            return self._finish(self._install.wait())
         self._timer = context.window_manager.event_timer_add(0.5, window=context.window)
         context.window_manager.modal_handler_add(self)
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        current = engine_install.current_install
-        if event.type == "ESC" and current is not None:
-            current.cancel()
+        if event.type == "ESC":
+            self._install.cancel()
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        _redraw(context)
-        if current is None or not current.state.done:
+        redraw_areas(context, None)
+        if not self._install.state.done:
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
-        return self._finish(current.state)
+        return self._finish(self._install.state)
 
     def _finish(self, state):
         engine_process.forget_python_checks()
@@ -82,10 +76,10 @@ class HEADSTYLIZER_OT_cancel_install(bpy.types.Operator):
     bl_label = "Cancel Install"
 
     def execute(self, context):
-        current = engine_install.current_install
-        if current is None or current.state.done:
+        running = engine_install.running_install()
+        if running is None:
             return {"CANCELLED"}
-        current.cancel()
+        running.cancel()
         return {"FINISHED"}
 
 
@@ -96,8 +90,7 @@ class HEADSTYLIZER_OT_remove_engine(bpy.types.Operator):
     bl_label = "Remove"
 
     def execute(self, context):
-        current = engine_install.current_install
-        if current is not None and not current.state.done:
+        if engine_install.running_install() is not None:
             self.report({"ERROR"}, "Cancel the running install first")
             return {"CANCELLED"}
         env = managed_env_dir(get_preferences(context))

@@ -16,6 +16,7 @@ import bpy
 from ..bridge.engine_process import EngineProcess
 from ..bridge.job import engine_environment
 from ..bridge.preferences import engine_root, get_preferences, models_dir, resolve_python
+from .stylize import redraw_areas
 
 MODEL_KEYS = (("sd15", "Stable Diffusion 1.5", "diffusion_dir"),
               ("controlnet-canny", "Canny ControlNet", "edge_controlnet_dir"),
@@ -71,9 +72,7 @@ class HEADSTYLIZER_OT_download_model(bpy.types.Operator):
             return {"PASS_THROUGH"}
         for item in self._process.drain():
             self._on_event(item)
-        for window in context.window_manager.windows:
-            for area in window.screen.areas:
-                area.tag_redraw()
+        redraw_areas(context, None)
         if not self._process.finished:
             return {"PASS_THROUGH"}
         for item in self._process.drain():

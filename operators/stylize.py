@@ -69,11 +69,6 @@ def load_head_json(path: str | os.PathLike) -> dict[str, Any]:
     return result
 
 
-def resolve_in(folder: str | os.PathLike, relative: str) -> str:
-    p = Path(relative)
-    return str(p if p.is_absolute() else Path(folder) / p)
-
-
 class StylizeSession:
     """One Stylize Head run bound to a scene: start, pump events, finish (import) or fail/cancel."""
 
@@ -232,10 +227,11 @@ def _report_all(operator, session: StylizeSession) -> None:
     session.messages.clear()
 
 
-def _redraw(context) -> None:
+def redraw_areas(context, area_type: str | None = "VIEW_3D") -> None:
+    """Ask Blender to redraw every area of ``area_type`` (None: every area, e.g. the preferences) in all windows."""
     for window in context.window_manager.windows:
         for area in window.screen.areas:
-            if area.type == "VIEW_3D":
+            if area_type is None or area.type == area_type:
                 area.tag_redraw()
 
 
@@ -316,13 +312,13 @@ class HEADSTYLIZER_OT_stylize_head(bpy.types.Operator):
             return {"PASS_THROUGH"}
         finished = session.pump()
         _report_all(self, session)
-        _redraw(context)
+        redraw_areas(context)
         if not finished:
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
         ok = session.finish(context)
         _report_all(self, session)
-        _redraw(context)
+        redraw_areas(context)
         return {"FINISHED"} if ok else {"CANCELLED"}
 
 

@@ -39,10 +39,10 @@ def draw_setup_checklist(layout, context) -> None:
     col = box.column(align=True)
     row = col.row()
     row.label(text=f"Engine: {text}", icon="CHECKMARK" if ready else "ERROR")
-    current = engine_install.current_install
-    if current is not None and not current.state.done:
+    running = engine_install.running_install()
+    if running is not None:
         if hasattr(col, "progress"):
-            col.progress(factor=current.state.fraction, type="BAR", text=f"{current.state.fraction * 100:.0f}%")
+            col.progress(factor=running.state.fraction, type="BAR", text=f"{running.state.fraction * 100:.0f}%")
         row.operator("headstylizer.cancel_install", text="", icon="CANCEL")
     elif not ready:
         row.operator("headstylizer.install_engine", text="Install")
