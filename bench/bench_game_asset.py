@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.generator.camera import cameras_at, split_camera_vector  # noqa: E402
-from engine.generator.inference import ViewSettings, camera_config_for, seed_latent  # noqa: E402
+from engine.generator.inference import ViewSettings, camera_config_for, field_functions, seed_latent  # noqa: E402
 from engine.generator.loading import load_generator  # noqa: E402
 from engine.heads.game_asset import GameAssetConfig, build_game_asset  # noqa: E402
 from engine.heads.scan_views import MeshTensors, ScanViewConfig, project, rasterize  # noqa: E402
@@ -102,15 +102,8 @@ def main() -> None:
     res = args.resolution
     for seed in range(args.heads):
         ws = seed_latent(G, seed, settings)
+        density_fn, color_fn = field_functions(G, ws)
         with torch.no_grad():
-            planes = G.synthesize_planes(ws)
-
-            def density_fn(p):
-                return G.query_points(planes, p[None])["sigma"][0, :, 0]
-
-            def color_fn(p):
-                return G.point_colors(planes, ws, p[None])[0]
-
             mesh = extract_mesh(density_fn, color_fn, mesh_config)
             started = time.perf_counter()
             asset = build_game_asset(mesh, color_fn, mesh_config, config)

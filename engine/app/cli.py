@@ -91,9 +91,10 @@ def default_log_path(command: str, args: argparse.Namespace) -> Path | None:
 
 def event_sink(command: str, args: argparse.Namespace, argv: list[str]):
     """(sink for :func:`engine.io.events.use_sink`, things to close afterwards)."""
-    from .terminal import EventLog, TerminalDisplay, fan_out, json_lines, wants_terminal
+    from ..io.events import write_json_line
+    from .terminal import EventLog, TerminalDisplay, fan_out, wants_terminal
 
-    front = TerminalDisplay() if wants_terminal(args.json) else json_lines
+    front = TerminalDisplay() if wants_terminal(args.json) else write_json_line
     log_path = Path(args.log) if args.log else default_log_path(command, args)
     if log_path is None:
         return front, []

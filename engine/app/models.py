@@ -37,6 +37,7 @@ from typing import Any, Callable
 from ..errors import ConfigError, EngineError
 from ..io.atomic import write_json
 from ..io.events import emit
+from ..pack import sha256_file
 
 MANIFEST = "models.json"
 
@@ -82,14 +83,6 @@ def git_blob_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(root: Path) -> dict[str, Any]:
     try:
         return json.loads((root / MANIFEST).read_text())
@@ -107,7 +100,7 @@ def verify_file(path: Path, entry: dict[str, Any]) -> None:
         size = path.stat().st_size if path.is_file() else "missing"
         raise DownloadError(f"{path}: {size} bytes, the repository lists {entry['size']}")
     if entry.get("sha256"):
-        got, want, kind = sha256_of(path), entry["sha256"], "SHA-256"
+        got, want, kind = sha256_file(path), entry["sha256"], "SHA-256"
     else:
         got, want, kind = git_blob_sha1(path), entry["blob_id"], "git blob SHA-1"
     if got != want:

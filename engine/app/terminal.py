@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from ..io.events import EventRecord, Sink, json_line, write_json_line
+from ..io.events import EventRecord, Sink, json_line
 
 # Fields worth a word on a stage's bar (shown as "name=value" after the bar).
 _BAR_FIELDS = ("loss", "subject", "input", "status")
@@ -128,10 +128,6 @@ class EventLog:
         if self.handle is not None:
             self.handle.close()
             self.handle = None
-
-
-def json_lines(record: EventRecord) -> None:
-    write_json_line(record)
 
 
 def fan_out(*sinks: Sink) -> Sink:

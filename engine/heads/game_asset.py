@@ -182,9 +182,9 @@ def rasterize_uv(corner_uv: np.ndarray, size: int, max_candidates: int = 4_000_0
         w, h = int(key // 65536), int(key % 65536)
         members = np.flatnonzero(usable & (keys == key))
         per_chunk = max(1, max_candidates // (w * h))
+        dx, dy = np.meshgrid(np.arange(w), np.arange(h), indexing="xy")
         for start in range(0, len(members), per_chunk):
             tri = members[start : start + per_chunk]
-            dx, dy = np.meshgrid(np.arange(w), np.arange(h), indexing="xy")
             cols = lo[tri, 0, None] + dx.reshape(1, -1)  # (T, w·h)
             rows = lo[tri, 1, None] + dy.reshape(1, -1)
             inside_box = (cols <= hi[tri, 0, None]) & (rows <= hi[tri, 1, None])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..models import MODEL_SPECS, download_model, read_manifest
 
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "list":
-        manifest = read_manifest(__import__("pathlib").Path(args.out))
+        manifest = read_manifest(Path(args.out))
         for key, spec in MODEL_SPECS.items():
             entry = manifest.get(key)
             state = f"{entry['repo_id']}@{entry['revision'][:12]} ({entry['downloaded']})" if entry else "not downloaded"

@@ -75,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
         frame_ms=args.frame_ms,
         chunk=args.chunk,
     ).validate()
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+    out = Path(args.out).expanduser()  # an existing file was refused by the command line (cli.check_arguments)
 
     G = load_generator(args.generator, args.device).generator
     device = next(G.parameters()).device
