@@ -49,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.app.allocator import keep_freed_memory  # noqa: E402
 from engine.app.pipeline import (  # noqa: E402
     HeadJob,
     embedded_backends,
@@ -327,6 +328,7 @@ def main() -> None:
                              + ", ".join(v.key for v in SWEEP_VARIANTS.values()))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.latents < 3:

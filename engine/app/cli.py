@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     from ..io.events import use_sink
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
 
     closers = []
     try:
