@@ -216,6 +216,26 @@ def test_constant_density_slab_opacity_and_colour(raw_density):
     assert white.rgb.item() == pytest.approx(0.6 * opacity + 1 - opacity, abs=1e-8)
 
 
+def test_three_samples_composite_midpoint_colours_by_hand():
+    # Samples at depths 1, 2, 4 with raw densities a, b, c and colours (0, 1, 0) / (2, 0, 5) / (4, 3, 1).
+    # Intervals: [1, 2] and [2, 4]; each takes the mean of its end colours and densities (PanoHead's mid rule).
+    depths = torch.tensor([1.0, 2.0, 4.0], dtype=F64).reshape(1, 1, 3, 1)
+    raw = torch.tensor([0.5, 2.0, 1.5], dtype=F64)
+    colors = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 5.0], [4.0, 3.0, 1.0]], dtype=F64).reshape(1, 1, 3, 3)
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    sigma1 = softplus((0.5 + 2.0) / 2 - 1)
+    sigma2 = softplus((2.0 + 1.5) / 2 - 1)
+    alpha1 = 1 - math.exp(-sigma1 * 1.0)
+    alpha2 = 1 - math.exp(-sigma2 * 2.0)
+    w1, w2 = alpha1, (1 - alpha1 + 1e-10) * alpha2
+    mid1, mid2 = [1.0, 0.5, 2.5], [3.0, 1.5, 3.0]
+    result = MipRayMarcher()(colors, raw.reshape(1, 1, 3, 1), depths)
+    expected_rgb = [w1 * a + w2 * b for a, b in zip(mid1, mid2)]
+    assert result.weights.flatten().tolist() == pytest.approx([w1, w2], abs=1e-12)
+    assert result.rgb.flatten().tolist() == pytest.approx(expected_rgb, abs=1e-12)
+    assert result.depth.item() == pytest.approx((w1 * 1.5 + w2 * 3.0) / (w1 + w2), abs=1e-12)
+
+
 def test_slab_depth_converges_to_truncated_exponential_mean():
     # Expected depth of an exponential with rate σ truncated to [0, L], offset by the slab start.
     sigma, thickness = math.log1p(math.exp(3.0 - 1)), 0.4
