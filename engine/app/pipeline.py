@@ -11,7 +11,8 @@ models (empty = the embedded pack). :func:`run_head`
    stopped;
 3. renders the head before and after from the named views, extracts a vertex-coloured mesh from the
    stylized tri-grid density, and scores identity preservation and style with :mod:`engine.evaluate.metrics`
-   (the embedded pack's identity encoder and style classifier, also for user models). Identity is scored
+   (identity: the embedded pack's encoder for the pack's heads, dlib's real-face ResNet for real models and
+   artists' meshes — ``identity_backend="auto"``; style: the pack's classifier). Identity is scored
    with a control: the stylized head is re-identified among its own original and a **fixed gallery** of
    other heads — seeds ``GALLERY_FIRST_SEED`` … (``gallery_heads`` of them, the head's own seed skipped) of
    the *base* generator, rendered before and after stylization from the same six views. The gallery's
@@ -112,6 +113,7 @@ class HeadJob(JsonConfig):
     turntable_frames: int = 0
     evaluate: bool = True
     gallery_heads: int = GALLERY_HEADS  # other heads the stylized head is re-identified among (chance 1/(1 + n))
+    identity_backend: str = "auto"  # auto: dlib-face for real models and meshes, embedded for the pack's heads
     device: str = "auto"
     precision: str = "auto"
     attention_slicing: bool = False
@@ -151,6 +153,8 @@ class HeadJob(JsonConfig):
             self.game_asset_config()
         if not 1 <= self.gallery_heads <= 64:
             raise ConfigError(f"gallery heads must be in 1..64, got {self.gallery_heads}")
+        if self.identity_backend not in IDENTITY_BACKEND_CHOICES:
+            raise ConfigError(f"identity backend must be one of {', '.join(IDENTITY_BACKEND_CHOICES)}, got {self.identity_backend!r}")
         if self.mesh and self.latent:
             raise ConfigError("give one head: --mesh FILE or --latent FILE, not both")
         if not 1 <= self.field_steps <= 100_000:
@@ -377,6 +381,46 @@ def embedded_backends(pack: PackPaths) -> tuple[Any, Any]:
     return EmbeddedIdentityBackend(pack.identity_encoder), EmbeddedStyleBackend(pack.style_classifier)
 
 
+def uses_real_models(sources: ModelSources) -> bool:
+    """Whether the heads are real rather than the procedural world's: a generator or diffusion model that is
+    not the embedded pack's, or a head field fitted to an artist's mesh."""
+    if sources.pack is None or sources.field_of is not None:
+        return True
+    return Path(sources.base_generator) != sources.pack.generator or not sources.embedded_diffusion
+
+
+@dataclass
+class IdentityScorer:
+    """The identity backend that scores a job's heads, what keys its cached embeddings, and why it was chosen."""
+
+    backend: Any
+    fingerprint: str
+    note: str = ""
+
+
+IDENTITY_BACKEND_CHOICES = ("auto", "embedded", "dlib-face")
+
+
+def identity_scorer(sources: ModelSources, pack: PackPaths, choice: str = "auto") -> IdentityScorer:
+    """``auto``: dlib's real-face ResNet for real models (PanoHead / SD / an artist's mesh); the pack's encoder,
+    which knows the procedural world, for the embedded pack's heads — or when dlib is not installed (with a
+    note). ``embedded`` / ``dlib-face`` force one."""
+    from ..evaluate.face_recognition import INSTALL_HINT, DlibFaceBackend, dlib_face_available
+    from ..evaluate.metrics import EmbeddedIdentityBackend
+
+    note = ""
+    if choice == "dlib-face":
+        backend = DlibFaceBackend()  # raises a ConfigError naming the install command when dlib is missing
+        return IdentityScorer(backend, backend.fingerprint, "")
+    if choice == "auto" and uses_real_models(sources):
+        if dlib_face_available():
+            backend = DlibFaceBackend()
+            return IdentityScorer(backend, backend.fingerprint, "real models: dlib's face-recognition ResNet")
+        note = (f"real models, but dlib is not installed ({INSTALL_HINT}): scored with the pack's encoder, "
+                "which was trained on the procedural head world")
+    return IdentityScorer(EmbeddedIdentityBackend(pack.identity_encoder), f"embedded:{sha256_file(pack.identity_encoder)}", note)
+
+
 def scoring_pack(sources: ModelSources) -> PackPaths:
     """The pack whose recognition models score a head: the job's pack, else the shipped one (user models
     are scored with the embedded encoder too — it is the only offline identity model)."""
@@ -391,10 +435,10 @@ def gallery_seeds(count: int, exclude: int | None = None) -> list[int]:
     return seeds[:count]
 
 
-def _gallery_key(G: TriPlaneGenerator, encoder_path: Path, settings: ViewSettings) -> str:
+def _gallery_key(G: TriPlaneGenerator, scorer_fingerprint: str, settings: ViewSettings) -> str:
     from ..stylize.training_state import state_fingerprint
 
-    blob = json.dumps({"generator": state_fingerprint(G), "encoder": sha256_file(encoder_path),
+    blob = json.dumps({"generator": state_fingerprint(G), "encoder": scorer_fingerprint,
                        "views": dataclasses.asdict(settings)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -420,7 +464,7 @@ def _cached_embeddings(folder: Path, seeds: list[int], G: TriPlaneGenerator, lat
 
 
 def identity_gallery(job: HeadJob, base: TriPlaneGenerator, styled: TriPlaneGenerator | None, stylized: "StylizedGenerator",
-                     settings: ViewSettings, identity_backend: Any, encoder_path: Path) -> Any:
+                     settings: ViewSettings, scorer: IdentityScorer) -> Any:
     """The fixed gallery of other heads (originals by ``base``, stylized by ``styled``) as identity embeddings.
 
     ``styled`` None (head mode: the stylized field makes only its own head) leaves the stylized gallery out;
@@ -429,18 +473,19 @@ def identity_gallery(job: HeadJob, base: TriPlaneGenerator, styled: TriPlaneGene
 
     seeds = gallery_seeds(job.gallery_heads, exclude=None if job.latent or job.mesh else job.seed)
     latents = {seed: seed_latent(base, seed, settings) for seed in seeds}
-    key = _gallery_key(base, encoder_path, settings)
-    before = _cached_embeddings(job.cache_folder / "identity_gallery" / key, seeds, base, latents, settings, identity_backend)
+    key = _gallery_key(base, scorer.fingerprint, settings)
+    before = _cached_embeddings(job.cache_folder / "identity_gallery" / key, seeds, base, latents, settings, scorer.backend)
     if styled is None:
         label = f"seeds {seeds[0]}…{seeds[-1]} ({len(seeds)} heads) of the base generator, unstylized"
         return IdentityGallery(before=before, after=None, label=label)
-    after = _cached_embeddings(stylized.run_dir / "identity_gallery" / key, seeds, styled, latents, settings, identity_backend)
+    after = _cached_embeddings(stylized.run_dir / "identity_gallery" / key, seeds, styled, latents, settings, scorer.backend)
     label = f"seeds {seeds[0]}…{seeds[-1]} ({len(seeds)} heads) of the base generator, before and after stylization"
     return IdentityGallery(before=before, after=after, label=label)
 
 
-def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, pack: PackPaths, gallery: Any) -> dict[str, Any]:
-    """The head's identity and style scores with the pack's recognition models.
+def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, pack: PackPaths, gallery: Any,
+               scorer: IdentityScorer, view_names: list[str]) -> dict[str, Any]:
+    """The head's identity scores (``scorer``'s backend) and style score (the pack's style classifier).
 
     Identity: the raw cosine before vs after (mean over the six views) *and its control*: the rank of the
     head's own original among 1 + K originals (itself + the gallery; chance 1/(1 + K)), the same per view,
@@ -450,12 +495,13 @@ def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, pac
     """
     from ..evaluate.metrics import evaluate_renders
 
-    identity_backend, style_backend = embedded_backends(pack)
-    report = evaluate_renders(before[None], after[None], style or "unknown", identity_backend,
+    _, style_backend = embedded_backends(pack)
+    report = evaluate_renders(before[None], after[None], style or "unknown", scorer.backend,
                               style_backend if style else None, gallery=gallery).to_dict()
+    notes = ([scorer.note] if scorer.note else []) + report["notes"]
     return {
         "identity_similarity": report["identity_similarity_mean"],
-        "reid_rank": report["reid_ranks"][0],
+        "reid_rank": report["reid_ranks"][0] if report["reid_ranks"] else None,
         "reid_top1": report["reid_top1"],
         "reid_top1_per_view": report["reid_top1_per_view"],
         "reid_top1_reverse": report["reid_top1_reverse"],
@@ -470,8 +516,11 @@ def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, pac
         "consistency_after": report["consistency_after_mean"],
         "consistency_before": report["consistency_before_mean"],
         "identity_backend": report["identity_backend"],
+        "identity_views": [view_names[i] for i in report["identity_views"]] if report["identity_views"] is not None else None,
+        "faces_found_before": report["faces_found_before"],
+        "faces_found_after": report["faces_found_after"],
         "style_backend": report["style_backend"],
-        "notes": report["notes"],
+        "notes": notes,
     }
 
 
@@ -557,14 +606,14 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         scores = {"notes": [f"{pack.identity_encoder}: no identity encoder in the pack; scores skipped"]}
     elif job.evaluate:
         on_event("stage", stage="evaluate", message=f"scoring identity (against {job.gallery_heads} gallery heads) and style")
-        identity_backend, _ = embedded_backends(pack)
+        scorer = identity_scorer(sources, pack, job.identity_backend)
         if head_field is None:
-            gallery = identity_gallery(job, base, styled, stylized, settings, identity_backend, pack.identity_encoder)
+            gallery = identity_gallery(job, base, styled, stylized, settings, scorer)
         else:  # the field makes only its own head: the gallery's people come from the generator it was fitted from
             people = load_generator(sources.base_generator, device=device).generator
-            gallery = identity_gallery(job, people, None, stylized, settings, identity_backend, pack.identity_encoder)
+            gallery = identity_gallery(job, people, None, stylized, settings, scorer)
         style = get_style_preset(job.style_preset).embedded_style if job.style_preset else None
-        scores = score_head(before, after, style, pack, gallery)
+        scores = score_head(before, after, style, pack, gallery, scorer, names)
 
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     summary = {

@@ -58,6 +58,7 @@ prompt ("a photo of a head"); ``supports`` returns True for every style. Registe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
+from .face_recognition import DlibFaceBackend
 from .recognition import load_identity_encoder, load_style_classifier
 from .recognition.preprocess import check_images
 
@@ -198,6 +200,7 @@ class EmbeddedStyleBackend:
 
 register_identity_backend("embedded", EmbeddedIdentityBackend)
 register_style_backend("embedded", EmbeddedStyleBackend)
+register_identity_backend("dlib-face", DlibFaceBackend)
 
 
 # ==================================================================================================
@@ -448,6 +451,10 @@ class EvaluationReport:
     style_score_before_mean: float | None = None
     style_score_after_mean: float | None = None
     style_score_after: list[float] | None = None  # per subject, mean over views
+    # Backends that find a face first (dlib-face) embed only renders with one; the others embed every render.
+    faces_found_before: float = 1.0  # fraction of the renders the identity backend could embed
+    faces_found_after: float = 1.0
+    identity_views: list[int] | None = None  # the views the identity measures use (every head has a face there)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -468,6 +475,46 @@ def embed_renders(images: Tensor, backend: IdentityBackend | str = "embedded") -
     backend = get_identity_backend(backend) if isinstance(backend, str) else backend
     s, v = images.shape[:2]
     return F.normalize(backend.embed(images.flatten(0, 1)).float().cpu(), dim=-1).reshape(s, v, -1)
+
+
+def found_fraction(embeddings: Tensor) -> float:
+    """Fraction of the (…, D) embeddings that are finite (a face-finding backend leaves NaN where none was found)."""
+    return float(torch.isfinite(embeddings).all(dim=-1).float().mean())
+
+
+def views_with_faces(emb_before: Tensor, emb_after: Tensor, gallery: IdentityGallery | None = None) -> list[int]:
+    """Indices of the views where every head — before, after and the gallery's — has a finite embedding.
+
+    Identity is compared view by view and averaged over heads, so a view counts only when all heads have it:
+    dropping a missing view for one head but not the others would compare different poses.
+    """
+    stacks = [emb_before, emb_after]
+    if gallery is not None:
+        stacks += [gallery.before] + ([gallery.after] if gallery.after is not None else [])
+    ok = torch.stack([torch.isfinite(e).all(dim=-1).all(dim=0) for e in stacks]).all(dim=0)  # (V,)
+    return [int(i) for i in torch.nonzero(ok).flatten()]
+
+
+def _no_identity_measures(subjects: int) -> dict[str, Any]:
+    nan = float("nan")
+    return {"identity_similarity": [nan] * subjects, "identity_similarity_mean": nan, "gallery": None,
+            "reid_top1": None, "reid_top1_per_view": None, "reid_chance": None, "reid_candidates": None,
+            "reid_ranks": None, "identity_mismatched_mean": None, "identity_margin": None, "identity_margin_mean": None,
+            "original_cross_similarity": None, "reid_top1_reverse": None}
+
+
+def paired_similarity(backend: IdentityBackend, a: Tensor, b: Tensor) -> tuple[float, int]:
+    """(mean cosine, views used) of two (K, 3, H, W) stacks of the same K views: view k of ``a`` against view k
+    of ``b``, over the views where ``backend`` embeds both (a face-finding backend may miss some; NaN, 0 if
+    it misses all)."""
+    ea = F.normalize(backend.embed(check_images(a, "a")).float().cpu(), dim=-1)
+    eb = F.normalize(backend.embed(check_images(b, "b")).float().cpu(), dim=-1)
+    if ea.shape != eb.shape:
+        raise InputError(f"paired_similarity: {tuple(a.shape)} and {tuple(b.shape)} are not the same views")
+    both = torch.isfinite(ea).all(-1) & torch.isfinite(eb).all(-1)
+    if not both.any():
+        return float("nan"), 0
+    return float((ea[both] * eb[both]).sum(-1).mean()), int(both.sum())
 
 
 def identity_measures(emb_before: Tensor, emb_after: Tensor, gallery: IdentityGallery | None = None) -> dict[str, Any]:
@@ -523,13 +570,29 @@ def evaluate_renders(
     ident = get_identity_backend(identity_backend) if isinstance(identity_backend, str) else identity_backend
     emb_before = embed_renders(before, ident)
     emb_after = embed_renders(after, ident)
-    identity = identity_measures(emb_before, emb_after, gallery)
-    notes = identity.pop("notes")
-    diversity_before = identity_diversity(emb_before) if s >= 2 else float("nan")
-    diversity_after = identity_diversity(emb_after) if s >= 2 else float("nan")
+    if gallery is not None:
+        gallery.validate(v, emb_before.shape[-1])
+    faces_before, faces_after = found_fraction(emb_before), found_fraction(emb_after)
+    views = views_with_faces(emb_before, emb_after, gallery)
+    notes: list[str] = []
+    if len(views) < v:
+        notes.append(f"the {ident.name} identity backend found no face in some heads' views "
+                     f"{[i for i in range(v) if i not in views]}; identity is measured on views {views} of 0…{v - 1}")
+    if views:
+        emb_before, emb_after = emb_before[:, views], emb_after[:, views]
+        if gallery is not None and len(views) < v:
+            gallery = dataclasses.replace(gallery, before=gallery.before[:, views],
+                                          after=None if gallery.after is None else gallery.after[:, views])
+        identity = identity_measures(emb_before, emb_after, gallery)
+        notes += identity.pop("notes")
+    else:
+        notes.append(f"the {ident.name} identity backend found no view with a face in every head: identity not measured")
+        identity = _no_identity_measures(s)
+    diversity_before = identity_diversity(emb_before) if s >= 2 and views else float("nan")
+    diversity_after = identity_diversity(emb_after) if s >= 2 and views else float("nan")
     if s < 2:
         notes.append("diversity needs at least 2 subjects")
-    if v >= 2:
+    if len(views) >= 2:
         consistency_before, consistency_after = multiview_consistency(emb_before), multiview_consistency(emb_after)
     else:
         consistency_before = consistency_after = torch.full((s,), float("nan"))
@@ -563,5 +626,8 @@ def evaluate_renders(
         style_score_before_mean=score_before,
         style_score_after_mean=score_after,
         style_score_after=score_after_subject,
+        faces_found_before=faces_before,
+        faces_found_after=faces_after,
+        identity_views=views,
         notes=notes,
     )

@@ -18,10 +18,11 @@ pytestmark = [pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed 
 
 @pytest.fixture(scope="module")
 def wheel_folder(tmp_path_factory) -> Path:
-    """Every pinned requirement as a wheel (pip download from the configured package indexes)."""
+    """Every pinned requirement as a wheel, as a studio prepares its offline folder: ``pip wheel`` downloads the
+    wheels and builds the one source-only package (face-recognition-models: dlib's model files) into a wheel."""
     folder = tmp_path_factory.mktemp("wheels")
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
-                           "-r", str(REPO_ROOT / "requirements.txt"), "-d", str(folder)],
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-r", str(REPO_ROOT / "requirements.txt"),
+                           "-w", str(folder)],
                           capture_output=True, text=True, timeout=1200)
     if done.returncode != 0:
         pytest.skip(f"could not gather the pinned wheels: {done.stderr.strip().splitlines()[-1:]}")

@@ -12,7 +12,7 @@ import argparse
 
 from ...stylize.cancel import CancelToken
 from ...stylize.presets import STYLE_PRESETS
-from ..pipeline import GALLERY_FIRST_SEED, GALLERY_HEADS, METHODS, HeadJob, run_head
+from ..pipeline import GALLERY_FIRST_SEED, GALLERY_HEADS, IDENTITY_BACKEND_CHOICES, METHODS, HeadJob, run_head
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine-units", action="store_true", help="head.glb in the engine's units instead of metres")
     p.add_argument("--gallery-heads", type=int, default=GALLERY_HEADS,
                    help=f"other heads (fixed seeds from {GALLERY_FIRST_SEED}) the stylized head is re-identified among (default {GALLERY_HEADS})")
+    p.add_argument("--identity-backend", choices=IDENTITY_BACKEND_CHOICES, default="auto",
+                   help="who scores identity: auto (default) = dlib's real-face ResNet for real models and meshes, "
+                        "the pack's encoder for the pack's heads")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp16", "bf16", "fp32"), default="auto")
     p.add_argument("--attention-slicing", action="store_true", help="lower GPU memory, slower")
@@ -89,6 +92,7 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         texture_size=args.texture_size,
         life_size=not args.engine_units,
         gallery_heads=args.gallery_heads,
+        identity_backend=args.identity_backend,
         device=args.device,
         precision=args.precision,
         attention_slicing=args.attention_slicing,

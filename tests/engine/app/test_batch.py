@@ -197,6 +197,7 @@ def test_cli_end_to_end_on_the_pack(tmp_path):
     for i in range(2):
         export_scan(ids[i : i + 1], folder / f"s{i}", ScanExport(resolution=48, formats=(".ply",)))
     (folder / "bad.fbx").write_bytes(b"Kaydara FBX Binary")
+    _portrait_png(folder / "portrait.png")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "engine", "batch", "--in", str(folder), "--out", str(out), "--style", "zombie",
            "--steps", "2", "--inversion-steps", "3", "--mesh-resolution", "64", "--device", "cpu", "--i-have-consent",
@@ -206,7 +207,7 @@ def test_cli_end_to_end_on_the_pack(tmp_path):
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert all("event" in e for e in events) and events[-1]["event"] == "done"
     report = json.loads((out / "report.json").read_text())
-    assert report["counts"]["done"] == 2 and report["counts"]["failed"] == 1
+    assert report["counts"]["done"] == 3 and report["counts"]["failed"] == 1
     fbx = [r for r in report["items"] if r["input"].endswith(".fbx")][0]
     assert "Blender" in fbx["error"]
     mesh, extras = read_gltf(out / "s0.glb")
@@ -223,6 +224,28 @@ def test_cli_end_to_end_on_the_pack(tmp_path):
     assert isinstance(sidecar["identity_similarity"], float)
     assert isinstance(sidecar["inversion"]["inversion_identity_similarity"], float)
     assert extras["head_stylizer"]["model_sha256"]["generator"]
+    assert sidecar["identity_scoring"]["backend"] == "embedded"  # the pack's heads: the pack's encoder
+    # The portrait's one view was fitted: scored by dlib's face recogniser only, against the stylized head
+    # seen from the portrait's camera.
+    portrait = json.loads((out / "portrait.json").read_text())
+    assert portrait["identity_scoring"] == {"views": ["portrait"], "fitted": True, "backend": "dlib-face", "note": ""}
+    assert 0.5 < portrait["identity_similarity"] <= 1.0
+
+
+def _portrait_png(path: Path) -> Path:
+    """A front view of a pack head (seed 77) as a 128² RGB portrait on white."""
+    from PIL import Image
+
+    from engine.generator.camera import cameras_at
+    from engine.generator.inference import ViewSettings, camera_config_for, render_images, seed_latent
+    from engine.generator.loading import load_generator
+    from engine.io.images import to_uint8
+
+    G = load_generator(PACK / "generator" / "generator.safetensors").generator
+    settings = ViewSettings()
+    cams = cameras_at(torch.zeros(1), settings.view_pitch, camera_config_for(G, settings.camera_pivot)).c
+    Image.fromarray(to_uint8(render_images(G, seed_latent(G, 77, settings), cams)[0])).save(path)
+    return path
 
 
 @pytest.mark.slow
@@ -335,9 +358,45 @@ def test_identity_is_scored_on_held_out_views_only(scan_folder, tmp_path):
     (source, stylized), = calls["pairs"]
     assert source.shape == stylized.shape == (2, 3, 8, 8) and float(stylized.mean()) == 0.25
     scored = json.loads((tmp_path / "out" / "head0.json").read_text())["identity_scoring"]
-    assert scored == {"views": ["yaw+25", "yaw-25"], "fitted": False, "note": ""}
+    assert scored == {"views": ["yaw+25", "yaw-25"], "fitted": False, "backend": "embedded", "note": ""}
     unscored = json.loads((tmp_path / "out" / "head1.json").read_text())
     assert unscored["identity_similarity"] is None and "single view" in unscored["identity_scoring"]["note"]
+
+
+def test_a_fitted_portrait_is_scored_only_by_the_face_recogniser(scan_folder, tmp_path):
+    """A portrait's one view was fitted with the pack's encoder in the loss: only ``face_similarity`` (dlib,
+    never optimised) may score it; the encoder's ``similarity`` must not be called for it. No face → null."""
+    cam = torch.zeros(1, 25)
+    used = []
+
+    def invert(path: Path, kind: str) -> Inverted:
+        portrait = torch.full((1, 3, 8, 8), 0.5 if path.name == "head0.ply" else -0.5)
+        return Inverted(torch.ones(1, 1, 2), portrait, {"kind": kind}, cam, ("portrait",), score_fitted=True)
+
+    def build_head(ws, score_cameras):
+        mesh = head_mesh(sample_identities(1, torch.Generator().manual_seed(2)), 16)
+        return HeadOutput(mesh, torch.full((1, 3, 8, 8), 0.25))
+
+    def encoder_similarity(a, b):
+        used.append("encoder")
+        return 0.99
+
+    def face_similarity(a, b):
+        used.append("face")
+        return 0.7 if float(a.mean()) > 0 else float("nan")  # the second "portrait" has no face
+
+    models = stub_models()
+    models.invert, models.build_head = invert, build_head
+    models.similarity, models.face_similarity = encoder_similarity, face_similarity
+    report = run_batch([scan_folder / "head0.ply", scan_folder / "head1.obj"], tmp_path / "out", models, consent=True, on_event=quiet)
+    rows = {Path(i.input).name: i for i in report.items}
+    assert used == ["face", "face"]
+    assert rows["head0.ply"].identity_similarity == 0.7 and rows["head0.ply"].row()["identity_similarity"] == 0.7
+    assert rows["head1.obj"].row()["identity_similarity"] is None
+    scoring = json.loads((tmp_path / "out" / "head0.json").read_text())["identity_scoring"]
+    assert scoring == {"views": ["portrait"], "fitted": True, "backend": "dlib-face", "note": ""}
+    faceless = json.loads((tmp_path / "out" / "head1.json").read_text())
+    assert faceless["identity_similarity"] is None and "found no face" in faceless["identity_scoring"]["note"]
 
 
 def test_held_out_views_are_never_fitted(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -104,8 +105,10 @@ def test_head_renders_after_with_the_stylized_generator_and_always_scores_it(tmp
     from engine.generator.loading import load_generator
     from engine.io.images import to_uint8
 
-    # A large learning rate so that two steps change the tiny generator's pictures visibly.
-    job = tiny_job(tmp_path, tiny_diffusion, lr=0.05, seed=3)
+    # A large learning rate so that two steps change the tiny generator's pictures visibly. The tiny random
+    # generator makes no faces: dlib (auto's choice for user models) would find none, so the pack's encoder
+    # is asked for explicitly to exercise the control measures.
+    job = tiny_job(tmp_path, tiny_diffusion, lr=0.05, seed=3, identity_backend="embedded")
     summary = run_head(job, on_event=Recorder()).summary
     out = Path(job.out_dir)
     config = stylize_config_for(job, resolve_models(job), job.prompt)
@@ -122,7 +125,7 @@ def test_head_renders_after_with_the_stylized_generator_and_always_scores_it(tmp
     moved = np.abs(np.stack([_png(out / summary["after"][n]) - _png(out / summary["before"][n]) for n in names])).mean()
     assert moved > 2.0, f"stylization left the views unchanged (mean |after − before| = {moved:.2f} levels)"
 
-    # The score is always there (the embedded pack's encoder scores user models too), with its control.
+    # The score is there, with its control.
     data = json.loads((out / "head.json").read_text())
     scores = data["scores"]
     assert isinstance(data["identity_similarity"], float) and -1.0 <= data["identity_similarity"] <= 1.0
@@ -137,6 +140,25 @@ def test_head_renders_after_with_the_stylized_generator_and_always_scores_it(tmp
     # The gallery's embeddings are cached: originals per base generator, stylized ones in the run folder.
     cached = sorted(p.name for p in (Path(job.cache_folder) / "identity_gallery").rglob("seed_*.safetensors"))
     assert cached == [f"seed_{s}.safetensors" for s in gallery_seeds(job.gallery_heads)]
+
+
+def test_identity_scorer_is_dlib_for_user_models_and_the_pack_encoder_for_the_pack(tmp_path, tiny_diffusion):
+    from engine.app.pipeline import identity_scorer, uses_real_models
+    from engine.pack import pack_paths
+
+    pack = pack_paths()
+    user = resolve_models(tiny_job(tmp_path, tiny_diffusion))
+    embedded = resolve_models(HeadJob(out_dir=str(tmp_path / "o"), style_preset="zombie"))
+    assert uses_real_models(user) and not uses_real_models(embedded)
+    assert identity_scorer(user, pack).backend.name == "dlib-face"
+    scorer = identity_scorer(embedded, pack)
+    assert scorer.backend.name == "embedded" and scorer.fingerprint.startswith("embedded:") and scorer.note == ""
+    assert identity_scorer(user, pack, "embedded").backend.name == "embedded"
+    assert identity_scorer(embedded, pack, "dlib-face").backend.name == "dlib-face"
+    # A field fitted to an artist's mesh is a real head even when every model is the pack's.
+    assert uses_real_models(dataclasses.replace(embedded, field_of=str(pack.generator)))
+    with pytest.raises(ConfigError, match="identity backend"):
+        HeadJob(out_dir=str(tmp_path), style_preset="zombie", identity_backend="arcface").validate()
 
 
 def test_gallery_seeds_are_fixed_and_skip_the_head():
@@ -227,7 +249,7 @@ def test_head_mode_fits_once_stylizes_the_field_and_scores_against_generated_peo
     mesh = _sphere_ply(tmp_path / "sphere.ply")
     rec = Recorder()
     job = tiny_job(tmp_path, tiny_diffusion, mesh=str(mesh), field_steps=12, lr=0.05, generator=_pack_generator(),
-                   iso_level=10.0)
+                   iso_level=10.0, identity_backend="embedded")
     summary = run_head(job, on_event=rec).summary
     fit_progress = [f for e, f in rec.events if e == "progress" and f["stage"] == "fit"]
     assert fit_progress and fit_progress[-1]["step"] == 12 and fit_progress[-1]["fraction"] == 1.0
@@ -256,6 +278,11 @@ def test_head_mode_fits_once_stylizes_the_field_and_scores_against_generated_peo
                                generator=job.generator, iso_level=10.0, out_dir=str(tmp_path / "out2")), on_event=again)
     assert second.summary["mesh"]["fit_reused"] is True
     assert not [f for e, f in again.events if e == "progress" and f["stage"] == "fit"]
+    # By default a mesh is a real head, judged by dlib's face recognition: a sphere has no face, and says so.
+    real = second.summary["scores"]
+    assert real["identity_backend"] == "dlib-face" and real["faces_found_before"] == 0.0
+    assert second.summary["identity_similarity"] is None and real["identity_views"] == []
+    assert any("no view with a face" in note for note in real["notes"])
 
 
 def test_head_mode_refuses_bad_meshes_and_two_heads(tmp_path, tiny_diffusion):

@@ -229,6 +229,42 @@ def test_evaluate_renders_gallery_makes_one_head_re_identifiable():
         ev.evaluate_renders(before, past, "red", PixelIdentity(), None, gallery=ev.IdentityGallery(torch.ones(2, 3, 3)))
 
 
+class FaceFindingPixelIdentity(PixelIdentity):
+    """Like PixelIdentity, but 'finds no face' (NaN row) where the top-left pixel's blue channel is 1."""
+
+    name = "face-finding"
+
+    def embed(self, images):
+        out = super().embed(images)
+        out[images[:, 2, 0, 0] == 1] = float("nan")
+        return out
+
+
+def test_evaluate_renders_measures_identity_on_views_where_every_head_has_a_face():
+    # Two heads × three views. View 1 has no face for head 1 after stylization, view 2 none anywhere.
+    # Views 0 and 1 would match perfectly; on view 1 head 0's stylized render is head 1's face.
+    nf = [0, 0, 1]  # blue = 1: "no face"
+    before = grid([[[1, 0, 0], [1, 0, 0], nf], [[0, 1, 0], [0, 1, 0], nf]])
+    after = grid([[[1, 0, 0], [0, 1, 0], nf], [[0, 1, 0], nf, nf]])
+    report = ev.evaluate_renders(before, after, "red", FaceFindingPixelIdentity(), None)
+    assert report.identity_views == [0]
+    assert report.faces_found_before == pytest.approx(4 / 6) and report.faces_found_after == pytest.approx(3 / 6)
+    # Measured on view 0 alone: both heads keep their identity exactly; no NaN leaks into any number.
+    assert report.identity_similarity == pytest.approx([1.0, 1.0]) and report.reid_top1 == 1.0
+    assert report.identity_margin_mean == pytest.approx(1.0)
+    assert math.isfinite(report.diversity_after) and math.isnan(report.consistency_after_mean)
+    assert any("views [1, 2]" in n for n in report.notes)
+    # A gallery head without a face in view 0 removes that view too: nothing left to measure.
+    gallery = ev.IdentityGallery(before=torch.tensor([[[float("nan")] * 3] * 3]))
+    none = ev.evaluate_renders(before, after, "red", FaceFindingPixelIdentity(), None, gallery=gallery)
+    assert none.identity_views == [] and none.reid_top1 is None
+    assert math.isnan(none.identity_similarity_mean) and any("no view with a face" in n for n in none.notes)
+    assert json.loads(json.dumps(none.to_dict()))["identity_similarity_mean"] is None
+    # A backend that embeds everything keeps every view.
+    full = ev.evaluate_renders(before, after, "red", PixelIdentity(), None)
+    assert full.identity_views == [0, 1, 2] and full.faces_found_after == 1.0
+
+
 def test_evaluate_renders_rejects_bad_shapes():
     good = grid([[[1, 0, 0]], [[0, 1, 0]]])
     with pytest.raises(InputError, match="before"):
