@@ -384,6 +384,7 @@ class BatchSettings:
     up_axis: str = "auto"
     units: str = "auto"
     scan_yaw_degrees: float = 0.0
+    framing: str = "auto"  # scans: face landmarks (auto / landmarks) or the extent heuristic (engine/heads/face_framing.py)
     generator: str | None = None
     diffusion: str | None = None
     depth_controlnet: str | None = None
@@ -550,7 +551,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     stylized = load_generator(stylized_info.path, settings.device).generator
     encoder, encoder_path = batch_identity_encoder(sources, next(base.parameters()).device)
     inversion = InversionConfig() if settings.inversion_steps is None else InversionConfig(steps=settings.inversion_steps)
-    normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
+    normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees, settings.framing)
     embed = encoder_embedder(encoder) if encoder is not None else None
 
     # Scoring: the pack's encoder for the pack's heads; dlib's real-face ResNet for real models and for
@@ -571,7 +572,8 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
             scan = load_scan(path, normalization)
             target = scan_target(base, scan.mesh)
             held_out = scan_target(base, scan.mesh, yaws_deg=SCORE_VIEW_YAWS_DEG, pitches_deg=SCORE_VIEW_PITCHES_DEG)
-            extra = {"normalization": {"up_axis": scan.up_axis, "units": scan.units, "scan_to_world": scan.scan_to_world.tolist()}}
+            extra = {"normalization": {"up_axis": scan.up_axis, "units": scan.units, "scan_to_world": scan.scan_to_world.tolist(),
+                                       "framing": scan.framing}}
         elif kind == "image":
             image, mask = read_image(path, base.config.img_resolution)
             target = image_target(base, image, mask, settings.image_yaw_degrees, settings.image_pitch_degrees)

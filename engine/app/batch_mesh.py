@@ -30,7 +30,8 @@ from ..errors import InputError
 from ..io.events import emit
 from ..stylize.cancel import CancelToken
 from .batch import (BatchModels, BatchSettings, EventSink, HeadOutput, Inverted, StylizationCancelled, _renders,
-                    _similarity_from_encoder, batch_identity_encoder, resolve_batch_models)
+                    _face_similarity, _similarity_from_encoder, batch_identity_encoder,
+                    resolve_batch_models)
 
 
 def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = None,
@@ -50,9 +51,12 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     device = next(base.parameters()).device
     fingerprint = _path_fingerprint(sources.generator)
     fit_config = MeshFieldConfig(steps=settings.field_steps)
-    normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees)
+    normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees, settings.framing)
     encoder, encoder_path = batch_identity_encoder(sources, device)
-    similarity = _similarity_from_encoder(encoder) if encoder is not None else None
+    # A scan is a real head: dlib's real-face ResNet judges it when installed (as engine head --mesh does).
+    similarity, similarity_backend = _face_similarity(), "dlib-face"
+    if similarity is None:
+        similarity, similarity_backend = (_similarity_from_encoder(encoder) if encoder is not None else None), "embedded"
     current: dict[str, Any] = {}  # the field ``invert`` stylized last, for ``build_head`` (called right after)
 
     def invert_item(path: Path, kind: str) -> Inverted:
@@ -94,6 +98,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
         invert=invert_item,
         build_head=build_head,
         similarity=similarity,
+        similarity_backend=similarity_backend,
         model_sha256=model_hashes(models, sources.pack.root if sources.pack is not None else None),
         prompt=prompt,
         method=settings.method,

@@ -77,6 +77,6 @@ def fitted_head_field(mesh_path: str | Path, base_generator: str, base_fingerpri
            "warnings": list(scan.mesh.metadata.get("warnings", [])), "seconds": round(time.perf_counter() - started, 1),
            "final_losses": {k: v for k, v in field.history[-1].items() if k != "step"},
            "normalization": {**normalization.to_dict(), "up_axis_used": scan.up_axis, "units_used": scan.units,
-                             "scan_to_world": scan.scan_to_world.tolist()}}
+                             "scan_to_world": scan.scan_to_world.tolist(), "framing": scan.framing}}
     write_json(folder / FIT_FILE, fit)  # written last: a folder without it is refitted
     return HeadField(path, False, fit, scan)

@@ -25,7 +25,18 @@ Normalisation convention (:func:`normalize_scan`) — what "the generator's fram
    (:data:`REFERENCE_CENTRE`), so the head sits where the generator's heads sit (tri-grid box [−0.5, 0.5]³,
    cameras looking at the origin).
 
-The result's ``scan_to_world`` matrix records exactly what was done (also written to the batch sidecar).
+5. **Face framing** (``framing="auto"``, the default; :mod:`engine.heads.face_framing`). Steps 1–4 guess from
+   the mesh's extent; then the face is found: dlib's 68 landmarks on renders of the mesh, lifted to 3-D and
+   fitted onto the procedural world's mean face, correct the facing direction (any yaw, and small pitch and
+   roll) and the centre. The scale stays the units' (exact for mm / cm / m / world); for guessed units
+   (``fit``) the height's, unless the face says it is off by more than 15 % (a bust with shoulders, a hat).
+   No face found → steps 1–4 stand. ``"landmarks"`` requires a face (an error names the file otherwise),
+   ``"heuristic"`` skips the search. Measured on 6 world scans turned by up to ±58° in mm/cm/m, z-up: mean
+   vertex error 0.8–1.9 % of the head height and yaw within 1.2°, against 6.5–21 % and the full turn for
+   steps 1–4 alone (``tests/engine/heads/test_face_framing.py``).
+
+The result's ``scan_to_world`` matrix records exactly what was done (also written to the batch sidecar), and
+``framing`` which of the two placed the head.
 
 Inputs are untrusted (:mod:`engine.io.untrusted`): every reader opens only regular files within the size
 limit, checks claimed vertex/face/pixel counts before allocating, and refuses a file an input names (an
@@ -39,13 +50,14 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from .face_framing import FRAMINGS
 from ..io.scan_references import statement_names, check_obj_references, obj_mtllibs
 from ..io.untrusted import (
     InputLimits,
@@ -85,18 +97,21 @@ class ScanNormalization:
     up_axis: str = "auto"
     units: str = "auto"
     yaw_degrees: float = 0.0
+    framing: str = "auto"  # auto: face landmarks, else the extent heuristic; landmarks: require a face; heuristic
 
     def validate(self) -> "ScanNormalization":
         if self.up_axis not in UP_AXES:
             raise ConfigError(f"scan up_axis must be one of {UP_AXES}, got {self.up_axis!r}")
         if self.units not in UNITS:
             raise ConfigError(f"scan units must be one of {UNITS}, got {self.units!r}")
+        if self.framing not in FRAMINGS:
+            raise ConfigError(f"scan framing must be one of {FRAMINGS}, got {self.framing!r}")
         if not math.isfinite(float(self.yaw_degrees)):
             raise ConfigError(f"scan yaw_degrees must be finite, got {self.yaw_degrees!r}")
         return self
 
     def to_dict(self) -> dict:
-        return {"up_axis": self.up_axis, "units": self.units, "yaw_degrees": float(self.yaw_degrees)}
+        return {"up_axis": self.up_axis, "units": self.units, "yaw_degrees": float(self.yaw_degrees), "framing": self.framing}
 
 
 @dataclass
@@ -105,6 +120,7 @@ class NormalizedScan:
     scan_to_world: np.ndarray  # (4, 4) float64
     up_axis: str  # the one used ("y" or "z")
     units: str  # the one used (mm, cm, m, world or fit)
+    framing: dict = field(default_factory=lambda: {"method": "heuristic", "reason": "not requested"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,16 +491,34 @@ def transform_mesh(mesh: Mesh, matrix: np.ndarray) -> Mesh:
     return Mesh(vertices, faces, mesh.vertex_colors, vertex_normals(vertices, faces), dict(mesh.metadata), texture)
 
 
-def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), up_axis_hint: str | None = None) -> NormalizedScan:
+FIT_SCALE_TOLERANCE = 1.15  # guessed units: the face overrides the height's scale beyond this ratio
+
+
+def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), up_axis_hint: str | None = None,
+                   name: str = "scan") -> NormalizedScan:
+    """``mesh`` in the generator's frame by the convention of the module docstring (``name`` labels errors)."""
+    from .face_framing import FaceFramingConfig, frame_by_landmarks
+
+    config = config.validate()
     matrix, up, units = normalization_matrix(mesh.vertices, config, up_axis_hint)
-    return NormalizedScan(transform_mesh(mesh, matrix), matrix, up, units)
+    moved = transform_mesh(mesh, matrix)
+    if config.framing == "heuristic":
+        return NormalizedScan(moved, matrix, up, units, {"method": "heuristic", "reason": "requested"})
+    framing_config = FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if units == "fit" else None)
+    face = frame_by_landmarks(moved, framing_config)
+    if face.method != "landmarks":
+        if config.framing == "landmarks":
+            raise InputError(f"{name}: face framing was required, but {face.reason}")
+        return NormalizedScan(moved, matrix, up, units, face.to_dict())
+    corrected = face.matrix @ matrix
+    return NormalizedScan(transform_mesh(mesh, corrected), corrected, up, units, face.to_dict())
 
 
 def load_scan(path: str | os.PathLike, config: ScanNormalization = ScanNormalization()) -> NormalizedScan:
     """Read and normalise a scan file (glTF files are y-up by specification)."""
     path = Path(path)
     hint = "y" if path.suffix.lower() in (".glb", ".gltf") else None
-    return normalize_scan(read_scan_mesh(path), config, hint)
+    return normalize_scan(read_scan_mesh(path), config, hint, name=path.name)
 
 
 # --------------------------------------------------------------------------------------------------

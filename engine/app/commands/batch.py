@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...heads.face_framing import FRAMINGS
 from ...io.events import emit
 from ...stylize.cancel import CancelToken
 from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
@@ -32,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto", help="scan up axis (see engine/heads/scans.py)")
     p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")
     p.add_argument("--scan-yaw", type=float, default=0.0, help="turntable angle of the scans to undo, degrees")
+    p.add_argument("--framing", choices=FRAMINGS, default="auto",
+                   help="place scans by their face (auto: dlib landmarks, else the extent heuristic; landmarks: require a "
+                        "face; heuristic: extent only)")
     p.add_argument("--mode", choices=("generator", "mesh"), default="generator",
                    help="generator: invert each input into the stylized generator; mesh: stylize each scan as itself "
                         "(head mode: its own fitted field; scans only)")
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         up_axis=args.up_axis,
         units=args.units,
         scan_yaw_degrees=args.scan_yaw,
+        framing=args.framing,
         generator=args.generator,
         diffusion=args.diffusion,
         depth_controlnet=args.depth_controlnet,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...heads.face_framing import FRAMINGS
 from ...io.atomic import write_json
 from ...io.events import emit, log
 
@@ -25,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto")
     p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")
     p.add_argument("--scan-yaw", type=float, default=0.0)
+    p.add_argument("--framing", choices=FRAMINGS, default="auto", help="scans: place by the face (see engine batch --help)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # Read the input before any model is loaded, so a broken or hostile file fails in a moment.
     if kind == "scan":
-        scan = load_scan(source, ScanNormalization(args.up_axis, args.units, args.scan_yaw))
+        scan = load_scan(source, ScanNormalization(args.up_axis, args.units, args.scan_yaw, args.framing))
     elif kind == "image":
         read_image(source, 8)
     else:

@@ -75,12 +75,14 @@ def test_reference_frame_matches_the_world():
 @pytest.mark.parametrize(
     "export, normalization",
     [
-        (ScanExport(resolution=48, units="mm", up_axis="z", origin="base"), ScanNormalization()),
-        (ScanExport(resolution=48, units="cm", up_axis="y", origin="base", offset=(3.0, 1.0, -2.0)), ScanNormalization()),
-        (ScanExport(resolution=48, units="mm", up_axis="z", yaw_degrees=30.0), ScanNormalization(yaw_degrees=30.0)),
+        (ScanExport(resolution=48, units="mm", up_axis="z", origin="base"), ScanNormalization(framing="heuristic")),
+        (ScanExport(resolution=48, units="cm", up_axis="y", origin="base", offset=(3.0, 1.0, -2.0)),
+         ScanNormalization(framing="heuristic")),
+        (ScanExport(resolution=48, units="mm", up_axis="z", yaw_degrees=30.0), ScanNormalization(yaw_degrees=30.0, framing="heuristic")),
     ],
 )
 def test_normalisation_recovers_the_world_frame(tmp_path, identity, world_mesh, export, normalization):
+    # Steps 1–4 of the convention (the extent heuristic); face framing has its own tests (test_face_framing.py).
     result = export_scan(identity, tmp_path / "scan", export)
     scan = load_scan(result.paths[0], normalization)
     # same vertices (the export keeps vertex order), back in world units: only the centring heuristic differs
@@ -93,7 +95,7 @@ def test_gltf_scans_are_read_y_up(tmp_path, identity, world_mesh):
     from engine.heads.gltf import write_glb
 
     path = write_glb(world_mesh, tmp_path / "w.glb")
-    scan = load_scan(path, ScanNormalization(units="world"))
+    scan = load_scan(path, ScanNormalization(units="world", framing="heuristic"))
     assert scan.up_axis == "y"
     assert np.abs(scan.mesh.vertices - world_mesh.vertices).max() < 0.03
 
