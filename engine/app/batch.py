@@ -536,11 +536,12 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
         encoder_embedder,
         image_target,
         invert,
+        scan_camera_config,
         scan_cameras,
         scan_target,
     )
     from ..heads.provenance import model_hashes
-    from ..heads.scans import ScanNormalization, load_scan, read_image
+    from ..heads.scans import ScanNormalization, load_scan, read_portrait
     from .pipeline import extract_head, stylized_generator, uses_real_models
 
     job, sources, prompt, base = resolve_batch_models(settings, on_event)
@@ -575,9 +576,11 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
             extra = {"normalization": {"up_axis": scan.up_axis, "units": scan.units, "scan_to_world": scan.scan_to_world.tolist(),
                                        "framing": scan.framing}}
         elif kind == "image":
-            image, mask = read_image(path, base.config.img_resolution)
-            target = image_target(base, image, mask, settings.image_yaw_degrees, settings.image_pitch_degrees)
-            extra = {"pose": {"yaw_degrees": settings.image_yaw_degrees, "pitch_degrees": settings.image_pitch_degrees}}
+            portrait = read_portrait(path, base.config.img_resolution, scan_camera_config(base), settings.image_yaw_degrees,
+                                     settings.image_pitch_degrees, settings.framing)
+            target = image_target(base, portrait.image, portrait.mask, portrait.yaw_degrees, portrait.pitch_degrees)
+            extra = {"pose": {"yaw_degrees": portrait.yaw_degrees, "pitch_degrees": portrait.pitch_degrees},
+                     "framing": portrait.framing}
             note = "a portrait has a single view, and the inversion fitted it: no held-out view to score"
         else:  # views rendered by Blender
             target, held_out = views_fit_and_held_out(path, base.config.img_resolution)

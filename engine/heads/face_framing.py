@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import ConfigError
 from ..generator.camera import CameraConfig, cameras_at, split_camera_vector
@@ -148,20 +149,24 @@ def landmark_model_available() -> bool:
     return _dlib_models() is not None
 
 
-def detect_landmarks(rgb: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, float] | None:
+def detect_landmarks(rgb: np.ndarray, threshold: float = 0.0, upscales: tuple[int, ...] = (1,)) -> tuple[np.ndarray, float] | None:
     """((68, 2) landmark pixel coordinates (x, y), detection score) of the most confident face in ``rgb``
-    (H, W, 3) uint8, or None."""
+    (H, W, 3) uint8, or None. ``upscales``: image magnifications tried in turn (HOG misses small, soft faces
+    at one scale and finds them at another); landmarks come back in ``rgb``'s pixels."""
     models = _dlib_models()
     if models is None:
         return None
     detector, predictor = models
-    boxes, scores, _ = detector.run(rgb, 1, threshold)
-    if len(boxes) == 0:
-        return None
-    best = int(np.argmax(scores))
-    shape = predictor(rgb, boxes[best])
-    points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
-    return points, float(scores[best])
+    for factor in upscales:
+        image = rgb if factor == 1 else np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] * factor, rgb.shape[0] * factor), Image.BICUBIC))
+        boxes, scores, _ = detector.run(image, 1, threshold)
+        if len(boxes) == 0:
+            continue
+        best = int(np.argmax(scores))
+        shape = predictor(image, boxes[best])
+        points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
+        return (points + 0.5) / factor - 0.5, float(scores[best])
+    return None
 
 
 def framing_camera() -> CameraConfig:
@@ -331,3 +336,108 @@ def frame_by_landmarks(mesh: Mesh, config: FaceFramingConfig = FaceFramingConfig
     yaw, pitch, roll = rotation_angles(linear / scale)
     return FaceFraming("landmarks", total, yaw_degrees=yaw, pitch_degrees=pitch, roll_degrees=roll, scale=scale,
                        landmarks=len(found.points), detection_score=found.detection_score, fit_rms=rms)
+
+
+# --------------------------------------------------------------------------------------------------
+# Portraits
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PortraitFramingConfig:
+    """Pose search for a portrait: yaw and pitch grids (degrees) the template is projected from."""
+
+    yaws_degrees: tuple[float, ...] = tuple(np.arange(-45.0, 45.01, 2.5).tolist())
+    # Pitch is not searched: from 2-D landmarks it trades off against the face's own proportions (on pack
+    # renders a search read 17.5° for a level view and cropped 9 dB worse); portraits are mostly at eye
+    # level, and the caller's pitch (default 0) is used.
+    max_rms_fraction: float = 0.05  # a fit whose residual exceeds this fraction of the image side is refused
+    upscales: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class FramedPortrait:
+    """A portrait cropped and aligned the way the generator sees a head from ``yaw``/``pitch``."""
+
+    image: torch.Tensor  # (1, 3, R, R) in [-1, 1]
+    mask: torch.Tensor  # (1, 1, R, R) in [0, 1]: alpha, and 0 outside the photograph
+    yaw_degrees: float
+    pitch_degrees: float
+    record: dict[str, Any]
+
+
+def project_points(points: np.ndarray, camera: torch.Tensor, resolution: int) -> np.ndarray:
+    """(K, 2) pixel coordinates (x, y), centres at integers, of world points (K, 3) in camera (25,)."""
+    from .scan_views import project
+
+    screen, _ = project(torch.as_tensor(points, dtype=torch.float64), *(t[0].double() for t in split_camera_vector(camera.reshape(1, 25))),
+                        resolution)
+    return screen.numpy()
+
+
+def similarity_fit_2d(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """(scale, 2×2 rotation, translation, RMS residual) with target ≈ s R source + t (2-D Umeyama)."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    a, b = source - mu_s, target - mu_t
+    u, sigma, vt = np.linalg.svd(b.T @ a / len(source))
+    d = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    rotation = u @ d @ vt
+    scale = float(np.trace(np.diag(sigma) @ d) / ((a**2).sum() / len(source)))
+    translation = mu_t - scale * rotation @ mu_s
+    residual = scale * source @ rotation.T + translation - target
+    return scale, rotation, translation, float(np.sqrt((residual**2).sum(-1).mean()))
+
+
+def warp_portrait(rgba: torch.Tensor, scale: float, rotation: np.ndarray, translation: np.ndarray, resolution: int) -> torch.Tensor:
+    """(4, R, R): output pixel q samples the photograph (4, H, W) at p = Rᵀ(q − t) / s (bilinear, zero outside).
+    A photograph much larger than the crop is first shrunk by area averaging, so the sampling does not alias."""
+    import torch.nn.functional as F
+
+    shrink = min(1.0, 2.0 * scale)
+    if shrink < 1.0:
+        size = (max(2, round(rgba.shape[1] * shrink)), max(2, round(rgba.shape[2] * shrink)))
+        factors = (size[0] / rgba.shape[1], size[1] / rgba.shape[2])
+        rgba = F.interpolate(rgba[None], size=size, mode="area")[0]
+    else:
+        factors = (1.0, 1.0)
+    q = np.stack(np.meshgrid(np.arange(resolution), np.arange(resolution), indexing="xy"), axis=-1).reshape(-1, 2).astype(np.float64)
+    p = (q - translation) @ rotation / scale  # rows: Rᵀ(q − t)/s, in the original photograph's pixels
+    p = (p + 0.5) * np.array([factors[1], factors[0]]) - 0.5  # … and in the shrunk one's
+    h, w = rgba.shape[1:]
+    grid = torch.from_numpy(np.stack([2 * p[:, 0] / (w - 1) - 1, 2 * p[:, 1] / (h - 1) - 1], axis=-1)).float()
+    sampled = F.grid_sample(rgba[None].float(), grid.reshape(1, resolution, resolution, 2), mode="bilinear",
+                            padding_mode="zeros", align_corners=True)
+    return sampled[0]
+
+
+def frame_portrait(rgba: np.ndarray, camera_config: CameraConfig, resolution: int, pitch_degrees: float = 0.0,
+                   config: PortraitFramingConfig = PortraitFramingConfig()) -> FramedPortrait | None:
+    """Find the face in a portrait (H, W, 4) uint8 and crop it the way the generator's camera sees a head.
+
+    For every yaw of the search grid (at ``pitch_degrees``), the template's 51 inner landmarks are projected
+    through the generator's camera at that pose, and a 2-D similarity (scale, in-plane rotation, shift) maps
+    the portrait's landmarks onto them; the yaw with the smallest residual wins, and its similarity crops the
+    photograph. Returns None when dlib finds no face (the caller keeps its centre crop and the user's pose)."""
+    found = detect_landmarks(np.ascontiguousarray(rgba[..., :3]), upscales=config.upscales)
+    if found is None:
+        return None
+    pixels, score = found
+    inner = np.array(INNER_LANDMARKS)
+    template = landmark_template()[inner]
+    source = pixels[inner]
+    cams = cameras_at(torch.tensor([math.radians(y) for y in config.yaws_degrees], dtype=torch.float64),
+                      math.radians(pitch_degrees), camera_config).c
+    best = None
+    for yaw, cam in zip(config.yaws_degrees, cams):
+        fit = similarity_fit_2d(source, project_points(template, cam, resolution))
+        if best is None or fit[3] < best[1][3]:
+            best = (yaw, fit)
+    (yaw, (scale, rotation, translation, rms)), pitch = best, pitch_degrees
+    if rms > config.max_rms_fraction * resolution:
+        return None
+    image = torch.tensor(rgba).permute(2, 0, 1).float() / 255.0
+    if rgba.shape[-1] == 3 or (rgba[..., 3] == 255).all():
+        image[3:] = 1.0  # no cut-out: the photograph is all subject, the mask marks where it ends
+    warped = warp_portrait(image, scale, rotation, translation, resolution)
+    record = {"method": "landmarks", "yaw_degrees": float(yaw), "pitch_degrees": float(pitch),
+              "scale": round(scale, 5), "roll_degrees": round(math.degrees(math.atan2(rotation[1, 0], rotation[0, 0])), 3),
+              "fit_rms_pixels": round(rms, 3), "landmarks": len(inner), "detection_score": round(score, 3)}
+    return FramedPortrait(warped[None, :3] * 2.0 - 1.0, warped[None, 3:4], float(yaw), float(pitch), record)

@@ -346,12 +346,17 @@ SCORE_VIEW_YAWS_DEG = (25.0, -25.0, 65.0, -65.0)
 SCORE_VIEW_PITCHES_DEG = (5.0, 5.0, -5.0, -5.0)
 
 
+def scan_camera_config(G: TriPlaneGenerator) -> CameraConfig:
+    """The generator's orbit (radius, FOV) around the origin, where normalised scans are centred."""
+    return CameraConfig(radius=G.config.rendering.avg_camera_radius, fov_degrees=G.config.rendering.fov_degrees, pivot=(0.0, 0.0, 0.0))
+
+
 def scan_cameras(G: TriPlaneGenerator, yaws_deg: Sequence[float] = DEFAULT_VIEW_YAWS_DEG, pitches_deg: Sequence[float] = DEFAULT_VIEW_PITCHES_DEG) -> tuple[Tensor, tuple[str, ...]]:
     """The calibrated inversion cameras (V, 25): the generator's radius and FOV, looking at the origin
     (where normalised scans and the procedural heads are centred)."""
     if len(yaws_deg) != len(pitches_deg) or not yaws_deg:
         raise ConfigError("inversion views need as many pitches as yaws (and at least one)")
-    config = CameraConfig(radius=G.config.rendering.avg_camera_radius, fov_degrees=G.config.rendering.fov_degrees, pivot=(0.0, 0.0, 0.0))
+    config = scan_camera_config(G)
     yaw = torch.tensor([math.radians(v) for v in yaws_deg])
     pitch = torch.tensor([math.radians(v) for v in pitches_deg])
     names = tuple(f"yaw{y:+.0f}_pitch{p:+.0f}" for y, p in zip(yaws_deg, pitches_deg))

@@ -540,6 +540,45 @@ def read_image(path: str | os.PathLike, resolution: int) -> tuple[torch.Tensor, 
     return square[:, :3] * 2.0 - 1.0, square[:, 3:4]
 
 
+@dataclass
+class Portrait:
+    """A portrait read for inversion: image (1, 3, R, R) in [-1, 1], mask (1, 1, R, R), the pose to invert it
+    from, and how it was cropped (``framing``: landmarks with the fit, or the centre crop with the reason)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    yaw_degrees: float
+    pitch_degrees: float
+    framing: dict
+
+
+def read_portrait(path: str | os.PathLike, resolution: int, camera_config, yaw_degrees: float = 0.0, pitch_degrees: float = 0.0,
+                  framing: str = "auto") -> Portrait:
+    """A portrait cropped the way the generator's camera (``camera_config``) sees a head.
+
+    ``framing`` auto / landmarks: dlib's landmarks place the face where the generator's heads have theirs and
+    give the yaw (searched in ±45°; the pitch is the caller's) — :func:`engine.heads.face_framing.frame_portrait`;
+    no face → auto falls back to the centre crop at the caller's pose, landmarks is an error. heuristic: the
+    centre crop (:func:`read_image`) at the caller's pose.
+    """
+    from .face_framing import frame_portrait
+
+    path = Path(path)
+    if framing not in FRAMINGS:
+        raise ConfigError(f"portrait framing must be one of {FRAMINGS}, got {framing!r}")
+    if framing != "heuristic":
+        framed = frame_portrait(read_image_rgba(path, "image"), camera_config, resolution, pitch_degrees)
+        if framed is not None:
+            return Portrait(framed.image, framed.mask, framed.yaw_degrees, framed.pitch_degrees, framed.record)
+        if framing == "landmarks":
+            raise InputError(f"{path.name}: face framing was required, but no face was found in the portrait")
+        reason = "no face found in the portrait"
+    else:
+        reason = "requested"
+    image, mask = read_image(path, resolution)
+    return Portrait(image, mask, float(yaw_degrees), float(pitch_degrees), {"method": "centre crop", "reason": reason})
+
+
 # --------------------------------------------------------------------------------------------------
 # Views rendered by Blender
 # --------------------------------------------------------------------------------------------------

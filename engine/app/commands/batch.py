@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="stylization steps (default: the pipeline's default for the models)")
     p.add_argument("--inversion-steps", type=int, default=None, help="W+ optimisation steps per input (default 25)")
     p.add_argument("--mesh-resolution", type=int, default=128)
-    p.add_argument("--image-yaw", type=float, default=0.0, help="pose of portrait inputs, degrees (default frontal)")
+    p.add_argument("--image-yaw", type=float, default=0.0,
+                   help="pose of portrait inputs, degrees (default frontal); with face framing the face gives the yaw")
     p.add_argument("--image-pitch", type=float, default=0.0)
     p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto", help="scan up axis (see engine/heads/scans.py)")
     p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")

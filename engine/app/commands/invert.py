@@ -21,12 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", default=None, help="generator checkpoint or preset (default: the embedded pack)")
     p.add_argument("--steps", type=int, default=None, help="W+ optimisation steps (default 25)")
     p.add_argument("--pti-steps", type=int, default=0, help="pivotal-tuning steps after the W+ search (default 0 = off)")
-    p.add_argument("--yaw", type=float, default=0.0, help="portrait pose yaw, degrees (default frontal)")
+    p.add_argument("--yaw", type=float, default=0.0,
+                   help="portrait pose yaw, degrees (default frontal); with face framing the face gives the yaw")
     p.add_argument("--pitch", type=float, default=0.0, help="portrait pose pitch, degrees")
     p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto")
     p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")
     p.add_argument("--scan-yaw", type=float, default=0.0)
-    p.add_argument("--framing", choices=FRAMINGS, default="auto", help="scans: place by the face (see engine batch --help)")
+    p.add_argument("--framing", choices=FRAMINGS, default="auto",
+                   help="scans and portraits: place by the face (dlib landmarks; portraits also get their yaw from it)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -35,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ...generator.checkpoint import save_checkpoint
     from ...generator.loading import load_generator
-    from ...heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_target
-    from ...heads.scans import ScanNormalization, load_scan, read_image
+    from ...heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_camera_config, scan_target
+    from ...heads.scans import ScanNormalization, load_scan, read_image, read_portrait
     from ..batch import item_kind, views_target
 
     source = Path(args.input)
@@ -66,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if kind == "scan":
         target = scan_target(G, scan.mesh)
     elif kind == "image":
-        image, mask = read_image(source, G.config.img_resolution)
-        target = image_target(G, image, mask, args.yaw, args.pitch)
+        portrait = read_portrait(source, G.config.img_resolution, scan_camera_config(G), args.yaw, args.pitch, args.framing)
+        target = image_target(G, portrait.image, portrait.mask, portrait.yaw_degrees, portrait.pitch_degrees)
     else:
         target = views_target(source, G.config.img_resolution)
     config = InversionConfig(pti_steps=args.pti_steps) if args.steps is None else InversionConfig(steps=args.steps, pti_steps=args.pti_steps)
@@ -89,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 3),
         "config": config.to_dict(),
     }
+    if kind == "image":
+        report["pose"] = {"yaw_degrees": portrait.yaw_degrees, "pitch_degrees": portrait.pitch_degrees}
+        report["framing"] = portrait.framing
+    elif kind == "scan":
+        report["framing"] = scan.framing
     if result.tuned_state is not None:
         state = {k: v for k, v in G.state_dict().items()}
         state.update(result.tuned_state)

@@ -119,3 +119,59 @@ def test_no_face_keeps_the_heuristic_and_says_why(tmp_path):
         load_scan(path, ScanNormalization(framing="landmarks"))
     assert load_scan(path, ScanNormalization(framing="heuristic")).framing["reason"] == "requested"
     assert frame_by_landmarks(kept.mesh, FaceFramingConfig(search_yaws_degrees=(0.0,))).method == "heuristic"
+
+
+def _portrait_canvas(yaw: float, tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A world head seen by the generator's camera at ``yaw`` (128², the truth), enlarged 1.7× into a 260×300
+    photograph at an offset — what a user's portrait looks like to the reader."""
+    from PIL import Image
+
+    from engine.generator.camera import cameras_at
+    from engine.heads.scan_views import ScanViewConfig, render_scan_views
+    from engine.io.images import to_uint8
+    from engine.world.scan import head_mesh
+
+    cam = cameras_at(torch.tensor([math.radians(yaw)]), torch.zeros(1), framing_camera()).c
+    mesh = head_mesh(sample_identities(1, torch.Generator().manual_seed(12)))
+    truth = to_uint8(render_scan_views(mesh, cam, ScanViewConfig(resolution=128))["image"][0])
+    canvas = np.full((300, 260, 3), 255, np.uint8)
+    canvas[40:258, 20:238] = np.asarray(Image.fromarray(truth).resize((218, 218), Image.BICUBIC))
+    path = tmp_path / f"portrait_{yaw:+.0f}.png"
+    Image.fromarray(canvas).save(path)
+    return path, truth
+
+
+def _psnr(image: torch.Tensor, truth: np.ndarray) -> float:
+    got = ((image[0] + 1) * 127.5).clamp(0, 255)
+    mse = float(((got - torch.from_numpy(truth).permute(2, 0, 1).float()) ** 2).mean())
+    return 10 * math.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("yaw", [0.0, 20.0])
+def test_portraits_are_cropped_where_the_generator_has_its_faces(tmp_path, yaw):
+    from engine.heads.scans import read_image, read_portrait
+
+    path, truth = _portrait_canvas(yaw, tmp_path)
+    portrait = read_portrait(path, 128, framing_camera())
+    assert portrait.framing["method"] == "landmarks" and portrait.framing["landmarks"] == 51
+    assert abs(portrait.yaw_degrees - yaw) <= 10.0 and portrait.pitch_degrees == 0.0
+    assert portrait.image.shape == (1, 3, 128, 128) and portrait.mask.shape == (1, 1, 128, 128)
+    # The crop lands the head on the generator's own view of it; the centre crop (the fallback) does not.
+    centre_image, _ = read_image(path, 128)
+    assert _psnr(portrait.image, truth) > _psnr(centre_image, truth) + 3.0
+    heuristic = read_portrait(path, 128, framing_camera(), yaw_degrees=5.0, framing="heuristic")
+    assert heuristic.framing == {"method": "centre crop", "reason": "requested"} and heuristic.yaw_degrees == 5.0
+    torch.testing.assert_close(heuristic.image, centre_image)
+
+
+def test_a_portrait_without_a_face_keeps_the_centre_crop_or_is_refused(tmp_path):
+    from PIL import Image
+
+    from engine.heads.scans import read_portrait
+
+    path = tmp_path / "wall.png"
+    Image.new("RGB", (200, 160), (180, 170, 160)).save(path)
+    kept = read_portrait(path, 64, framing_camera(), yaw_degrees=-10.0)
+    assert kept.framing == {"method": "centre crop", "reason": "no face found in the portrait"} and kept.yaw_degrees == -10.0
+    with pytest.raises(InputError, match="wall.png: face framing was required"):
+        read_portrait(path, 64, framing_camera(), framing="landmarks")
