@@ -385,6 +385,9 @@ class BatchSettings:
     units: str = "auto"
     scan_yaw_degrees: float = 0.0
     framing: str = "auto"  # scans: face landmarks (auto / landmarks) or the extent heuristic (engine/heads/face_framing.py)
+    # who scores held-out views: auto = dlib's real-face ResNet for real models and mesh mode, the pack's encoder
+    # for the pack's heads; portraits are scored by dlib only, whatever this says (their view was fitted)
+    identity_backend: str = "auto"
     generator: str | None = None
     diffusion: str | None = None
     depth_controlnet: str | None = None
@@ -449,13 +452,25 @@ def _similarity_from_encoder(encoder) -> Callable[[torch.Tensor, torch.Tensor], 
     return similarity
 
 
+def held_out_similarity(choice: str, real_heads: bool, face_similarity, encoder) -> tuple[Callable | None, str]:
+    """(the scorer of held-out views, its backend name) for ``choice`` auto / embedded / dlib-face."""
+    from ..io.dlib_models import INSTALL_HINT
+
+    if choice == "dlib-face" and face_similarity is None:
+        raise ConfigError(f"--identity-backend dlib-face needs dlib: {INSTALL_HINT}")
+    if choice == "dlib-face" or (choice == "auto" and real_heads and face_similarity is not None):
+        return face_similarity, "dlib-face"
+    return (_similarity_from_encoder(encoder) if encoder is not None else None), "embedded"
+
+
 def _face_similarity() -> Callable[[torch.Tensor, torch.Tensor], float] | None:
     """dlib's real-face similarity of two stacks of the same views (NaN when no view has a face in both), or
     None when dlib is not installed."""
-    from ..evaluate.face_recognition import DlibFaceBackend, dlib_face_available
+    from ..evaluate.face_recognition import DlibFaceBackend
     from ..evaluate.metrics import paired_similarity
+    from ..io.dlib_models import dlib_available
 
-    if not dlib_face_available():
+    if not dlib_available():
         return None
     backend = DlibFaceBackend()
     return lambda a, b: paired_similarity(backend, a, b)[0]
@@ -558,10 +573,8 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     # Scoring: the pack's encoder for the pack's heads; dlib's real-face ResNet for real models and for
     # portraits (whose only view was fitted with the pack's encoder in the loss — an independent judge only).
     face_similarity = _face_similarity()
-    if uses_real_models(sources) and face_similarity is not None:
-        similarity, similarity_backend = face_similarity, "dlib-face"
-    else:
-        similarity, similarity_backend = (_similarity_from_encoder(encoder) if encoder is not None else None), "embedded"
+    similarity, similarity_backend = held_out_similarity(settings.identity_backend, uses_real_models(sources),
+                                                         face_similarity, encoder)
 
     def invert_item(path: Path, kind: str) -> Inverted:
         held_out, note = None, ""

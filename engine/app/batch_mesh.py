@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..io.events import emit
 from ..stylize.cancel import CancelToken
 from .batch import (BatchModels, BatchSettings, EventSink, HeadOutput, Inverted, StylizationCancelled, _renders,
-                    _face_similarity, _similarity_from_encoder, batch_identity_encoder,
+                    _face_similarity, batch_identity_encoder, held_out_similarity,
                     resolve_batch_models)
 
 
@@ -53,10 +53,8 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     fit_config = MeshFieldConfig(steps=settings.field_steps)
     normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees, settings.framing)
     encoder, encoder_path = batch_identity_encoder(sources, device)
-    # A scan is a real head: dlib's real-face ResNet judges it when installed (as engine head --mesh does).
-    similarity, similarity_backend = _face_similarity(), "dlib-face"
-    if similarity is None:
-        similarity, similarity_backend = (_similarity_from_encoder(encoder) if encoder is not None else None), "embedded"
+    # A scan is a real head: dlib's real-face ResNet judges it by default (as engine head --mesh does).
+    similarity, similarity_backend = held_out_similarity(settings.identity_backend, True, _face_similarity(), encoder)
     current: dict[str, Any] = {}  # the field ``invert`` stylized last, for ``build_head`` (called right after)
 
     def invert_item(path: Path, kind: str) -> Inverted:

@@ -405,7 +405,8 @@ def identity_scorer(sources: ModelSources, pack: PackPaths, choice: str = "auto"
     """``auto``: dlib's real-face ResNet for real models (PanoHead / SD / an artist's mesh); the pack's encoder,
     which knows the procedural world, for the embedded pack's heads — or when dlib is not installed (with a
     note). ``embedded`` / ``dlib-face`` force one."""
-    from ..evaluate.face_recognition import INSTALL_HINT, DlibFaceBackend, dlib_face_available
+    from ..evaluate.face_recognition import DlibFaceBackend
+    from ..io.dlib_models import INSTALL_HINT, dlib_available
     from ..evaluate.metrics import EmbeddedIdentityBackend
 
     note = ""
@@ -413,7 +414,7 @@ def identity_scorer(sources: ModelSources, pack: PackPaths, choice: str = "auto"
         backend = DlibFaceBackend()  # raises a ConfigError naming the install command when dlib is missing
         return IdentityScorer(backend, backend.fingerprint, "")
     if choice == "auto" and uses_real_models(sources):
-        if dlib_face_available():
+        if dlib_available():
             backend = DlibFaceBackend()
             return IdentityScorer(backend, backend.fingerprint, "real models: dlib's face-recognition ResNet")
         note = (f"real models, but dlib is not installed ({INSTALL_HINT}): scored with the pack's encoder, "

@@ -15,44 +15,23 @@ short list of (short side, detector upsampling) passes and stops at the first th
 is **NaN**: :func:`engine.evaluate.metrics.evaluate_renders` then measures identity on the views where every
 head has a face, and reports the fraction of renders with one (``faces_found_before`` / ``_after``).
 
-The model package imports ``pkg_resources`` (setuptools) just to find its own folder; we locate the folder
-with ``importlib`` instead, so setuptools is not needed at run time.
+The model files are found by :mod:`engine.io.dlib_models`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..io.dlib_models import INSTALL_HINT, LANDMARKS_5, MODELS_PACKAGE, RECOGNITION_MODEL, dlib_available, dlib_models_folder
+from ..io.images import to_uint8_rgb
 from .recognition.preprocess import check_images
-
-MODELS_PACKAGE = "face_recognition_models"
-RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
-LANDMARK_MODEL = "shape_predictor_5_face_landmarks.dat"
-INSTALL_HINT = "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0 (both in requirements.txt)"
-
-
-def dlib_models_folder() -> Path | None:
-    """The folder holding dlib's model files (from the ``face-recognition-models`` package), or None."""
-    spec = importlib.util.find_spec(MODELS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
-    return folder if (folder / RECOGNITION_MODEL).is_file() and (folder / LANDMARK_MODEL).is_file() else None
-
-
-def dlib_face_available() -> bool:
-    """Whether dlib and its model files are installed (the backend can be built)."""
-    return importlib.util.find_spec("dlib") is not None and dlib_models_folder() is not None
-
 
 @lru_cache(maxsize=4)
 def _file_sha256(path: str) -> str:
@@ -61,17 +40,6 @@ def _file_sha256(path: str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def to_uint8_rgb(image: Tensor, min_side: int) -> np.ndarray:
-    """(3, H, W) in [-1, 1] → (H', W', 3) uint8, upscaled (bicubic) so that min(H', W') ≥ ``min_side``."""
-    h, w = image.shape[-2:]
-    scale = max(1.0, min_side / min(h, w))
-    if scale > 1.0:
-        size = (round(h * scale), round(w * scale))
-        image = F.interpolate(image[None].float(), size=size, mode="bicubic", align_corners=False)[0]
-    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return np.ascontiguousarray(array.permute(1, 2, 0).cpu().numpy())
 
 
 class DlibFaceBackend:
@@ -90,22 +58,22 @@ class DlibFaceBackend:
         except ImportError:
             raise ConfigError(f"the dlib-face identity backend needs dlib: {INSTALL_HINT}") from None
         folder = Path(models_folder) if models_folder is not None else dlib_models_folder()
-        if folder is None or not (folder / RECOGNITION_MODEL).is_file() or not (folder / LANDMARK_MODEL).is_file():
+        if folder is None or not (folder / RECOGNITION_MODEL).is_file() or not (folder / LANDMARKS_5).is_file():
             where = folder if folder is not None else f"the {MODELS_PACKAGE} package"
-            raise ConfigError(f"dlib's model files ({RECOGNITION_MODEL}, {LANDMARK_MODEL}) are not in {where}: {INSTALL_HINT}")
+            raise ConfigError(f"dlib's model files ({RECOGNITION_MODEL}, {LANDMARKS_5}) are not in {where}: {INSTALL_HINT}")
         search = tuple((int(side), int(up)) for side, up in search)
         if not search or any(side < 32 or not 0 <= up <= 2 for side, up in search):
             raise ConfigError(f"dlib-face: search passes must be (short side ≥ 32, upsampling 0…2), got {search}")
         self.models_folder = folder
         self.search = search
         self.detector = dlib.get_frontal_face_detector()
-        self.landmarks = dlib.shape_predictor(str(folder / LANDMARK_MODEL))
+        self.landmarks = dlib.shape_predictor(str(folder / LANDMARKS_5))
         self.recognizer = dlib.face_recognition_model_v1(str(folder / RECOGNITION_MODEL))
 
     @property
     def fingerprint(self) -> str:
         """What decides the embeddings (model files and settings): keys caches of embeddings."""
-        files = [_file_sha256(str(self.models_folder / f)) for f in (RECOGNITION_MODEL, LANDMARK_MODEL)]
+        files = [_file_sha256(str(self.models_folder / f)) for f in (RECOGNITION_MODEL, LANDMARKS_5)]
         passes = ",".join(f"{side}x{up}" for side, up in self.search)
         return f"{self.name}:{':'.join(f[:16] for f in files)}:{passes}"
 

@@ -50,10 +50,11 @@ from PIL import Image
 from ..errors import ConfigError
 from ..generator.camera import CameraConfig, cameras_at, split_camera_vector
 from ..generator.config import RenderingConfig
-from ..mesh import Mesh
+from ..io.dlib_models import INSTALL_HINT, LANDMARKS_68, dlib_available, dlib_models_folder
+from ..io.images import to_uint8_rgb
+from ..mesh import Mesh, vertex_normals
 
 TEMPLATE_PATH = Path(__file__).with_name("face_template.json")
-LANDMARK_MODEL = "shape_predictor_68_face_landmarks.dat"
 INNER_LANDMARKS = tuple(range(17, 68))  # iBUG 300-W: 0–16 jaw line (silhouette), 17–67 brows, nose, eyes, mouth
 FRAMINGS = ("auto", "landmarks", "heuristic")
 
@@ -133,13 +134,11 @@ class FaceFraming:
 @lru_cache(maxsize=1)
 def _dlib_models():
     """(face detector, 68-point predictor), or None when dlib is not installed."""
-    from ..evaluate.face_recognition import dlib_face_available, dlib_models_folder
-
-    if not dlib_face_available():
+    if not dlib_available():
         return None
     import dlib
 
-    path = dlib_models_folder() / LANDMARK_MODEL
+    path = dlib_models_folder() / LANDMARKS_68
     if not path.is_file():
         return None
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
@@ -203,7 +202,6 @@ def face_landmarks_3d(mesh: Mesh, config: FaceFramingConfig = FaceFramingConfig(
     """The inner landmarks seen from ``yaws_degrees`` (default: the search yaws), lifted onto the mesh: those
     of the most confident face, or (``average``) each landmark's mean over every view that found the face —
     the predictor's pixel noise averages out, the 3-D point does not move with the view."""
-    from ..evaluate.face_recognition import to_uint8_rgb
     from .scan_views import ScanViewConfig, render_scan_views
 
     config = config.validate()
@@ -282,17 +280,16 @@ def rotation_angles(rotation: np.ndarray) -> tuple[float, float, float]:
 
 
 def _apply(mesh: Mesh, matrix: np.ndarray) -> Mesh:
-    from .scans import transform_mesh
-
-    return transform_mesh(mesh, matrix)
+    """``mesh`` moved by a rotation + uniform scale + shift (det > 0: the winding stays), fresh normals; only
+    the geometry and colours the landmark renders need."""
+    vertices = (mesh.vertices.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
+    return Mesh(vertices, mesh.faces, mesh.vertex_colors, vertex_normals(vertices, mesh.faces), dict(mesh.metadata), mesh.texture)
 
 
 def frame_by_landmarks(mesh: Mesh, config: FaceFramingConfig = FaceFramingConfig()) -> FaceFraming:
     """The landmark correction for a heuristically normalised ``mesh`` (see the module docstring)."""
     config = config.validate()
     if not landmark_model_available():
-        from ..evaluate.face_recognition import INSTALL_HINT
-
         return FaceFraming("heuristic", reason=f"dlib's landmark model is not installed ({INSTALL_HINT})")
     template = landmark_template()
     total = np.eye(4)

@@ -43,3 +43,17 @@ def image_grid(arrays: list[np.ndarray], columns: int) -> np.ndarray:
         r, c = divmod(i, columns)
         grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = a if a.ndim == 3 else a[..., None]
     return grid
+
+
+def to_uint8_rgb(image: torch.Tensor, min_side: int) -> np.ndarray:
+    """(3, H, W) in [-1, 1] → (H', W', 3) uint8, upscaled (bicubic) so that min(H', W') ≥ ``min_side``
+    (what face detectors need from small renders)."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    scale = max(1.0, min_side / min(h, w))
+    if scale > 1.0:
+        size = (round(h * scale), round(w * scale))
+        image = F.interpolate(image[None].float(), size=size, mode="bicubic", align_corners=False)[0]
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return np.ascontiguousarray(array.permute(1, 2, 0).cpu().numpy())

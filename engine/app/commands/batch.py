@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up-axis", choices=("auto", "y", "z"), default="auto", help="scan up axis (see engine/heads/scans.py)")
     p.add_argument("--units", choices=("auto", "mm", "cm", "m", "world", "fit"), default="auto")
     p.add_argument("--scan-yaw", type=float, default=0.0, help="turntable angle of the scans to undo, degrees")
+    p.add_argument("--identity-backend", choices=("auto", "embedded", "dlib-face"), default="auto",
+                   help="who scores identity on held-out views: auto = dlib's real-face ResNet for real models and mesh "
+                        "mode, the pack's encoder for the pack's heads (portraits: dlib only)")
     p.add_argument("--framing", choices=FRAMINGS, default="auto",
                    help="place scans by their face (auto: dlib landmarks, else the extent heuristic; landmarks: require a "
                         "face; heuristic: extent only)")
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         units=args.units,
         scan_yaw_degrees=args.scan_yaw,
         framing=args.framing,
+        identity_backend=args.identity_backend,
         generator=args.generator,
         diffusion=args.diffusion,
         depth_controlnet=args.depth_controlnet,

@@ -261,6 +261,7 @@ def test_cli_mesh_mode_stylizes_each_scan_as_itself(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "engine", "batch", "--in", str(folder), "--out", str(out), "--style", "zombie",
            "--mode", "mesh", "--field-steps", "8", "--steps", "2", "--mesh-resolution", "48", "--device", "cpu",
+           "--identity-backend", "embedded",  # a world scan: the pack's encoder knows these heads (dlib: mesh mode's default)
            "--i-have-consent", "--cache", str(tmp_path / "cache"), "--engine-units", "--texture-size", "512"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -270,7 +271,7 @@ def test_cli_mesh_mode_stylizes_each_scan_as_itself(tmp_path):
     assert "mesh mode stylizes meshes" in portrait["error"]
     sidecar = json.loads((out / "s0.json").read_text())
     assert sidecar["inversion"]["mode"] == "mesh" and sidecar["inversion"]["fit"]["steps"] == 8
-    assert isinstance(sidecar["identity_similarity"], float)
+    assert isinstance(sidecar["identity_similarity"], float) and sidecar["identity_scoring"]["backend"] == "embedded"
     assert sidecar["settings"]["mode"] == "mesh" and sidecar["settings"]["fit"]["steps"] == 8
     mesh, extras = read_gltf(out / "s0.glb")
     assert mesh.num_faces > 200 and extras["head_stylizer"]["consent"] is True
@@ -463,3 +464,24 @@ def test_model_hashes_come_from_the_pack_manifest_or_the_files(tmp_path):
     assert hashes["generator"] == "f" * 64  # trusted from the (verified) manifest, not re-hashed
     assert hashes["stylized_generator"] == sha256_file(own)
     assert hashes["preset"] == "preset:tiny" and "diffusion" not in hashes
+
+
+def test_held_out_scorer_follows_the_identity_backend_choice():
+    from engine.app.batch import held_out_similarity
+    from engine.errors import ConfigError
+
+    def face(a, b):
+        return 0.5
+
+    class Encoder:
+        def embed(self, x):
+            return torch.ones(x.shape[0], 4)
+
+    assert held_out_similarity("auto", True, face, Encoder())[1] == "dlib-face"  # real heads: dlib
+    assert held_out_similarity("auto", False, face, Encoder())[1] == "embedded"  # the pack's heads: the pack's encoder
+    assert held_out_similarity("auto", True, None, Encoder())[1] == "embedded"  # no dlib installed: the encoder
+    assert held_out_similarity("embedded", True, face, Encoder())[1] == "embedded"
+    assert held_out_similarity("dlib-face", False, face, Encoder())[0] is face
+    assert held_out_similarity("embedded", False, face, None) == (None, "embedded")
+    with pytest.raises(ConfigError, match="needs dlib"):
+        held_out_similarity("dlib-face", False, None, Encoder())

