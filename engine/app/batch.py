@@ -546,15 +546,16 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     from ..heads.invert import (
         SCORE_VIEW_PITCHES_DEG,
         SCORE_VIEW_YAWS_DEG,
+        SCAN_PIVOT,
         InversionConfig,
         composite,
         encoder_embedder,
         image_target,
         invert,
-        scan_camera_config,
         scan_cameras,
         scan_target,
     )
+    from ..generator.inference import camera_config_for
     from ..heads.provenance import model_hashes
     from ..heads.scans import ScanNormalization, load_scan, read_portrait
     from .pipeline import extract_head, stylized_generator, uses_real_models
@@ -589,7 +590,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
             extra = {"normalization": {"up_axis": scan.up_axis, "units": scan.units, "scan_to_world": scan.scan_to_world.tolist(),
                                        "framing": scan.framing}}
         elif kind == "image":
-            portrait = read_portrait(path, base.config.img_resolution, scan_camera_config(base), settings.image_yaw_degrees,
+            portrait = read_portrait(path, base.config.img_resolution, camera_config_for(base, SCAN_PIVOT), settings.image_yaw_degrees,
                                      settings.image_pitch_degrees, settings.framing)
             target = image_target(base, portrait.image, portrait.mask, portrait.yaw_degrees, portrait.pitch_degrees)
             extra = {"pose": {"yaw_degrees": portrait.yaw_degrees, "pitch_degrees": portrait.pitch_degrees},

@@ -20,26 +20,16 @@ The model files are found by :mod:`engine.io.dlib_models`.
 
 from __future__ import annotations
 
-import hashlib
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..io.dlib_models import INSTALL_HINT, LANDMARKS_5, MODELS_PACKAGE, RECOGNITION_MODEL, dlib_available, dlib_models_folder
+from ..io.dlib_models import INSTALL_HINT, LANDMARKS_5, MODELS_PACKAGE, RECOGNITION_MODEL, dlib_models_folder
 from ..io.images import to_uint8_rgb
+from ..pack import sha256_file
 from .recognition.preprocess import check_images
-
-@lru_cache(maxsize=4)
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class DlibFaceBackend:
@@ -73,7 +63,7 @@ class DlibFaceBackend:
     @property
     def fingerprint(self) -> str:
         """What decides the embeddings (model files and settings): keys caches of embeddings."""
-        files = [_file_sha256(str(self.models_folder / f)) for f in (RECOGNITION_MODEL, LANDMARKS_5)]
+        files = [sha256_file(self.models_folder / f) for f in (RECOGNITION_MODEL, LANDMARKS_5)]
         passes = ",".join(f"{side}x{up}" for side, up in self.search)
         return f"{self.name}:{':'.join(f[:16] for f in files)}:{passes}"
 

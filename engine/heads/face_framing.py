@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -170,8 +170,7 @@ def detect_landmarks(rgb: np.ndarray, threshold: float = 0.0, upscales: tuple[in
 
 def framing_camera() -> CameraConfig:
     """The generator's orbit camera looking at the origin (where normalised heads are centred)."""
-    rendering = RenderingConfig()
-    return CameraConfig(radius=rendering.avg_camera_radius, fov_degrees=rendering.fov_degrees, pivot=(0.0, 0.0, 0.0))
+    return replace(CameraConfig.from_rendering(RenderingConfig()), pivot=(0.0, 0.0, 0.0))
 
 
 def unproject(pixels: np.ndarray, depth: np.ndarray, mask: np.ndarray, camera: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -430,9 +429,7 @@ def frame_portrait(rgba: np.ndarray, camera_config: CameraConfig, resolution: in
     (yaw, (scale, rotation, translation, rms)), pitch = best, pitch_degrees
     if rms > config.max_rms_fraction * resolution:
         return None
-    image = torch.tensor(rgba).permute(2, 0, 1).float() / 255.0
-    if rgba.shape[-1] == 3 or (rgba[..., 3] == 255).all():
-        image[3:] = 1.0  # no cut-out: the photograph is all subject, the mask marks where it ends
+    image = torch.tensor(rgba).permute(2, 0, 1).float() / 255.0  # alpha: 1 unless cut out; 0 outside after the warp
     warped = warp_portrait(image, scale, rotation, translation, resolution)
     record = {"method": "landmarks", "yaw_degrees": float(yaw), "pitch_degrees": float(pitch),
               "scale": round(scale, 5), "roll_degrees": round(math.degrees(math.atan2(rotation[1, 0], rotation[0, 0])), 3),

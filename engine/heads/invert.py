@@ -49,6 +49,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, InputError
 from ..generator.camera import CameraConfig, cameras_at
+from ..generator.inference import camera_config_for
 from ..generator.triplane import RenderOptions, TriPlaneGenerator
 from ..io.atomic import write_with
 from ..io.configs import JsonConfig
@@ -346,9 +347,7 @@ SCORE_VIEW_YAWS_DEG = (25.0, -25.0, 65.0, -65.0)
 SCORE_VIEW_PITCHES_DEG = (5.0, 5.0, -5.0, -5.0)
 
 
-def scan_camera_config(G: TriPlaneGenerator) -> CameraConfig:
-    """The generator's orbit (radius, FOV) around the origin, where normalised scans are centred."""
-    return CameraConfig(radius=G.config.rendering.avg_camera_radius, fov_degrees=G.config.rendering.fov_degrees, pivot=(0.0, 0.0, 0.0))
+SCAN_PIVOT = (0.0, 0.0, 0.0)  # normalised scans (and portraits) are centred at the origin
 
 
 def scan_cameras(G: TriPlaneGenerator, yaws_deg: Sequence[float] = DEFAULT_VIEW_YAWS_DEG, pitches_deg: Sequence[float] = DEFAULT_VIEW_PITCHES_DEG) -> tuple[Tensor, tuple[str, ...]]:
@@ -356,7 +355,7 @@ def scan_cameras(G: TriPlaneGenerator, yaws_deg: Sequence[float] = DEFAULT_VIEW_
     (where normalised scans and the procedural heads are centred)."""
     if len(yaws_deg) != len(pitches_deg) or not yaws_deg:
         raise ConfigError("inversion views need as many pitches as yaws (and at least one)")
-    config = scan_camera_config(G)
+    config = camera_config_for(G, SCAN_PIVOT)
     yaw = torch.tensor([math.radians(v) for v in yaws_deg])
     pitch = torch.tensor([math.radians(v) for v in pitches_deg])
     names = tuple(f"yaw{y:+.0f}_pitch{p:+.0f}" for y, p in zip(yaws_deg, pitches_deg))

@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ...generator.checkpoint import save_checkpoint
+    from ...generator.inference import camera_config_for
     from ...generator.loading import load_generator
-    from ...heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, scan_camera_config, scan_target
+    from ...heads.invert import InversionConfig, encoder_embedder, image_target, invert, save_inversion, SCAN_PIVOT, scan_target
     from ...heads.scans import ScanNormalization, load_scan, read_image, read_portrait
     from ..batch import item_kind, views_target
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if kind == "scan":
         target = scan_target(G, scan.mesh)
     elif kind == "image":
-        portrait = read_portrait(source, G.config.img_resolution, scan_camera_config(G), args.yaw, args.pitch, args.framing)
+        portrait = read_portrait(source, G.config.img_resolution, camera_config_for(G, SCAN_PIVOT), args.yaw, args.pitch, args.framing)
         target = image_target(G, portrait.image, portrait.mask, portrait.yaw_degrees, portrait.pitch_degrees)
     else:
         target = views_target(source, G.config.img_resolution)
