@@ -76,6 +76,7 @@ VIEW_PITCH = math.radians(10.0)
 GALLERY_FIRST_SEED = 10_000
 GALLERY_HEADS = 8
 # StylizeConfig fields that do not change the trained weights: excluded from the cache key.
+_ANCHOR_SETTINGS = ("anchor_image_weight", "anchor_geometry_weight", "anchor_resolution")
 _NOT_IN_CACHE_KEY = ("out_dir", "device", "precision", "checkpoint_every", "preview_every", "keep_checkpoints",
                      "attention_slicing", "vae_slicing")
 
@@ -262,6 +263,11 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
 
 def stylize_cache_key(config: StylizeConfig, sources: ModelSources) -> str:
     settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_IN_CACHE_KEY}
+    # The source anchor came after caches existed: while it is off it leaves the key alone, so runs made
+    # before it (and every run that does not use it) keep their cache.
+    distill = settings["distill"]
+    if not (distill["anchor_image_weight"] or distill["anchor_geometry_weight"]):
+        settings["distill"] = {k: v for k, v in distill.items() if k not in _ANCHOR_SETTINGS}
     models = {name: _path_fingerprint(getattr(sources, name)) for name in ("generator", "diffusion", "depth_controlnet", "edge_controlnet")}
     blob = json.dumps({"settings": settings, "models": models}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -23,12 +23,13 @@ from .grid import flip_each_tile, resize_and_tile, resize_views, tile_2x2, until
 from .inject import inject_gradient
 from .mirror import mirror_camera, mirror_gradient, mirror_weighted_gradients
 from .rank import match_channel_stats, rank_reweight
-from .regularizers import LpipsLoss, ldis_loss, tweedie_loss, tweedie_x0
+from .regularizers import LpipsLoss, anchor_loss, ldis_loss, tweedie_loss, tweedie_x0
 
 __all__ = [
     "DistillConfig",
     "LpipsLoss",
     "alpha_bar_for",
+    "anchor_loss",
     "distillation_gradient",
     "flip_each_tile",
     "guided_score",

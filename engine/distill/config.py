@@ -51,6 +51,11 @@ class DistillConfig(JsonConfig):
     tweedie_weight: float = 0.1
     lpips_weight: float = 0.05
     ldis_weight: float = 1.0
+    # Anchor to the source head's renders (regularizers.anchor_loss; not in the paper): head mode's single
+    # field has no LDIS, so these keep the person. 0 = off (the generator route and the paper's recipe).
+    anchor_image_weight: float = 0.0
+    anchor_geometry_weight: float = 0.0
+    anchor_resolution: int = 16
     single_step_range: tuple[int, int] = (35, 49)  # inclusive DDIM step indices (low noise)
     grid_step_range: tuple[int, int] = (35, 49)
     ddim_steps: int = 50
@@ -77,9 +82,12 @@ class DistillConfig(JsonConfig):
             raise ConfigError(f"distill.grad_divisor must be > 0, got {self.grad_divisor}")
         if self.grad_clamp is not None and not self.grad_clamp > 0:
             raise ConfigError(f"distill.grad_clamp must be > 0 or null, got {self.grad_clamp}")
-        for name in ("tweedie_weight", "lpips_weight", "ldis_weight", "controlnet_scale"):
+        for name in ("tweedie_weight", "lpips_weight", "ldis_weight", "controlnet_scale", "anchor_image_weight",
+                     "anchor_geometry_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"distill.{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.anchor_resolution < 1:
+            raise ConfigError(f"distill.anchor_resolution must be ≥ 1, got {self.anchor_resolution}")
         if self.ddim_steps < 1:
             raise ConfigError(f"distill.ddim_steps must be ≥ 1, got {self.ddim_steps}")
         for name in ("single_step_range", "grid_step_range"):

@@ -7,6 +7,10 @@
   planes after fine-tuning should keep its ratio to the distance before (official weight 1).
 * ``LpipsLoss``: perceptual distance between x̂₀ and the render (official: LPIPS-Alex, weight 0.05). The
   ``lpips`` package is not a dependency, so this is an interface over a locally stored exported network.
+* ``anchor_loss``: not in the paper. Head mode stylizes one head's own field, where LDIS has nothing to
+  compare (every "sample" is the same head), so nothing else keeps the person: this pulls the stylized
+  render toward the source's render of the same camera — the colour layout blurred to a few pixels (so the
+  style may repaint skin and texture but not move the features) and the silhouette and depth (the shape).
 """
 
 from __future__ import annotations
@@ -80,6 +84,39 @@ def ldis_loss(
     now = squared_distance(planes_now_i, planes_now_j)
     frozen = squared_distance(planes_frozen_i, planes_frozen_j).detach() + eps
     return torch.abs(now / frozen - 1.0).mean()
+
+
+def anchor_loss(render: dict[str, Tensor], source: dict[str, Tensor], image_weight: float = 1.0,
+                geometry_weight: float = 1.0, resolution: int = 16) -> dict[str, Tensor]:
+    """The anchor terms between a stylized render and the source's render of the same cameras.
+
+    Both are renderer outputs: ``image`` (B, 3, H, W) in [−1, 1], ``image_mask`` and ``image_depth``
+    (B, 1, h, w). Returns ``{"anchor_image": …, "anchor_geometry": …}`` (terms with weight 0 are left out):
+
+    * image: ``image_weight · mean((pool(image) − pool(source image))²)`` with both area-averaged to
+      ``resolution``² — at 16² a 128² head keeps where its eyes, hair and skin tones are, not its texture;
+    * geometry: ``geometry_weight · (mean|mask − source mask| + mean(source mask · |depth − source depth|))``:
+      silhouette and, where the source is opaque, its ray depth (world units).
+
+    ``source`` is detached: only the stylized render is pulled.
+    """
+    from torch.nn import functional as F
+
+    check_same_shape("image", render["image"], "source image", source["image"])
+    check_same_shape("image_mask", render["image_mask"], "source image_mask", source["image_mask"])
+    if resolution < 1:
+        raise InputError(f"anchor resolution must be ≥ 1, got {resolution}")
+    terms: dict[str, Tensor] = {}
+    if image_weight > 0:
+        size = min(resolution, render["image"].shape[-1])
+        pooled, pooled_source = (F.adaptive_avg_pool2d(x, size) for x in (render["image"], source["image"].detach()))
+        terms["anchor_image"] = image_weight * torch.square(pooled - pooled_source.to(pooled.dtype)).mean()
+    if geometry_weight > 0:
+        mask, depth = source["image_mask"].detach(), source["image_depth"].detach()
+        silhouette = torch.abs(render["image_mask"] - mask).mean()
+        distance = (mask * torch.abs(render["image_depth"] - depth)).mean()
+        terms["anchor_geometry"] = geometry_weight * (silhouette + distance)
+    return terms
 
 
 class LpipsLoss:

@@ -41,6 +41,7 @@ from torch import Tensor
 from ..distill import (
     LpipsLoss,
     alpha_bar_for,
+    anchor_loss,
     distillation_gradient,
     inject_gradient,
     ldis_loss,
@@ -226,7 +227,7 @@ def _stage_info(out, alpha: Tensor, grad: Tensor) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Stage 1: single view (+ mirror) with Tweedie, LPIPS and LDIS
+# Stage 1: single view (+ mirror) with Tweedie, LPIPS, the source anchor and LDIS
 # ------------------------------------------------------------------------------------------------
 def single_view_loss(
     ctx: StylizeContext,
@@ -245,13 +246,15 @@ def single_view_loss(
     native = ctx.sizes.native
     options = RenderOptions(background="none", generator=rng, neural_resolution=ctx.config.neural_resolution)
     views = 2 if d.use_mirror else 1
+    anchored = d.anchor_image_weight > 0 or d.anchor_geometry_weight > 0
     with phases.phase("render"):
-        control = None
+        control, source = None, None
+        if ctx.use_edge or anchored:  # the source head's render of these cameras
+            with torch.no_grad():
+                source = ctx.frozen.render(ws, cameras, options, planes=frozen_planes)
         if ctx.use_edge:
             with torch.no_grad():
-                frozen_image = ctx.frozen.render(ws, cameras, options, planes=frozen_planes)["image"]
-                edges = canny_edges(_resize(frozen_image, native), *d.canny_thresholds)
-            control = {"edge": edges}
+                control = {"edge": canny_edges(_resize(source["image"], native), *d.canny_thresholds)}
         cams = torch.cat([cameras, mirror_camera(cameras)]) if d.use_mirror else cameras
         out = ctx.trainable.render(ws.repeat(views, 1, 1), cams, options, planes=planes.repeat(views, 1, 1, 1, 1))
         images = _resize(out["image"], native)
@@ -283,6 +286,12 @@ def single_view_loss(
         term = ctx.lpips(base_render, x0.to(base_render.dtype), d.lpips_weight)
         report.losses["lpips"] = float(term.detach())
         loss = loss + term
+    if anchored:
+        base = {key: out[key][:b] for key in ("image", "image_mask", "image_depth")}
+        terms = anchor_loss(base, source, d.anchor_image_weight, d.anchor_geometry_weight, d.anchor_resolution)
+        for name, term in terms.items():
+            report.losses[name] = float(term.detach())
+            loss = loss + term
     return loss
 
 

@@ -261,3 +261,37 @@ def test_rank_switch_changes_only_the_single_view_score(full_step, tiny_diffusio
     assert_same(full_single["latent_grad"][:b], 0.75 * ranked)
     assert_same(grid["latent_grad"], full_grid["latent_grad"])  # rank is off in the grid stage
     assert _changed(grads, full_grads, grads.keys() & full_grads.keys())
+
+
+# --------------------------------------------------------------------------------------------------
+# Source anchor (head mode's regulariser)
+# --------------------------------------------------------------------------------------------------
+def test_the_anchor_is_silent_on_the_source_and_pulls_a_changed_head_back(tiny_diffusion, guidance, tmp_path):
+    """The anchor compares the trainable render with the frozen (source) render of the *same* cameras: zero
+    while the two generators agree; once the head has moved away, Adam steps on the anchor alone (the
+    distillation gradient divided away) bring its terms down. Rendering the source from other cameras, a
+    flipped sign or anchoring the trainable render to itself would each fail this."""
+    anchor = dict(use_mirror=False, use_grid=False, tweedie_weight=0.0, ldis_weight=0.0,
+                  anchor_image_weight=1.0, anchor_geometry_weight=1.0)
+    run, spy = make_run(tiny_diffusion, guidance, tmp_path, lr=2e-3, **anchor)
+    params = list(run.named_params.values())
+    report, _ = compute_step_gradients(run.ctx, STEP, run.memory, params)
+    assert report.losses["anchor_image"] == 0.0 and report.losses["anchor_geometry"] == 0.0
+
+    off, _ = make_run(tiny_diffusion, guidance, tmp_path, grad_divisor=1e12,
+                      **{**anchor, "anchor_image_weight": 0.0, "anchor_geometry_weight": 0.0})
+    on, _ = make_run(tiny_diffusion, guidance, tmp_path, lr=3e-4, grad_divisor=1e12, **anchor)
+    with torch.no_grad():  # move the trainable head away from its source
+        for name, p in on.ctx.trainable.named_parameters():
+            if name in on.named_params:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    losses = []
+    for _ in range(6):
+        on.optimizer.zero_grad(set_to_none=True)
+        report, _ = compute_step_gradients(on.ctx, STEP, on.memory, list(on.named_params.values()))
+        losses.append(report.losses["anchor_image"] + report.losses["anchor_geometry"])
+        on.optimizer.step()
+    assert losses[0] > 0 and losses[-1] < 0.7 * losses[0], losses
+    off.optimizer.zero_grad(set_to_none=True)
+    report, _ = compute_step_gradients(off.ctx, STEP, off.memory, list(off.named_params.values()))
+    assert not any(k.startswith("anchor") for k in report.losses)  # off: no term, no extra render
