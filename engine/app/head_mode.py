@@ -1,12 +1,17 @@
 """Head mode in the pipeline: an artist's mesh becomes a single-head field, fitted once and cached.
 
-:func:`fitted_head_field` reads the mesh as untrusted input (:func:`engine.heads.scans.load_scan`: ply, obj,
-glb/gltf, mesh npz; brought into the generator's frame by the scan convention), fits its own tri-grid and
+:func:`fitted_head_field` takes the mesh as :func:`engine.heads.head_input.read_head_mesh` reads it (untrusted
+input: ply, obj, glb/gltf, mesh npz; refused when it has no surface that encloses a head, cleaned of
+degenerate triangles, simplified when over the triangle budget — callers read it first, before any model
+is loaded, so a bad file fails in seconds), brings it into the generator's frame by the scan convention
+(:func:`engine.heads.scans.normalize_scan`), fits its own tri-grid and
 decoder with :func:`engine.heads.mesh_field.fit_mesh_field` starting from the base generator, and saves the
 result as a generator checkpoint (:meth:`TriPlaneGenerator.make_single_head`). From there the head goes
 through exactly the generated-head path — stylization, views, marching cubes, scores — with the field as
-its generator. The fit is cached by the mesh file's SHA-256, the normalisation and fit settings and the base
-generator's fingerprint, so stylizing the same mesh in another style does not fit it again.
+its generator. The fit is cached by the mesh file's SHA-256, what reading changed in it (when it changed
+anything), the normalisation and fit settings and the base generator's fingerprint, so stylizing the same mesh
+in another style does not fit it again. The fit record (``fit.json``, also in head.json's ``mesh``) keeps the
+reader's warnings and its ``input`` record: triangles read and fitted, dropped, flipped, simplified.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..generator.loading import load_generator, resolve_device, save_generator
+from ..heads.head_input import HeadInputConfig, HeadMesh, read_head_mesh
 from ..heads.mesh_field import MeshFieldConfig, fit_mesh_field
-from ..heads.scans import NormalizedScan, ScanNormalization, load_scan
+from ..heads.scans import NormalizedScan, ScanNormalization, normalize_scan, up_axis_hint
 from ..io.atomic import write_json
 from ..io.checkpoint import read_json_object
 from ..pack import sha256_file
@@ -40,21 +46,27 @@ class HeadField:
     scan: NormalizedScan  # the mesh as read and normalised (callers need not read it again)
 
 
-def _fit_key(mesh_sha256: str, normalization: ScanNormalization, config: MeshFieldConfig, base_fingerprint: str | None) -> str:
-    blob = json.dumps({"mesh": mesh_sha256, "normalization": normalization.to_dict(), "fit": config.to_dict(),
-                       "base": base_fingerprint}, sort_keys=True, default=str)
+def _fit_key(mesh_sha256: str, normalization: ScanNormalization, config: MeshFieldConfig, base_fingerprint: str | None,
+             source: HeadMesh | None = None) -> str:
+    key = {"mesh": mesh_sha256, "normalization": normalization.to_dict(), "fit": config.to_dict(), "base": base_fingerprint}
+    if source is not None and source.changed:  # only then: fits of meshes read unchanged keep their cached keys
+        key["input"] = {k: source.record[k] for k in ("max_triangles", "simplified", "flipped", "triangles_fitted")}
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def fitted_head_field(mesh_path: str | Path, base_generator: str, base_fingerprint: str | None, cache_folder: Path,
+def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fingerprint: str | None, cache_folder: Path,
                       config: MeshFieldConfig, device: str, cancel: CancelToken,
-                      on_event: Callable[..., None], normalization: ScanNormalization = ScanNormalization()) -> HeadField | None:
-    """The single-head field of ``mesh_path`` (fitted now, or reused from ``cache_folder``); None if cancelled."""
-    mesh_path = Path(mesh_path)
-    scan = load_scan(mesh_path, normalization)  # untrusted input: checked before anything heavy
-    for warning in scan.mesh.metadata.get("warnings", []):  # e.g. a texture file that is missing
+                      on_event: Callable[..., None], normalization: ScanNormalization = ScanNormalization(),
+                      input_config: HeadInputConfig = HeadInputConfig()) -> HeadField | None:
+    """The single-head field of ``mesh`` — a file (read here with ``input_config``) or a :class:`HeadMesh` the
+    caller read already — fitted now, or reused from ``cache_folder``; None if cancelled."""
+    source = mesh if isinstance(mesh, HeadMesh) else read_head_mesh(mesh, input_config)  # before anything heavy
+    mesh_path = source.path
+    for warning in source.warnings:  # a missing texture, dropped triangles, a simplification …
         on_event("warning", message=warning)
-    key = _fit_key(sha256_file(mesh_path), normalization, config, base_fingerprint)
+    scan = normalize_scan(source.mesh, normalization, up_axis_hint(mesh_path), name=mesh_path.name)
+    key = _fit_key(sha256_file(mesh_path), normalization, config, base_fingerprint, source)
     folder = cache_folder / "fields" / key
     if (folder / FIELD_FILE).is_file() and (folder / FIT_FILE).is_file():
         on_event("stage", stage="fit", status="reused", field=str(folder / FIELD_FILE))
@@ -74,7 +86,8 @@ def fitted_head_field(mesh_path: str | Path, base_generator: str, base_fingerpri
     path = save_generator(field.generator, folder / FIELD_FILE,
                           extra={"single_head": True, "mesh": mesh_path.name, "fit": config.to_dict()})
     fit = {"mesh": mesh_path.name, "steps": config.steps, "textured": scan.mesh.texture is not None,
-           "warnings": list(scan.mesh.metadata.get("warnings", [])), "seconds": round(time.perf_counter() - started, 1),
+           "warnings": list(source.warnings), "input": dict(source.record),
+           "seconds": round(time.perf_counter() - started, 1),
            "final_losses": {k: v for k, v in field.history[-1].items() if k != "step"},
            "normalization": {**normalization.to_dict(), "up_axis_used": scan.up_axis, "units_used": scan.units,
                              "scan_to_world": scan.scan_to_world.tolist(), "framing": scan.framing}}

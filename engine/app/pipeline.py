@@ -50,6 +50,7 @@ from ..io.atomic import write_bytes, write_json, write_with
 from ..io.configs import JsonConfig
 from ..io.events import emit, log
 from ..io.images import image_grid, save_png, to_uint8
+from ..heads.head_input import DEFAULT_MAX_TRIANGLES, HeadInputConfig, read_head_mesh
 from ..mesh import Mesh, MeshConfig, write_npz, write_ply
 from ..pack import PackPaths, require_pack, sha256_file
 from ..stylize.cancel import CancelToken
@@ -125,11 +126,15 @@ class HeadJob(JsonConfig):
     game_asset: bool = True  # also write head.glb: life size, UV texture baked from the field, LODs
     texture_size: int = 1024
     life_size: bool = True  # head.glb in metres (False: the engine's units)
+    max_fit_triangles: int = DEFAULT_MAX_TRIANGLES  # head mode: denser meshes are simplified to this before the fit
 
     def game_asset_config(self) -> "GameAssetConfig":
         from ..heads.game_asset import GameAssetConfig
 
         return GameAssetConfig(texture_size=self.texture_size, life_size=self.life_size).validate()
+
+    def head_input_config(self) -> HeadInputConfig:
+        return HeadInputConfig(max_triangles=self.max_fit_triangles).validate()
 
     def validate(self) -> "HeadJob":
         if not self.prompt and not self.style_preset:
@@ -152,6 +157,7 @@ class HeadJob(JsonConfig):
             raise ConfigError(f"truncation ψ must be in [0, 1], got {self.truncation_psi}")
         if self.game_asset:
             self.game_asset_config()
+        self.head_input_config()
         if not 1 <= self.gallery_heads <= 64:
             raise ConfigError(f"gallery heads must be in 1..64, got {self.gallery_heads}")
         if self.identity_backend not in IDENTITY_BACKEND_CHOICES:
@@ -552,6 +558,9 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     started = time.perf_counter()
     out = Path(job.out_dir)
     cancel = cancel or CancelToken()
+    # Head mode's mesh is untrusted input: read and checked before any model is loaded and before the first
+    # event (which creates the run's log), so a bad file fails in seconds and leaves nothing in out_dir.
+    head_mesh = read_head_mesh(job.mesh, job.head_input_config()) if job.mesh else None
     on_event("stage", stage="load", message="checking models")
     sources = resolve_models(job)
     prompt, warning = resolve_prompt(job, sources)
@@ -564,7 +573,7 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         from ..heads.mesh_field import MeshFieldConfig
 
         on_event("stage", stage="fit", message=f"fitting the head's own tri-grid to {Path(job.mesh).name}")
-        head_field = fitted_head_field(job.mesh, sources.generator, _path_fingerprint(sources.generator), job.cache_folder,
+        head_field = fitted_head_field(head_mesh, sources.generator, _path_fingerprint(sources.generator), job.cache_folder,
                                        MeshFieldConfig(steps=job.field_steps), job.device, cancel, on_event)
         if head_field is None:
             on_event("cancelled", stage="fit")

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -514,11 +513,15 @@ def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), 
     return NormalizedScan(transform_mesh(mesh, corrected), corrected, up, units, face.to_dict())
 
 
+def up_axis_hint(path: str | os.PathLike) -> str | None:
+    """The up axis a scan file's format fixes: "y" for glTF (by specification), None (guess) otherwise."""
+    return "y" if Path(path).suffix.lower() in (".glb", ".gltf") else None
+
+
 def load_scan(path: str | os.PathLike, config: ScanNormalization = ScanNormalization()) -> NormalizedScan:
     """Read and normalise a scan file (glTF files are y-up by specification)."""
     path = Path(path)
-    hint = "y" if path.suffix.lower() in (".glb", ".gltf") else None
-    return normalize_scan(read_scan_mesh(path), config, hint, name=path.name)
+    return normalize_scan(read_scan_mesh(path), config, up_axis_hint(path), name=path.name)
 
 
 # --------------------------------------------------------------------------------------------------

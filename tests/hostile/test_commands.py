@@ -1,9 +1,9 @@
 """Every command that takes files against the hostile corpus, in process through ``engine.app.cli.main``:
-``invert`` (scans, portraits, views folders, folder entries), ``head --latent`` (latents), ``generate
---checkpoint`` (checkpoints, configs, pickles) and ``stylize --config`` each exit with status 2 and one ``error:`` line naming the file
-and the reason, within READ_SECONDS, and leave nothing in ``--out``; ``batch`` goes on past every hostile
-item, lists each as a failed row with its reason and still makes the good heads. (``head --mesh`` does not
-exist yet; when it does, its cases belong here.)"""
+``invert`` (scans, portraits, views folders, folder entries), ``head --latent`` (latents), ``head --mesh``
+(every scan and mesh file ``invert`` gets), ``generate --checkpoint`` (checkpoints, configs, pickles) and
+``stylize --config`` each exit with status 2 and one ``error:`` line naming the file and the reason, within
+READ_SECONDS, and leave nothing in ``--out``; ``batch`` goes on past every hostile item, lists each as a failed
+row with its reason and still makes the good heads."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ from tests.hostile.harness import (
 )
 
 COMMAND_CASES = [c.name for c in corpus_listing() if c.command]
+MESH_SUFFIXES = (".ply", ".obj", ".glb", ".gltf", ".npz")
+
+
+def is_mesh_file(case) -> bool:
+    """A scan or mesh file ``invert`` is given: ``head --mesh`` must refuse it the same way."""
+    return case.command == "invert" and bool({"scan", "entry"} & set(case.readers)) and case.path.suffix.lower() in MESH_SUFFIXES
+
+
+MESH_CASES = [c.name for c in corpus_listing() if is_mesh_file(c)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,14 +63,34 @@ def argv_for(case, out: Path) -> list[str]:
     return ["generate", "--checkpoint", str(case.path), "--out", str(out), "--device", "cpu"]
 
 
+def mesh_argv(case, out: Path) -> list[str]:
+    return ["head", "--out", str(out), "--style-preset", "zombie", "--mesh", str(case.path), "--device", "cpu"]
+
+
 @pytest.mark.parametrize("name", COMMAND_CASES, ids=[f"{find_case(list(corpus_listing()), n).command}:{n}" for n in COMMAND_CASES])
 def test_command_exits_2_naming_the_file(corpus, name, tmp_path, capsys):
     root, cases = corpus
     case = find_case(cases, name)
-    out = tmp_path / "out"
-    forbidden = forbidden_paths(root) if case.traversal else []
+    check_refused(case, argv_for(case, tmp_path / "out"), tmp_path / "out", forbidden_paths(root) if case.traversal else [], capsys)
+
+
+@pytest.mark.parametrize("name", MESH_CASES, ids=[f"head-mesh:{n}" for n in MESH_CASES])
+def test_head_mesh_exits_2_naming_the_file(corpus, name, tmp_path, capsys):
+    root, cases = corpus
+    case = find_case(cases, name)
+    check_refused(case, mesh_argv(case, tmp_path / "out"), tmp_path / "out", forbidden_paths(root) if case.traversal else [], capsys)
+
+
+def test_head_mesh_covers_every_mesh_file_of_the_corpus():
+    names = set(MESH_CASES)
+    assert {"ply_truncated.ply", "obj_mtl_texture_traversal.obj", "gltf_node_bomb.gltf", "glb_truncated.glb",
+            "npz_bomb.npz", "npz_wrong_magic.npz", "fifo.ply", "outside_link.ply"} <= names
+    assert not any(n.endswith((".png", ".jpg")) or n.startswith(("latent_", "views/")) for n in names)
+
+
+def check_refused(case, argv: list[str], out: Path, forbidden: list[Path], capsys) -> None:
     with recording_opens(forbidden), timed() as clock, deadline():
-        rc = main(argv_for(case, out))
+        rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
     lines = [line for line in err.splitlines() if line.strip()]

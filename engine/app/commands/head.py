@@ -1,7 +1,10 @@
 """``python -m engine head``: stylize one head end to end (what Blender's Stylize Head button runs).
 
 The generator is stylized toward the prompt once per settings and cached (``--cache``); then the head
-(``--seed`` or ``--latent``) is rendered before/after, meshed and scored. Every model path defaults to the
+(``--seed`` or ``--latent``, or ``--mesh``: head mode, :mod:`engine.app.head_mode`) is rendered
+before/after, meshed and scored. A ``--latent`` or ``--mesh`` file is read and checked before any model
+is loaded (:func:`engine.heads.head_input.read_head_mesh` says what happens to a mesh with no faces, a
+triangle soup, too many triangles or a missing texture). Every model path defaults to the
 embedded pack. Progress is JSON lines on stdout (see :mod:`engine.app.pipeline`); creating ``--cancel-file``,
 SIGINT or SIGTERM stop the stylization after the current step (exit 0, last event ``cancelled``).
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from ...heads.head_input import DEFAULT_MAX_TRIANGLES
 from ...stylize.cancel import CancelToken
 from ...stylize.presets import STYLE_PRESETS
 from ..pipeline import GALLERY_FIRST_SEED, GALLERY_HEADS, IDENTITY_BACKEND_CHOICES, METHODS, HeadJob, run_head
@@ -33,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     head.add_argument("--mesh", help="which head: a mesh (.ply, .obj, .glb/.gltf, mesh .npz) — head mode fits the "
                                      "mesh its own tri-grid (cached) and stylizes that instead of a generated head")
     p.add_argument("--field-steps", type=int, default=600, help="head mode: steps of the mesh's field fit")
+    p.add_argument("--max-fit-triangles", type=int, default=DEFAULT_MAX_TRIANGLES, metavar="N",
+                   help=f"head mode: a denser mesh is simplified to N triangles before the fit, with a warning "
+                        f"(default {DEFAULT_MAX_TRIANGLES:,}; finer than the fitted tri-grid holds)")
     p.add_argument("--truncation", type=float, default=0.75, help="truncation ψ for seeds")
     p.add_argument("--generator", help="base generator checkpoint (default: embedded pack)")
     p.add_argument("--diffusion", help="Stable Diffusion 1.5-layout folder (default: embedded pack)")
@@ -78,6 +85,7 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         latent=args.latent,
         mesh=args.mesh,
         field_steps=args.field_steps,
+        max_fit_triangles=args.max_fit_triangles,
         truncation_psi=args.truncation,
         generator=args.generator,
         diffusion=args.diffusion,
