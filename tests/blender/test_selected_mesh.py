@@ -135,3 +135,88 @@ result(outcome=str(outcome), status=settings.status, objects=sorted(o.name for o
     assert "Select a mesh to stylize" in r["outcome"] and "empty" in r["outcome"]
     assert r["status"].startswith("Not started")
     assert set(r["objects"]) - DEFAULT_OBJECTS == {"Bust", "Empty"}  # nothing was made
+
+
+IMPORTED_SCENE = """
+import math
+import numpy as np
+
+use_fake_engine("unused.npz")
+prefs().output_dir = {out!r}
+settings = bpy.context.scene.head_stylizer
+assert bpy.ops.wm.obj_import(filepath={obj!r}) == {{"FINISHED"}}   # Blender's own OBJ importer
+src = bpy.context.view_layer.objects.active
+src.name = "Bust"
+src.location = (1.5, -0.5, 0.3)
+src.rotation_euler = (0.0, 0.0, math.radians(20))
+for other in bpy.context.view_layer.objects.selected:
+    other.select_set(False)
+src.select_set(True)
+bpy.context.view_layer.update()
+
+
+def world_vertices(o):
+    co = np.empty(len(o.data.vertices) * 3); o.data.vertices.foreach_get("co", co)
+    m = np.array(o.matrix_world)
+    return co.reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
+
+
+def state(name):
+    o = bpy.data.objects.get(name)
+    if o is None:
+        return None
+    return {{"vertices": len(o.data.vertices), "matrix": [list(r) for r in o.matrix_world],
+            "world": world_vertices(o).round(6).tolist(), "mesh": o.data.name}}
+"""
+
+
+def test_selected_mesh_result_is_one_undo_step_and_undo_leaves_the_source_intact(tmp_path):
+    """An imported mesh, selected; Stylize Head on it adds the head beside it; one Ctrl+Z removes the head (and its
+    mesh data) and leaves the source exactly as it was; redo brings the head back where it was.
+
+    What it takes in background mode (Blender 4.4): undo starts off there — ``ed.undo`` refuses to run ("Undo
+    disabled at startup in background-mode") until ``ed.undo_push`` initialises the undo system, which stands
+    here for the steps an artist's session already has; and ``bpy.ops`` calls record no undo unless asked, so
+    the operator is called as a button press calls it: ``("INVOKE_DEFAULT", True)`` — invoke (which in
+    background mode runs the blocking execute) with undo on. The step itself is Blender's, from
+    ``bl_options = {"REGISTER", "UNDO"}``: pushed when the operator returns FINISHED. In the UI that is the
+    modal handler returning FINISHED right after the import (the window manager pushes it then, and the glTF
+    import inside makes no step of its own), which background mode cannot run: that path is not tested here."""
+    from tests.engine.heads.shapes import uv_sphere
+    from tests.hostile.corpus import obj_text
+
+    sphere = uv_sphere(radius=0.1)
+    vertices = sphere.vertices * np.array([0.8, 1.3, 0.9], np.float32)  # a head-shaped ellipsoid, y-up as OBJ is
+    (tmp_path / "bust.obj").write_text(obj_text(vertices, sphere.faces))
+    prologue = IMPORTED_SCENE.format(out=str(tmp_path / "out"), obj=str(tmp_path / "bust.obj"))
+    r = run_bpy(prologue + """
+bpy.ops.ed.undo_push(message="Imported bust")
+before = state("Bust")
+settings.head_source = "MESH"; settings.steps = 2; settings.field_steps = 40
+assert bpy.ops.headstylizer.stylize_head("INVOKE_DEFAULT", True) == {"FINISHED"}, settings.status
+head_name = settings.object_name
+after_run = {"source": state("Bust"), "head": state(head_name), "object_name": head_name}
+bpy.ops.ed.undo()
+after_undo = {"source": state("Bust"), "head": state(head_name), "object_name": settings.object_name,
+              "meshes": sorted(m.name for m in bpy.data.meshes),
+              "objects": sorted(o.name for o in bpy.data.objects)}
+bpy.ops.ed.redo()
+after_redo = {"source": state("Bust"), "head": state(head_name)}
+result(before=before, after_run=after_run, after_undo=after_undo,
+       after_redo=after_redo)
+""", timeout=300)
+    before, run, undone, redone = r["before"], r["after_run"], r["after_undo"], r["after_redo"]
+    assert before["vertices"] == len(sphere.vertices)  # the imported mesh, whole
+    # the run: a new object beside the source; the source untouched
+    head = run["head"]
+    assert run["object_name"] == "Head.zombie.Bust" and head is not None
+    assert run["source"] == before
+    source_world, head_world = np.array(before["world"]), np.array(head["world"])
+    assert head_world[:, 0].min() > source_world[:, 0].max()  # beside it, along +X …
+    np.testing.assert_allclose(head_world[:, 1:].mean(0), source_world[:, 1:].mean(0), atol=0.02)  # … at its height
+    # one undo: the head and its mesh are gone, the source is exactly as it was, the panel forgets the head
+    assert undone["head"] is None and head["mesh"] not in undone["meshes"], undone
+    assert set(undone["objects"]) - DEFAULT_OBJECTS == {"Bust"}
+    assert undone["source"] == before and undone["object_name"] == ""
+    # redo: the head is back where the run put it
+    assert redone["head"] == head and redone["source"] == before
