@@ -9,9 +9,8 @@
   ``lpips`` package is not a dependency, so this is an interface over a locally stored exported network.
 * ``anchor_loss``: not in the paper. Head mode stylizes one head's own field, where LDIS has nothing to
   compare (every "sample" is the same head), so nothing else keeps the person: this pulls the stylized
-  render toward the source's render of the same camera — the luminance layout blurred to a few pixels and
-  blind to recolouring (so the style may repaint skin and texture but not move the features) and the
-  silhouette and depth (the shape).
+  render toward the source's render of the same camera — the colour layout blurred to a few pixels (so the
+  style may repaint skin and texture but not move the features) and the silhouette and depth (the shape).
 """
 
 from __future__ import annotations
@@ -87,27 +86,6 @@ def ldis_loss(
     return torch.abs(now / frozen - 1.0).mean()
 
 
-LUMINANCE = (0.299, 0.587, 0.114)  # Rec. 601 weights
-ANCHOR_EPS = 1e-6
-
-
-def luminance_layout(image: Tensor, weight: Tensor, size: int) -> Tensor:
-    """(B, 1, size, size): the image's luminance area-averaged to ``size``², standardised to zero mean and
-    unit variance under ``weight`` (B, 1, size, size; the source head's pooled silhouette), per image.
-
-    Standardising makes the layout blind to any recolouring a + b·luminance — skin turning green or grey,
-    a darker or flatter palette — and leaves where the dark and light parts of the head are: the eyes,
-    brows, mouth and hairline that make the person."""
-    from torch.nn import functional as F
-
-    lum = torch.einsum("bchw,c->bhw", F.adaptive_avg_pool2d(image, size),
-                       torch.tensor(LUMINANCE, dtype=image.dtype, device=image.device))[:, None]
-    total = weight.sum(dim=(-2, -1), keepdim=True) + ANCHOR_EPS
-    mean = (weight * lum).sum(dim=(-2, -1), keepdim=True) / total
-    var = (weight * torch.square(lum - mean)).sum(dim=(-2, -1), keepdim=True) / total
-    return (lum - mean) / torch.sqrt(var + ANCHOR_EPS)
-
-
 def anchor_loss(render: dict[str, Tensor], source: dict[str, Tensor], image_weight: float = 1.0,
                 geometry_weight: float = 1.0, resolution: int = 16) -> dict[str, Tensor]:
     """The anchor terms between a stylized render and the source's render of the same cameras.
@@ -115,10 +93,8 @@ def anchor_loss(render: dict[str, Tensor], source: dict[str, Tensor], image_weig
     Both are renderer outputs: ``image`` (B, 3, H, W) in [−1, 1], ``image_mask`` and ``image_depth``
     (B, 1, h, w). Returns ``{"anchor_image": …, "anchor_geometry": …}`` (terms with weight 0 are left out):
 
-    * image: ``image_weight · Σ m·(ℓ − ℓ_source)² / Σ m`` with ℓ the :func:`luminance_layout` of each at
-      ``resolution``² and m the source's pooled silhouette; this is 2·(1 − ρ), ρ the correlation of the two
-      luminance layouts over the head (1 for a render with no layout at all). At 16² a 128² head keeps where its features are, not its texture,
-      and no colour: a colour anchor (tried first) held a zombie's skin at the source's tone;
+    * image: ``image_weight · mean((pool(image) − pool(source image))²)`` with both area-averaged to
+      ``resolution``² — at 16² a 128² head keeps where its eyes, hair and skin tones are, not its texture;
     * geometry: ``geometry_weight · (mean|mask − source mask| + mean(source mask · |depth − source depth|))``:
       silhouette and, where the source is opaque, its ray depth (world units).
 
@@ -133,11 +109,8 @@ def anchor_loss(render: dict[str, Tensor], source: dict[str, Tensor], image_weig
     terms: dict[str, Tensor] = {}
     if image_weight > 0:
         size = min(resolution, render["image"].shape[-1])
-        weight = F.adaptive_avg_pool2d(source["image_mask"].detach().to(render["image"].dtype), size)
-        layout = luminance_layout(render["image"], weight, size)
-        layout_source = luminance_layout(source["image"].detach().to(render["image"].dtype), weight, size)
-        per_image = (weight * torch.square(layout - layout_source)).sum(dim=(-2, -1)) / (weight.sum(dim=(-2, -1)) + ANCHOR_EPS)
-        terms["anchor_image"] = image_weight * per_image.mean()
+        pooled, pooled_source = (F.adaptive_avg_pool2d(x, size) for x in (render["image"], source["image"].detach()))
+        terms["anchor_image"] = image_weight * torch.square(pooled - pooled_source.to(pooled.dtype)).mean()
     if geometry_weight > 0:
         mask, depth = source["image_mask"].detach(), source["image_depth"].detach()
         silhouette = torch.abs(render["image_mask"] - mask).mean()
