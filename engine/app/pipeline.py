@@ -76,8 +76,10 @@ VIEW_PITCH = math.radians(10.0)
 # The fixed identity gallery of `engine head`: seeds far from the ones people try first (0, 1, 7 …).
 GALLERY_FIRST_SEED = 10_000
 GALLERY_HEADS = 8
-# StylizeConfig fields that do not change the trained weights: excluded from the cache key.
+# Head mode's default (image, geometry) anchor weights: see the README's head-mode table for what they do.
+HEAD_MODE_ANCHOR = (1.0, 1.0)
 _ANCHOR_SETTINGS = ("anchor_image_weight", "anchor_geometry_weight", "anchor_resolution")
+# StylizeConfig fields that do not change the trained weights: excluded from the cache key.
 _NOT_IN_CACHE_KEY = ("out_dir", "device", "precision", "checkpoint_every", "preview_every", "keep_checkpoints",
                      "attention_slicing", "vae_slicing")
 
@@ -123,6 +125,10 @@ class HeadJob(JsonConfig):
     cache_dir: str | None = None
     mesh: str | None = None  # head mode: stylize this mesh's own fitted field instead of a generated head
     field_steps: int = 600  # head mode: steps of the field fit
+    # Pull toward the source head's renders (engine.distill.regularizers.anchor_loss): None = the default
+    # for the head (HEAD_MODE_ANCHOR for a mesh, whose single field has no LDIS; off for generated heads).
+    anchor_image: float | None = None
+    anchor_geometry: float | None = None
     game_asset: bool = True  # also write head.glb: life size, UV texture baked from the field, LODs
     texture_size: int = 1024
     life_size: bool = True  # head.glb in metres (False: the engine's units)
@@ -164,6 +170,10 @@ class HeadJob(JsonConfig):
             raise ConfigError(f"identity backend must be one of {', '.join(IDENTITY_BACKEND_CHOICES)}, got {self.identity_backend!r}")
         if self.mesh and self.latent:
             raise ConfigError("give one head: --mesh FILE or --latent FILE, not both")
+        for name in ("anchor_image", "anchor_geometry"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1e4:
+                raise ConfigError(f"{name.replace('_', ' ')} weight must be in [0, 10000], got {value}")
         if not 1 <= self.field_steps <= 100_000:
             raise ConfigError(f"field steps must be in 1..100000, got {self.field_steps}")
         return self
@@ -238,12 +248,15 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
     preset_steps = get_style_preset(job.style_preset).embedded_steps if (embedded and job.style_preset) else None
     steps = job.steps or (preset_steps or EMBEDDED_DEFAULT_STEPS if embedded else FULL_DEFAULT_STEPS)
     lr = job.lr or (EMBEDDED_DEFAULT_LR if embedded else FULL_DEFAULT_LR)
+    anchor = HEAD_MODE_ANCHOR if job.mesh else (0.0, 0.0)
     distill = DistillConfig(
         method=job.method,
         use_mirror=job.mirror,
         use_grid=job.grid,
         use_rank=job.rank,
         guidance_scale=job.guidance_scale,
+        anchor_image_weight=anchor[0] if job.anchor_image is None else job.anchor_image,
+        anchor_geometry_weight=anchor[1] if job.anchor_geometry is None else job.anchor_geometry,
     )
     return StylizeConfig(
         prompt=prompt,

@@ -98,7 +98,9 @@ def anchor_loss(render: dict[str, Tensor], source: dict[str, Tensor], image_weig
     * geometry: ``geometry_weight · (mean|mask − source mask| + mean(source mask · |depth − source depth|))``:
       silhouette and, where the source is opaque, its ray depth (world units).
 
-    ``source`` is detached: only the stylized render is pulled.
+    ``source`` is detached: only the stylized render is pulled. (A luminance-only layout, blind to
+    recolouring, was tried instead of the colour one: on a world scan it lowered both the style score and the
+    identity similarity, where this one at weight 1 kept the style and raised the identity.)
     """
     from torch.nn import functional as F
 

@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     head.add_argument("--mesh", help="which head: a mesh (.ply, .obj, .glb/.gltf, mesh .npz) — head mode fits the "
                                      "mesh its own tri-grid (cached) and stylizes that instead of a generated head")
     p.add_argument("--field-steps", type=int, default=600, help="head mode: steps of the mesh's field fit")
+    p.add_argument("--anchor-image", type=float, default=None, metavar="W",
+                   help="weight of the pull toward the source head's luminance layout (default: 1 in head mode, "
+                        "0 for generated heads; higher keeps more of the person, less of the style)")
+    p.add_argument("--anchor-geometry", type=float, default=None, metavar="W",
+                   help="weight of the pull toward the source head's silhouette and depth (default: 1 in head mode, "
+                        "0 for generated heads)")
     p.add_argument("--max-fit-triangles", type=int, default=DEFAULT_MAX_TRIANGLES, metavar="N",
                    help=f"head mode: a denser mesh is simplified to N triangles before the fit, with a warning "
                         f"(default {DEFAULT_MAX_TRIANGLES:,}; finer than the fitted tri-grid holds)")
@@ -85,6 +91,8 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         latent=args.latent,
         mesh=args.mesh,
         field_steps=args.field_steps,
+        anchor_image=args.anchor_image,
+        anchor_geometry=args.anchor_geometry,
         max_fit_triangles=args.max_fit_triangles,
         truncation_psi=args.truncation,
         generator=args.generator,

@@ -174,8 +174,23 @@ def test_cache_key_follows_training_settings_only(tmp_path, tiny_diffusion):
     base = key(job)
     assert key(tiny_job(tmp_path, tiny_diffusion, seed=9, mesh_resolution=64, out_dir="elsewhere")) == base
     for change in ({"method": "sds"}, {"mirror": False}, {"grid": False}, {"rank": False}, {"steps": 3},
-                   {"guidance_scale": 3.0}, {"train_seed": 1}, {"lr": 0.5}):
+                   {"guidance_scale": 3.0}, {"train_seed": 1}, {"lr": 0.5}, {"anchor_image": 0.5},
+                   {"anchor_geometry": 0.5}):
         assert key(tiny_job(tmp_path, tiny_diffusion, **change)) != base, change
+
+
+def test_head_mode_anchors_to_its_source_by_default_and_generated_heads_do_not(tmp_path, tiny_diffusion):
+    from engine.app.pipeline import HEAD_MODE_ANCHOR
+
+    sources = resolve_models(tiny_job(tmp_path, tiny_diffusion))
+    distill = lambda **c: stylize_config_for(tiny_job(tmp_path, tiny_diffusion, **c), sources, "p").distill  # noqa: E731
+    assert (distill().anchor_image_weight, distill().anchor_geometry_weight) == (0.0, 0.0)
+    head = distill(mesh="head.ply")
+    assert (head.anchor_image_weight, head.anchor_geometry_weight) == HEAD_MODE_ANCHOR and min(HEAD_MODE_ANCHOR) > 0
+    mine = distill(mesh="head.ply", anchor_image=0.0, anchor_geometry=2.5)
+    assert (mine.anchor_image_weight, mine.anchor_geometry_weight) == (0.0, 2.5)
+    with pytest.raises(ConfigError, match="anchor image weight"):
+        tiny_job(tmp_path, tiny_diffusion, anchor_image=-1.0).validate()
 
 
 def test_cancel_before_the_first_step_writes_no_head(tmp_path, tiny_diffusion):
