@@ -495,7 +495,11 @@ FIT_SCALE_TOLERANCE = 1.15  # guessed units: the face overrides the height's sca
 
 def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), up_axis_hint: str | None = None,
                    name: str = "scan") -> NormalizedScan:
-    """``mesh`` in the generator's frame by the convention of the module docstring (``name`` labels errors)."""
+    """``mesh`` in the generator's frame by the convention of the module docstring (``name`` labels errors).
+
+    When the up axis is a guess (``auto`` and no hint from the format) and no face is found standing the
+    head on the guessed axis, the other one is tried: the extent rule cannot tell a head with shoulders
+    turned side-on (as wide as it is tall) from one lying down, and the face can."""
     from .face_framing import FaceFramingConfig, frame_by_landmarks
 
     config = config.validate()
@@ -505,6 +509,13 @@ def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), 
         return NormalizedScan(moved, matrix, up, units, {"method": "heuristic", "reason": "requested"})
     framing_config = FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if units == "fit" else None)
     face = frame_by_landmarks(moved, framing_config)
+    if face.method != "landmarks" and config.up_axis == "auto" and up_axis_hint is None:
+        other = "y" if up == "z" else "z"
+        other_matrix, _, other_units = normalization_matrix(mesh.vertices, config, other)
+        other_config = FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if other_units == "fit" else None)
+        other_face = frame_by_landmarks(transform_mesh(mesh, other_matrix), other_config)
+        if other_face.method == "landmarks":
+            face, matrix, up, units = other_face, other_matrix, other, other_units
     if face.method != "landmarks":
         if config.framing == "landmarks":
             raise InputError(f"{name}: face framing was required, but {face.reason}")

@@ -104,6 +104,34 @@ def test_world_scans_turned_on_the_turntable_are_framed_by_their_face(yaw, units
     assert abs(heuristic["yaw_degrees"]) > 15.0 and heuristic["position_percent"] > 5.0
 
 
+REAL_HEADS = sorted((Path(__file__).resolve().parents[2] / "data" / "real_heads").glob("*.obj"))
+
+
+@pytest.mark.parametrize("path", REAL_HEADS, ids=[p.stem for p in REAL_HEADS])
+def test_real_heads_are_framed_by_their_face_however_they_are_turned(path):
+    """MakeHuman heads (CC0, tests/data/real_heads): decimetres, y up, facing +z, with a neck and a bit of
+    shoulder that the extent heuristic scales into the head's box. Face framing must find the face, keep it
+    facing the camera, and frame the same head the same way when the file comes turned 110° and z up
+    (vertex by vertex: the vertex order is kept). Side-on, a head with shoulders is as wide as it is tall, so
+    the extent rule guesses the wrong up axis here and the face has to settle it."""
+    from engine.heads.scans import REFERENCE_HEIGHT, load_scan, transform_mesh
+
+    assert len(REAL_HEADS) == 2
+    framed = load_scan(path)
+    assert framed.framing["method"] == "landmarks" and framed.framing["landmarks"] >= 40
+    assert abs(framed.framing["yaw_degrees"]) <= 5.0
+    turn = np.eye(4)
+    turn[:3, :3] = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]]) @ _rotation(110.0, 0.0, 0.0)  # turned, then z up
+    again = normalize_scan(transform_mesh(framed.mesh, turn @ np.linalg.inv(framed.scan_to_world)), ScanNormalization())
+    assert again.framing["method"] == "landmarks" and again.up_axis == "z"
+    error = np.linalg.norm(again.mesh.vertices - framed.mesh.vertices, axis=1).mean() / REFERENCE_HEIGHT
+    # the issue's bound for framing; measured 1.5 % (african_male_old) and 0.4 % of the head height
+    assert error <= 0.02, f"the turned copy lands {error:.1%} of the head height away"
+    heuristic = normalize_scan(transform_mesh(framed.mesh, turn @ np.linalg.inv(framed.scan_to_world)),
+                               ScanNormalization(framing="heuristic"))
+    assert np.linalg.norm(heuristic.mesh.vertices - framed.mesh.vertices, axis=1).mean() / REFERENCE_HEIGHT > 0.1
+
+
 def test_no_face_keeps_the_heuristic_and_says_why(tmp_path):
     from engine.heads.scans import load_scan
     from engine.mesh import write_ply
