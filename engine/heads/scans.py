@@ -458,8 +458,10 @@ def detect_units(height: float) -> str:
     return "fit"
 
 
-def normalization_matrix(vertices: np.ndarray, config: ScanNormalization, up_axis_hint: str | None = None) -> tuple[np.ndarray, str, str]:
-    """(4, 4) scan→world similarity for ``vertices`` (V, 3), with the up axis and units it settled on."""
+def normalization_matrix(vertices: np.ndarray, config: ScanNormalization, up_axis_hint: str | None = None,
+                         name: str = "scan") -> tuple[np.ndarray, str, str]:
+    """(4, 4) scan→world similarity for ``vertices`` (V, 3), with the up axis and units it settled on
+    (``name`` labels errors)."""
     config = config.validate()
     v = np.asarray(vertices, dtype=np.float64)
     up = config.up_axis if config.up_axis != "auto" else (up_axis_hint or detect_up_axis(v))
@@ -468,7 +470,7 @@ def normalization_matrix(vertices: np.ndarray, config: ScanNormalization, up_axi
     lo, hi = turned.min(axis=0), turned.max(axis=0)
     height = float(hi[1] - lo[1])
     if height <= 0:
-        raise InputError("scan is flat along its up axis; cannot normalise it")
+        raise InputError(f"{name}: the mesh is flat along its up axis ({up}); cannot place it as a head")
     units = config.units if config.units != "auto" else detect_units(height)
     scale = REFERENCE_HEIGHT / height if units == "fit" else UNIT_TO_WORLD[units]
     linear = rotation * scale
@@ -503,7 +505,7 @@ def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), 
     from .face_framing import FaceFramingConfig, frame_by_landmarks
 
     config = config.validate()
-    matrix, up, units = normalization_matrix(mesh.vertices, config, up_axis_hint)
+    matrix, up, units = normalization_matrix(mesh.vertices, config, up_axis_hint, name)
     moved = transform_mesh(mesh, matrix)
     if config.framing == "heuristic":
         return NormalizedScan(moved, matrix, up, units, {"method": "heuristic", "reason": "requested"})
@@ -511,11 +513,15 @@ def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), 
     face = frame_by_landmarks(moved, framing_config)
     if face.method != "landmarks" and config.up_axis == "auto" and up_axis_hint is None:
         other = "y" if up == "z" else "z"
-        other_matrix, _, other_units = normalization_matrix(mesh.vertices, config, other)
-        other_config = FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if other_units == "fit" else None)
-        other_face = frame_by_landmarks(transform_mesh(mesh, other_matrix), other_config)
-        if other_face.method == "landmarks":
-            face, matrix, up, units = other_face, other_matrix, other, other_units
+        try:
+            other_matrix, _, other_units = normalization_matrix(mesh.vertices, config, other, name)
+        except InputError:  # flat that way: the guess stands
+            other_matrix = None
+        if other_matrix is not None:
+            other_config = FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if other_units == "fit" else None)
+            other_face = frame_by_landmarks(transform_mesh(mesh, other_matrix), other_config)
+            if other_face.method == "landmarks":
+                face, matrix, up, units = other_face, other_matrix, other, other_units
     if face.method != "landmarks":
         if config.framing == "landmarks":
             raise InputError(f"{name}: face framing was required, but {face.reason}")

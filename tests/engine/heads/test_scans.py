@@ -21,7 +21,7 @@ from engine.heads.scans import (
     read_image,
     read_obj,
 )
-from engine.mesh import Mesh
+from engine.mesh import Mesh, write_ply
 from engine.world import ScanExport, export_scan, head_mesh, neutral_identities, render_heads, sample_identities
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -183,3 +183,12 @@ def test_head_fixed_lights_shade_a_surface_point_alike_from_every_view():
     assert float((colours["head"][0] - colours["head"][1]).abs().max()) < 0.02
     assert float((colours["camera"][0] - colours["camera"][1]).abs().max()) > 0.05
     torch.testing.assert_close(colours["head"][0], colours["camera"][0])  # the front camera is the light camera
+
+
+def test_a_flat_mesh_is_refused_naming_the_file(tmp_path):
+    """A mesh with no height along its up axis (a triangle lying in the floor plane, z up) cannot be placed
+    as a head: one error naming the file, before any framing."""
+    flat = Mesh(np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0]], np.float32), np.array([[0, 1, 2]], np.int32))
+    path = write_ply(flat, tmp_path / "floor.ply")
+    with pytest.raises(InputError, match=r"floor\.ply: the mesh is flat along its up axis \(z\)"):
+        load_scan(path, ScanNormalization(up_axis="z"))
