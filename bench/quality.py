@@ -327,6 +327,8 @@ def main() -> None:
                         help="comma-separated variants: ld, sds, ld-mirror, ld-grid, ld-rank; the LD-vs-SDS sweep: "
                              + ", ".join(v.key for v in SWEEP_VARIANTS.values()))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="train and measure nothing: rewrite quality.md from what quality.json holds")
     args = parser.parse_args()
     keep_freed_memory()
     if args.threads:
@@ -349,7 +351,7 @@ def main() -> None:
     for style in styles:
         for variant in variants:
             missing = [m for m in marks if f"{style}/{variant.name}/{m}" not in results]
-            if not missing:
+            if not missing or args.tables_only:
                 continue
             job = HeadJob(out_dir=str(out), style_preset=preset_for(style), method=variant.method, mirror=variant.mirror,
                           grid=variant.grid, rank=variant.rank, steps=top, lr=variant.lr,
