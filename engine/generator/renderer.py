@@ -30,6 +30,7 @@ Decoder = Callable[[Tensor, Tensor], Mapping[str, Tensor]]
 
 # Raw density written where the crop cuts the volume: softplus(−1e3 − 1) is exactly 0 in float32.
 CROPPED_DENSITY = -1e3
+DEPTH_OPACITY_FLOOR = 1e-6  # rays less opaque than this count as empty for their depth (see MipRayMarcher)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,8 +208,11 @@ class MipRayMarcher(torch.nn.Module):
         rgb = torch.einsum("...sk,...sc->...c", sample_weights, colors)
         opacity = weights.sum(dim=-2)
         # Empty rays would divide 0 by 0; PanoHead sends them to the far end of the (global) sampled range.
-        # The safe denominator keeps their gradient 0 instead of NaN (0/0 in the backward pass).
-        hit = opacity > 0
+        # The safe denominator keeps their gradient 0 instead of NaN (0/0 in the backward pass). "Empty"
+        # includes all-but-empty rays: the division's backward squares the opacity, and a float32 opacity
+        # below ~1e-19 squares to 0 (NaN gradients, even with zero weight in the loss). Below
+        # DEPTH_OPACITY_FLOOR a ray's depth is noise anyway.
+        hit = opacity > DEPTH_OPACITY_FLOOR
         depth = (weights * depths_mid).sum(dim=-2) / torch.where(hit, opacity, torch.ones_like(opacity))
         depth = torch.where(hit, depth, torch.full_like(depth, float("inf")))
         depth = torch.clamp(depth, depths.min(), depths.max())

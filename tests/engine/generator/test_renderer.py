@@ -269,6 +269,18 @@ def test_depth_gradient_is_finite_when_a_ray_is_empty():
     assert raw.grad[0, 1].abs().sum().item() > 0.0
 
 
+def test_depth_gradient_is_finite_when_a_ray_is_all_but_empty():
+    """A ray whose float32 opacity is a denormal (> 0, but its square underflows to 0) used to count as hit:
+    the backward of Σw·t / opacity then computed 0 · a / 0² = NaN for it even where the loss gives it no
+    weight — the head-mode anchor's depth term skipped most stylization steps on one scan that way."""
+    depths = torch.linspace(2.0, 3.0, 6).reshape(1, 1, 6, 1).expand(1, 2, 6, 1)
+    raw = torch.tensor([[-100.0] * 6, [5.0] * 6]).reshape(1, 2, 6, 1).requires_grad_(True)
+    out = MipRayMarcher()(torch.zeros(1, 2, 6, 3), raw, depths)
+    assert 0.0 < out.weights[0, 0].sum().item() < 1e-30  # denormal-small, not zero
+    (out.depth * torch.tensor([0.0, 1.0]).reshape(1, 2, 1)).sum().backward()
+    assert torch.isfinite(raw.grad).all() and raw.grad[0, 1].abs().sum().item() > 0.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Sample placement
 # --------------------------------------------------------------------------------------------------
