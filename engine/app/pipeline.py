@@ -248,7 +248,8 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
     preset_steps = get_style_preset(job.style_preset).embedded_steps if (embedded and job.style_preset) else None
     steps = job.steps or (preset_steps or EMBEDDED_DEFAULT_STEPS if embedded else FULL_DEFAULT_STEPS)
     lr = job.lr or (EMBEDDED_DEFAULT_LR if embedded else FULL_DEFAULT_LR)
-    anchor = HEAD_MODE_ANCHOR if job.mesh else (0.0, 0.0)
+    # a mesh's own field (engine head --mesh, or the batch's mesh mode, which hands each scan's field in)
+    anchor = HEAD_MODE_ANCHOR if (job.mesh or sources.field_of) else (0.0, 0.0)
     distill = DistillConfig(
         method=job.method,
         use_mirror=job.mirror,

@@ -187,6 +187,8 @@ def test_head_mode_anchors_to_its_source_by_default_and_generated_heads_do_not(t
     assert (distill().anchor_image_weight, distill().anchor_geometry_weight) == (0.0, 0.0)
     head = distill(mesh="head.ply")
     assert (head.anchor_image_weight, head.anchor_geometry_weight) == HEAD_MODE_ANCHOR and min(HEAD_MODE_ANCHOR) > 0
+    field = stylize_config_for(tiny_job(tmp_path, tiny_diffusion), dataclasses.replace(sources, field_of="base"), "p").distill
+    assert (field.anchor_image_weight, field.anchor_geometry_weight) == HEAD_MODE_ANCHOR  # the batch's mesh mode
     mine = distill(mesh="head.ply", anchor_image=0.0, anchor_geometry=2.5)
     assert (mine.anchor_image_weight, mine.anchor_geometry_weight) == (0.0, 2.5)
     with pytest.raises(ConfigError, match="anchor image weight"):
