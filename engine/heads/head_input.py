@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..io.configs import JsonConfig
-from ..mesh import Mesh, remove_unused_vertices
+from ..mesh import Mesh, face_normals, remove_unused_vertices
 from .scans import check_input_entry, input_kind, read_scan_mesh
 
 DEFAULT_MAX_TRIANGLES = 300_000
@@ -141,12 +141,8 @@ def drop_degenerate_triangles(mesh: Mesh, path: Path) -> tuple[Mesh, int, int]:
     """(mesh without zero-area and repeated triangles, zero-area count, repeated count); :class:`InputError`
     when nothing is left. Repeated = the same three corners as an earlier triangle, in any order."""
     f = mesh.faces.astype(np.int64)
-    v = mesh.vertices.astype(np.float64)
-    e1, e2 = v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]
-    doubled_area_sq = ((e1[:, 1] * e2[:, 2] - e1[:, 2] * e2[:, 1]) ** 2 + (e1[:, 2] * e2[:, 0] - e1[:, 0] * e2[:, 2]) ** 2
-                       + (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) ** 2)
-    del e1, e2
-    flat = np.sqrt(doubled_area_sq) <= ZERO_AREA * max(_bounding_diagonal(mesh.vertices), 1e-30) ** 2
+    doubled_area = np.linalg.norm(face_normals(mesh.vertices, f, normalize=False), axis=1)
+    flat = doubled_area <= ZERO_AREA * max(_bounding_diagonal(mesh.vertices), 1e-30) ** 2
     if flat.all():
         raise InputError(f"{path}: all {len(f):,} triangles have zero area (or repeat a corner); there is no "
                          "surface to fit")
@@ -191,37 +187,28 @@ def flip_faces(mesh: Mesh) -> Mesh:
 def vertex_colours(mesh: Mesh) -> np.ndarray | None:
     """(V, 3) uint8 colours a vertex-coloured copy of ``mesh`` shows, or None for a mesh without colours.
 
-    Vertex colours as they are; a texture is sampled where each vertex's first corner maps it, and shown as
-    the fit shows it (vertex colour × image in linear light; untextured faces keep the vertex colour, or the
-    neutral albedo without one)."""
+    Vertex colours as they are; a texture is sampled where each vertex's first corner maps it and shown as the
+    fit shows it (:class:`engine.heads.mesh_field.SurfaceColours`); vertices on untextured faces keep their
+    vertex colour, or the neutral albedo without one."""
     if mesh.texture is None:
         return mesh.vertex_colors
-    import torch
+    from .mesh_field import NEUTRAL_ALBEDO, SurfaceColours
 
-    from .mesh_field import NEUTRAL_ALBEDO
-    from .texture import TextureSampler, linear_to_srgb, srgb_to_linear
-
-    sampler = TextureSampler(mesh.texture, dtype=torch.float32)
+    surface = SurfaceColours(mesh)
     corner = np.full(mesh.num_vertices, -1, np.int64)
     flat = mesh.faces.ravel()
     corner[flat[::-1]] = np.arange(len(flat) - 1, -1, -1)  # the first corner at each vertex wins
-    used = corner >= 0
     base = np.broadcast_to(np.asarray(NEUTRAL_ALBEDO, np.float32) * 255, (mesh.num_vertices, 3)).astype(np.uint8)
     if mesh.vertex_colors is not None:
         base = mesh.vertex_colors
     out = base.copy()
-    index = np.flatnonzero(used)
+    index = np.flatnonzero(corner >= 0)
     for start in range(0, len(index), 1 << 20):  # a million vertices at a time
         rows = index[start:start + (1 << 20)]
-        face, k = corner[rows] // 3, corner[rows] % 3
-        bary = np.zeros((len(rows), 3), np.float32)
-        bary[np.arange(len(rows)), k] = 1.0
-        image, textured = sampler.sample(torch.from_numpy(face), torch.from_numpy(bary))
-        tint = srgb_to_linear(torch.from_numpy(mesh.vertex_colors[rows] / 255.0).float()) \
-            if mesh.vertex_colors is not None else torch.ones_like(image)
-        shown = np.round(linear_to_srgb(tint * image).numpy() * 255.0).astype(np.uint8)
-        t = textured.numpy()
-        out[rows[t]] = shown[t]
+        bary = np.zeros((len(rows), 3))
+        bary[np.arange(len(rows)), corner[rows] % 3] = 1.0
+        shown, textured = surface.at(corner[rows] // 3, bary)
+        out[rows[textured]] = np.round(shown[textured] * 255.0).astype(np.uint8)
     return out
 
 

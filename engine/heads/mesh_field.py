@@ -92,6 +92,34 @@ class MeshFieldConfig(JsonConfig):
         return self
 
 
+class SurfaceColours:
+    """The colour a mesh shows at a point of a face: its vertex colours interpolated (the neutral albedo
+    without any), and on a textured face vertex colour × image in linear light (the image alone without
+    vertex colours). One rule for the fit's colour targets and for head mode's simplification, which bakes a
+    texture into vertex colours (:func:`engine.heads.head_input.vertex_colours`)."""
+
+    def __init__(self, mesh: Mesh, neutral_albedo: tuple[float, float, float] = NEUTRAL_ALBEDO):
+        self.faces = np.asarray(mesh.faces, np.int64)
+        if mesh.vertex_colors is not None:
+            self.colours = np.asarray(mesh.vertex_colors, np.float64)[:, :3] / 255.0
+        else:
+            self.colours = np.broadcast_to(np.asarray(neutral_albedo, np.float64), (mesh.num_vertices, 3)).copy()
+        self._texture = TextureSampler(mesh.texture, dtype=torch.float64) if mesh.texture is not None else None
+        self._textured_base = self.colours if mesh.vertex_colors is not None else np.ones_like(self.colours)
+
+    def at(self, face: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """((M, 3) colours in [0, 1], (M,) whether the texture gave each) at barycentric ``weights`` (M, 3)
+        of faces ``face`` (M,)."""
+        colour = (weights[:, :, None] * self.colours[self.faces[face]]).sum(1)
+        if self._texture is None:
+            return colour, np.zeros(len(colour), bool)
+        image, textured = self._texture.sample(torch.from_numpy(np.asarray(face, np.int64)), torch.from_numpy(weights))
+        base = srgb_to_linear(torch.from_numpy((weights[:, :, None] * self._textured_base[self.faces[face]]).sum(1)))
+        shown = linear_to_srgb(base * image).numpy()
+        textured = textured.numpy()
+        return np.where(textured[:, None], shown, colour), textured
+
+
 class MeshQuery:
     """Signed distance, closest-point colour and area-weighted surface samples of one triangle mesh."""
 
@@ -105,13 +133,7 @@ class MeshQuery:
         if not np.isfinite(vertices).all():
             raise InputError("mesh field fit: the mesh has non-finite vertex coordinates")
         self.vertices, self.faces = vertices, faces
-        if mesh.vertex_colors is not None:
-            self.colours = np.asarray(mesh.vertex_colors, np.float64)[:, :3] / 255.0
-        else:
-            self.colours = np.broadcast_to(np.asarray(neutral_albedo, np.float64), vertices.shape).copy()
-        # a textured face shows vertex colour × image (in linear light); without vertex colours, the image alone
-        self._texture = TextureSampler(mesh.texture, dtype=torch.float64) if mesh.texture is not None else None
-        self._textured_base = self.colours if mesh.vertex_colors is not None else np.ones_like(self.colours)
+        self.surface = SurfaceColours(mesh, neutral_albedo)
         corners = vertices[faces]  # (F, 3, 3)
         cross = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
         area = np.linalg.norm(cross, axis=1)
@@ -125,6 +147,11 @@ class MeshQuery:
         self._tree.init(vertices, faces)
         self._winding = igl.FastWindingNumberBVH()
         self._winding.init(vertices, faces, 2)
+
+    @property
+    def colours(self) -> np.ndarray:
+        """(V, 3) vertex colours in [0, 1] (the neutral albedo for a mesh without any)."""
+        return self.surface.colours
 
     def signed_distance(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(M,) signed distance (negative inside), (M,) closest face, (M, 3) closest point.
@@ -149,14 +176,7 @@ class MeshQuery:
         w0 = np.clip(1.0 - w1 - w2, 0.0, 1.0)
         weights = np.stack((w0, w1, w2), 1)
         weights /= np.maximum(weights.sum(1, keepdims=True), 1e-12)
-        corner_colours = self.colours[self.faces[face]]  # (M, 3 corners, 3)
-        colour = (weights[:, :, None] * corner_colours).sum(1)
-        if self._texture is None:
-            return colour
-        image, textured = self._texture.sample(torch.from_numpy(np.asarray(face, np.int64)), torch.from_numpy(weights))
-        base = srgb_to_linear(torch.from_numpy((weights[:, :, None] * self._textured_base[self.faces[face]]).sum(1)))
-        shown = linear_to_srgb(base * image).numpy()
-        return np.where(textured.numpy()[:, None], shown, colour)
+        return self.surface.at(face, weights)[0]
 
     def sample_surface(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """n points drawn uniformly by area: positions, unit face normals, colours."""
