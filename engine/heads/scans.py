@@ -504,24 +504,28 @@ def normalize_scan(mesh: Mesh, config: ScanNormalization = ScanNormalization(), 
     turned side-on (as wide as it is tall) from one lying down, and the face can."""
     from .face_framing import FaceFramingConfig, frame_by_landmarks
 
+    def stand(axis_hint: str | None):
+        """(matrix, up, units, the mesh moved by it) for an up-axis hint (None: the extent rule's guess)."""
+        matrix, up, units = normalization_matrix(mesh.vertices, config, axis_hint, name)
+        return matrix, up, units, transform_mesh(mesh, matrix)
+
+    def find_face(moved: Mesh, units: str):
+        return frame_by_landmarks(moved, FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if units == "fit" else None))
+
     config = config.validate()
-    matrix, up, units = normalization_matrix(mesh.vertices, config, up_axis_hint, name)
-    moved = transform_mesh(mesh, matrix)
+    matrix, up, units, moved = stand(up_axis_hint)
     if config.framing == "heuristic":
         return NormalizedScan(moved, matrix, up, units, {"method": "heuristic", "reason": "requested"})
-    framing_config = FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if units == "fit" else None)
-    face = frame_by_landmarks(moved, framing_config)
+    face = find_face(moved, units)
     if face.method != "landmarks" and config.up_axis == "auto" and up_axis_hint is None:
-        other = "y" if up == "z" else "z"
         try:
-            other_matrix, _, other_units = normalization_matrix(mesh.vertices, config, other, name)
+            other = stand("y" if up == "z" else "z")
         except InputError:  # flat that way: the guess stands
-            other_matrix = None
-        if other_matrix is not None:
-            other_config = FaceFramingConfig(fit_scale_beyond=FIT_SCALE_TOLERANCE if other_units == "fit" else None)
-            other_face = frame_by_landmarks(transform_mesh(mesh, other_matrix), other_config)
+            other = None
+        if other is not None:
+            other_face = find_face(other[3], other[2])
             if other_face.method == "landmarks":
-                face, matrix, up, units = other_face, other_matrix, other, other_units
+                face, (matrix, up, units, moved) = other_face, other
     if face.method != "landmarks":
         if config.framing == "landmarks":
             raise InputError(f"{name}: face framing was required, but {face.reason}")
