@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from ..errors import CheckpointError, InputError
 from .shapes import broadcast_per_sample, check_same_shape
@@ -102,8 +103,6 @@ def anchor_loss(render: dict[str, Tensor], source: dict[str, Tensor], image_weig
     recolouring, was tried instead of the colour one: on a world scan it lowered both the style score and the
     identity similarity, where this one at weight 1 kept the style and raised the identity.)
     """
-    from torch.nn import functional as F
-
     check_same_shape("image", render["image"], "source image", source["image"])
     check_same_shape("image_mask", render["image_mask"], "source image_mask", source["image_mask"])
     if resolution < 1:

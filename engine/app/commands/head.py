@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      "mesh its own tri-grid (cached) and stylizes that instead of a generated head")
     p.add_argument("--field-steps", type=int, default=600, help="head mode: steps of the mesh's field fit")
     p.add_argument("--anchor-image", type=float, default=None, metavar="W",
-                   help="weight of the pull toward the source head's luminance layout (default: 1 in head mode, "
+                   help="weight of the pull toward the source head's colours, blurred to 16² (default: 1 in head mode, "
                         "0 for generated heads; higher keeps more of the person, less of the style)")
     p.add_argument("--anchor-geometry", type=float, default=None, metavar="W",
                    help="weight of the pull toward the source head's silhouette and depth (default: 1 in head mode, "
