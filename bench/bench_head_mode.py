@@ -89,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=MeshFieldConfig().steps)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mesh-resolution", type=int, default=112, help="world scan marching-cubes resolution")
+    p.add_argument("--plane-size", type=int, default=MeshFieldConfig().plane_size,
+                   help="side of the fitted tri-grid planes (0: the generator's)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     G = load_generator(pack_paths().generator, device="cpu").generator
-    config = MeshFieldConfig(steps=args.steps)
+    config = MeshFieldConfig(steps=args.steps, plane_size=args.plane_size)
     identities = sample_identities(args.heads, torch.Generator().manual_seed(2024))
     rows = []
     for i in range(args.heads):
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         seen = photo_targets(scan.mesh, field.generator, config.photo_views)["c"]
         held = cameras_at(torch.tensor(HELD_OUT_YAWS), torch.full((len(HELD_OUT_YAWS),), -0.2),
                           camera_config_for(field.generator, (0.0, 0.0, 0.0))).c
-        row = {"head": i, "triangles": scan.mesh.num_faces, "steps": args.steps, "seconds": round(total, 1),
+        row = {"head": i, "triangles": scan.mesh.num_faces, "steps": args.steps, "plane_size": field.planes.shape[-1], "seconds": round(total, 1),
                "s_per_step": round(total / args.steps, 3),
                "supervision_s_per_step": round(timer.seconds["supervision"] / args.steps, 3),
                "photo_forward_s_per_photo_step": round(timer.seconds["photo"] / max(1, args.steps // max(1, config.photo_every)), 3),

@@ -116,11 +116,18 @@ class TriPlaneGenerator(nn.Module):
         """Make this generator one head's field (head mode): every latent renders the tri-grid ``planes``
         (1, 3, 32·D, S, S) with the W+ latent ``ws`` (1, num_ws, w_dim), so rendering, stylization (the
         tri-grid trains as the ``planes`` layer group), mesh extraction and saving/loading all run through
-        the generator's own code. The mapping and synthesis networks stay in the file but are not used."""
+        the generator's own code. The mapping and synthesis networks stay in the file but are not used.
+
+        The planes' side S may exceed the generator's ``triplane_size`` (a power of two ≥ 8): one head's field
+        is fitted to a mesh directly, not synthesised, so it can afford finer planes than the generator makes
+        (the renderer samples planes of any size in the same box)."""
         r = self.config.rendering
-        want = (1, 3, PLANE_FEATURES * r.triplane_depth, r.triplane_size, r.triplane_size)
-        if tuple(planes.shape) != want:
-            raise ValueError(f"single-head planes must have shape {want}, got {tuple(planes.shape)}")
+        channels = PLANE_FEATURES * r.triplane_depth
+        size = planes.shape[-1] if planes.dim() == 5 else -1
+        want = (1, 3, channels, size, size)
+        if tuple(planes.shape) != want or size < 8 or size & (size - 1):
+            raise ValueError(f"single-head planes must have shape (1, 3, {channels}, S, S) with S a power of two ≥ 8, "
+                             f"got {tuple(planes.shape)}")
         if tuple(ws.shape) != (1, self.num_ws, self.w_dim):
             raise ValueError(f"single-head ws must have shape {(1, self.num_ws, self.w_dim)}, got {tuple(ws.shape)}")
         device = next(self.decoder.parameters()).device

@@ -76,12 +76,18 @@ class MeshFieldConfig(JsonConfig):
     weight_photo: float = 1.0
     lr_superresolution: float = 1e-3
     density: DensityTarget = DensityTarget(one_sided=True, tolerance=15.0)
+    # Side of the fitted tri-grid planes (0: the generator's own). The field starts from the generator's mean
+    # head, resampled to this size; finer planes hold finer detail at the same per-step cost (the renderer
+    # samples each point once whatever the plane size).
+    plane_size: int = 0
 
     def validate(self) -> "MeshFieldConfig":
         if self.steps < 1:
             raise ConfigError(f"mesh field fit: steps must be ≥ 1, got {self.steps}")
         if self.density_points < 4 or self.colour_points < 1:
             raise ConfigError("mesh field fit: density_points must be ≥ 4 and colour_points ≥ 1")
+        if self.plane_size and (self.plane_size < 8 or self.plane_size & (self.plane_size - 1)):
+            raise ConfigError(f"mesh field fit: plane_size must be 0 or a power of two ≥ 8, got {self.plane_size}")
         if self.photo_every < 0 or self.photo_views < 1:
             raise ConfigError("mesh field fit: photo_every must be ≥ 0 and photo_views ≥ 1")
         if not 0.0 <= self.shell_fraction <= 1.0:
@@ -255,6 +261,17 @@ def photo_loss(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, views: dict[str
         F.l1_loss(out["image_raw"], views["image_raw"][index : index + 1])
 
 
+def resample_planes(planes: Tensor, size: int) -> Tensor:
+    """(N, 3, C·D, S, S) tri-grid planes resampled to ``size``² (0 or S: unchanged), bilinearly and with the
+    renderer's ``align_corners=False`` convention, so the field they describe stays the same up to the
+    interpolation: every depth slice of every feature is a separate image."""
+    n, p, c, s, _ = planes.shape
+    if not size or size == s:
+        return planes
+    flat = F.interpolate(planes.reshape(n, p * c, s, s), size=(size, size), mode="bilinear", align_corners=False)
+    return flat.reshape(n, p, c, size, size)
+
+
 def mean_latent(G: TriPlaneGenerator) -> Tensor:
     """(1, num_ws, w_dim): the generator's average w (its tracked ``w_avg``) broadcast to every layer."""
     mapping = G.backbone.mapping
@@ -273,7 +290,7 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
     head = copy.deepcopy(G).eval().requires_grad_(False)
     ws = mean_latent(head)
     with torch.no_grad():
-        planes = head.synthesize_planes(ws).clone()
+        planes = resample_planes(head.synthesize_planes(ws), config.plane_size).clone()
     planes.requires_grad_(True)
     head.decoder.requires_grad_(True)
     groups = [{"params": [planes], "lr": config.lr_planes},

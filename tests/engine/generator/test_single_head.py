@@ -50,6 +50,19 @@ def test_shapes_are_checked():
         G.make_single_head(planes, ws[:, :-1])
 
 
+def test_a_single_head_may_have_finer_planes_than_the_generator_and_they_save_and_reload(tmp_path):
+    G, planes, ws = single_head()
+    finer = torch.nn.functional.interpolate(planes[0], scale_factor=2, mode="bilinear")[None]
+    with pytest.raises(ValueError, match="power of two"):
+        G.make_single_head(finer[..., :-8, :-8], ws)  # 56² is not a power of two
+    G.make_single_head(finer, ws)
+    assert G.head_planes.shape[-1] == 2 * G.config.rendering.triplane_size
+    loaded = load_generator(save_generator(G, tmp_path / "finer.safetensors")).generator
+    torch.testing.assert_close(loaded.head_planes, finer)
+    z = torch.randn(1, G.z_dim)
+    torch.testing.assert_close(render(loaded, z), render(G, z))
+
+
 def test_save_load_round_trip_and_a_half_written_field_is_refused(tmp_path):
     G, planes, ws = single_head()
     G.make_single_head(planes, ws)

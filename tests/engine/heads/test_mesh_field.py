@@ -107,6 +107,37 @@ def test_a_fit_is_reproducible_whatever_ran_before():
     assert torch.equal(a.planes, b.planes)
 
 
+def test_resampled_planes_describe_the_same_field_at_a_finer_grid():
+    """Upsampling the mean head's planes for a finer fit keeps its density and colour (bilinear with the
+    renderer's align_corners=False convention; with align_corners=True the field would shift by half a texel
+    and this fails), so the fit starts from the same head prior."""
+    from engine.heads.mesh_field import mean_latent, resample_planes
+
+    G = load_generator(pack_paths().generator).generator.eval()
+    ws = mean_latent(G)
+    planes = G.synthesize_planes(ws)
+    finer = resample_planes(planes, 4 * planes.shape[-1])
+    assert finer.shape == (*planes.shape[:3], 4 * planes.shape[-1], 4 * planes.shape[-1])
+    assert resample_planes(planes, 0) is planes and resample_planes(planes, planes.shape[-1]) is planes
+    points = (torch.rand(1, 4000, 3, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.8
+    coarse_sigma = G.query_points(planes, points)["sigma"]
+    fine_sigma = G.query_points(finer, points)["sigma"]
+    # bilinear resampling is not exact between texel centres: compare with the field's own spread (0.0007 of
+    # it here; a half-texel shift, align_corners=True, gives 0.012)
+    error = (fine_sigma - coarse_sigma).abs().mean() / coarse_sigma.std()
+    assert error < 0.003, error
+    with pytest.raises(Exception, match="plane_size"):
+        MeshFieldConfig(plane_size=96).validate()
+
+
+def test_a_fit_with_finer_planes_keeps_them_finer():
+    G = load_generator(pack_paths().generator).generator.eval()
+    config = MeshFieldConfig(steps=2, density_points=256, colour_points=128, photo_every=0, plane_size=128)
+    field = fit_mesh_field(uv_sphere(), G, config)
+    assert field.planes.shape[-2:] == (128, 128) and field.generator.head_planes.shape[-1] == 128
+    assert G.synthesize_planes(field.ws).shape[-1] == G.config.rendering.triplane_size  # G untouched
+
+
 @pytest.fixture(scope="module")
 def fitted():
     # A trained decoder (the embedded pack's): densities already span the target's range. A freshly
