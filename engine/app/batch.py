@@ -28,7 +28,14 @@ Models are loaded once (:class:`BatchModels`); then, per input, in sorted order:
 * **Cancel.** The :class:`CancelToken` is checked between items: everything finished is kept, the rest is
   reported as ``cancelled``.
 * **Consent.** :func:`run_batch` refuses to start unless the caller confirms consent; the flag is recorded
-  in every provenance record (:mod:`engine.heads.provenance`). Source files are hashed, never copied.
+  in every provenance record (:mod:`engine.heads.provenance`). Source files are hashed, never copied. With a
+  consent register (:mod:`engine.app.consent`) each item's consent id is recorded, and an item without one is
+  not processed.
+* **Management page, rights, minimisation.** ``report.html`` (:mod:`engine.app.batch_report`) is written at
+  the end; each glb carries its models' attribution in ``asset.copyright`` and provenance its licences and
+  commercial-use flag (:mod:`engine.heads.licences`); ``purge_intermediates`` deletes a finished item's renders
+  (:mod:`engine.app.batch_purge`). ``BatchSettings.style_id`` runs production on an approved style
+  (:mod:`engine.styles`): verified, never trained.
 
 The three model steps are injected callables (:class:`BatchModels`), so the driver is testable with stubs;
 :func:`load_engine_models` builds the real ones (embedded pack or given checkpoints), and
@@ -38,6 +45,7 @@ The three model steps are injected callables (:class:`BatchModels`), so the driv
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -50,7 +58,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, EngineError, InputError
-from ..heads.gltf import write_glb
+from ..heads.gltf import glb_bytes, with_asset_copyright
 from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
 from ..heads.scans import VIEWS_MANIFEST, check_input_entry, input_kind, list_inputs
 from ..io.atomic import write_bytes, write_json, write_text
@@ -58,6 +66,9 @@ from ..io.untrusted import read_json
 from ..io.events import emit, log
 from ..mesh import Mesh
 from ..stylize.cancel import CancelToken
+from .batch_purge import purge_finished_item
+from .batch_report import item_thumbnails, write_batch_report_html
+from .consent import ConsentRecords, still_covers
 
 EventSink = Callable[..., None]
 REPORT_FIELDS = ("input", "output", "identity_similarity", "seconds", "status", "error")
@@ -118,6 +129,8 @@ class BatchModels:
     settings: dict[str, Any]  # everything that changes the outputs (fingerprinted for resume)
     face_similarity: Callable[[torch.Tensor, torch.Tensor], float] | None = None
     similarity_backend: str = "embedded"  # who ``similarity`` is: "embedded" (the pack's encoder) or "dlib-face"
+    licences: list[dict[str, str]] = field(default_factory=list)  # every model's licence (engine.heads.licences)
+    style_id: str | None = None  # the approved style production used (engine.styles), None: a trained style
 
 
 @dataclass
@@ -241,10 +254,31 @@ def _finished(sidecar: Path, glb: Path, fingerprint: str, source_sha: str) -> bo
     return data.get("status") == "done" and prov.get("settings_fingerprint") == fingerprint and prov.get("source_sha256") == source_sha
 
 
+def _recorded_consent(sidecar: Path) -> Any:
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8")).get("provenance", {}).get("consent_record")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _purge(path: Path, sidecar: Path, on_event: EventSink) -> None:
+    """Data minimisation after a finished item; a failure to delete is a warning, never a failed item."""
+    try:
+        kind = item_kind(path)
+        removed = purge_finished_item(path, kind, sidecar)
+    except (EngineError, OSError) as exc:
+        log(f"batch: {path.name}: could not purge intermediates ({exc})")
+        on_event("warning", message=f"{path.name}: could not purge intermediates ({exc})")
+        return
+    if removed:
+        on_event("purged", input=path.name, removed=len(removed))
+
+
 # --------------------------------------------------------------------------------------------------
 # The driver
 # --------------------------------------------------------------------------------------------------
-def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModels, consent: bool, fingerprint: str, source_sha: str) -> ItemResult:
+def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModels, consent: bool, fingerprint: str, source_sha: str,
+             consent_record: dict[str, Any] | None = None) -> ItemResult:
     start = time.perf_counter()
     inverted = models.invert(path, kind)
     built = models.build_head(inverted.w_plus, inverted.score_cameras)
@@ -268,12 +302,16 @@ def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModel
         consent=consent,
         model_sha256=models.model_sha256,
         settings_fingerprint=fingerprint,
+        licences=models.licences,
+        consent_record=consent_record,
+        style_id=models.style_id,
     ).to_dict()
     glb = out_dir / f"{stem}.glb"
     if head.game_glb is not None:
-        write_bytes(glb, head.game_glb({"head_stylizer": provenance}, stem))
+        data = head.game_glb({"head_stylizer": provenance}, stem)
     else:
-        write_glb(head.mesh, glb, extras={"head_stylizer": provenance}, name=stem)
+        data = glb_bytes(head.mesh, {"head_stylizer": provenance}, name=stem)
+    write_bytes(glb, with_asset_copyright(data, provenance["attribution"]))
     seconds = time.perf_counter() - start
     result = ItemResult(str(path), glb.name, similarity, seconds, "done", "", details=dict(inverted.info))
     sidecar = {
@@ -289,6 +327,7 @@ def _process(path: Path, kind: str, stem: str, out_dir: Path, models: BatchModel
         "inversion": _json_safe(inverted.info),
         "settings": _json_safe(models.settings),
         "provenance": provenance,
+        "thumbnails": item_thumbnails(inverted.score_images, head.score_renders),
     }
     write_json(out_dir / f"{stem}.json", sidecar)  # last: its presence marks the item finished
     return result
@@ -315,8 +354,13 @@ def run_batch(
     consent: bool,
     cancel: CancelToken | None = None,
     on_event: EventSink = emit,
+    consent_records: ConsentRecords | None = None,
+    purge_intermediates: bool = False,
 ) -> BatchReport:
-    """Process ``inputs`` into ``out_dir`` (see module docstring). Raises :class:`ConsentRequired` without consent."""
+    """Process ``inputs`` into ``out_dir`` (see module docstring). Raises :class:`ConsentRequired` without consent.
+
+    ``consent_records``: the consent register (None: the global confirmation covers every item);
+    ``purge_intermediates``: delete each finished item's renders (:mod:`engine.app.batch_purge`)."""
     if not consent:
         raise ConsentRequired(
             "a batch needs the subjects' consent: confirm it with --i-have-consent "
@@ -324,6 +368,7 @@ def run_batch(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    consent_records = consent_records or ConsentRecords()
     fingerprint = settings_fingerprint({"settings": models.settings, "models": models.model_sha256, "prompt": models.prompt, "method": models.method})
     report = BatchReport(out_dir, [], consent, fingerprint)
     stems = output_stems(inputs)
@@ -339,11 +384,13 @@ def run_batch(
         try:
             kind = item_kind(path)
             source_sha = source_hash(path)
-            if _finished(out_dir / f"{stem}.json", out_dir / f"{stem}.glb", fingerprint, source_sha):
+            consent_record = consent_records.record_for(path)  # no record: a failed row, nothing made
+            if _finished(out_dir / f"{stem}.json", out_dir / f"{stem}.glb", fingerprint, source_sha) and \
+                    still_covers(_recorded_consent(out_dir / f"{stem}.json"), consent_record):
                 old = json.loads((out_dir / f"{stem}.json").read_text(encoding="utf-8"))
                 item = ItemResult(str(path), f"{stem}.glb", old.get("identity_similarity"), 0.0, "skipped")
             else:
-                item = _process(path, kind, stem, out_dir, models, consent, fingerprint, source_sha)
+                item = _process(path, kind, stem, out_dir, models, consent, fingerprint, source_sha, consent_record)
         except StylizationCancelled as exc:  # mesh mode: cancelled inside the item's own fit or stylization
             item = ItemResult(str(path), seconds=time.perf_counter() - item_start, status="cancelled", error=str(exc))
             report.cancelled = True
@@ -351,6 +398,8 @@ def run_batch(
             message = str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
             log(f"batch: {path.name}: {message}")
             item = ItemResult(str(path), seconds=time.perf_counter() - item_start, status="failed", error=message)
+        if purge_intermediates and item.status in ("done", "skipped"):
+            _purge(path, out_dir / f"{stem}.json", on_event)
         report.items.append(item)
         report.write()
         on_event(
@@ -361,6 +410,7 @@ def run_batch(
     if cancel is not None and report.cancelled:
         cancel.acknowledge()
     report.write()
+    write_batch_report_html(report)
     counts = report.counts()
     on_event("done" if not report.cancelled else "cancelled", result=str(out_dir / "report.json"), **counts)
     return report
@@ -403,11 +453,16 @@ class BatchSettings:
     game_asset: bool = True
     texture_size: int = 1024
     life_size: bool = True
+    # production: an approved style (engine/styles) instead of training one; its library folder (None: default)
+    style_id: str | None = None
+    style_library: str | None = None
 
     def fingerprinted(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        for key in ("device", "cache_dir"):
+        for key in ("device", "cache_dir", "style_library"):
             d.pop(key)
+        if self.style_id is None:  # fingerprints of trained-style batches stay what they were before styles
+            d.pop("style_id")
         if self.mode == "generator":  # fingerprints of generator-mode batches stay what they were before mesh mode
             d.pop("mode")
             d.pop("field_steps")
@@ -437,6 +492,15 @@ class BatchSettings:
             raise ConfigError(f"batch mode must be one of {BATCH_MODES}, got {self.mode!r}")
         if self.field_steps < 1:
             raise ConfigError(f"field steps must be ≥ 1, got {self.field_steps}")
+        if self.style_id is not None:
+            from ..styles.library import parse_style_id
+
+            parse_style_id(self.style_id)
+            if self.mode == "mesh":
+                raise ConfigError("--style-id with --mode mesh: mesh mode trains each scan's own field, which no "
+                                  "approval covers; production with an approved style runs in generator mode")
+            if self.steps is not None:
+                raise ConfigError("--steps with --style-id: production never trains; the approved style's weights are used as they are")
         return self
 
 
@@ -560,12 +624,21 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     from ..heads.scans import ScanNormalization, load_scan, read_portrait
     from .pipeline import extract_head, stylized_generator, uses_real_models
 
+    style = stylized_path = None
+    if settings.style_id is not None:  # production: verified before anything loads, never trained
+        style = approved_style_for(settings)
+        settings = dataclasses.replace(settings, prompt=style.record["prompt"], style_preset=None)
+        stylized_path = style.generator
+        on_event("stage", stage="stylize", status="approved", message=f"approved style {settings.style_id}",
+                 generator=str(style.generator))
     job, sources, prompt, base = resolve_batch_models(settings, on_event)
-    on_event("stage", stage="stylize", message=f"stylizing the generator toward {prompt!r} (cached)")
-    stylized_info = stylized_generator(job, sources, prompt, cancel, on_event)
-    if stylized_info.cancelled or stylized_info.path is None:
-        raise StylizationCancelled("cancelled while stylizing the generator; run the batch again to resume")
-    stylized = load_generator(stylized_info.path, settings.device).generator
+    if stylized_path is None:
+        on_event("stage", stage="stylize", message=f"stylizing the generator toward {prompt!r} (cached)")
+        stylized_info = stylized_generator(job, sources, prompt, cancel, on_event)
+        if stylized_info.cancelled or stylized_info.path is None:
+            raise StylizationCancelled("cancelled while stylizing the generator; run the batch again to resume")
+        stylized_path = stylized_info.path
+    stylized = load_generator(stylized_path, settings.device).generator
     encoder, encoder_path = batch_identity_encoder(sources, next(base.parameters()).device)
     inversion = InversionConfig() if settings.inversion_steps is None else InversionConfig(steps=settings.inversion_steps)
     normalization = ScanNormalization(settings.up_axis, settings.units, settings.scan_yaw_degrees, settings.framing)
@@ -622,10 +695,18 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
 
     models = {"generator": sources.generator, "diffusion": sources.diffusion,
               "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet,
-              "stylized_generator": str(stylized_info.path)}
+              "stylized_generator": str(stylized_path)}
     if encoder is not None:
         models["identity_encoder"] = str(encoder_path)
-    hashes = model_hashes(models, sources.pack.root if sources.pack is not None else None)
+    pack_root = sources.pack.root if sources.pack is not None else None
+    hashes = model_hashes(models, pack_root)
+    licences = batch_licences(models, pack_root, style)
+    if style is not None:  # production never loads the diffusion models: the hashes the approval recorded
+        for name in ("diffusion", "depth_controlnet", "edge_controlnet"):
+            recorded = style.record.get("models", {}).get(name, {}).get("sha256")
+            hashes.pop(name, None)
+            if recorded:
+                hashes[name] = recorded
     return BatchModels(
         invert=invert_item,
         build_head=build_head,
@@ -634,9 +715,36 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
         similarity_backend=similarity_backend,
         model_sha256=hashes,
         prompt=prompt,
-        method=settings.method,
+        method=style.record.get("method", settings.method) if style is not None else settings.method,
         settings={**settings.fingerprinted(), "inversion": inversion.to_dict()},
+        licences=licences,
+        style_id=settings.style_id,
     )
+
+
+def approved_style_for(settings: BatchSettings):
+    """The batch's approved style, verified (files, status) and checked against the batch's base generator,
+    before any model is loaded (:mod:`engine.styles.production`)."""
+    from ..styles.production import production_style
+    from .pipeline import HeadJob, resolve_models
+
+    sources = resolve_models(HeadJob(prompt="approved style", generator=settings.generator, diffusion=settings.diffusion,
+                                     depth_controlnet=settings.depth_controlnet, edge_controlnet=settings.edge_controlnet))
+    return production_style(settings.style_id, settings.style_library, sources.generator,
+                            sources.pack.root if sources.pack is not None else None)
+
+
+def batch_licences(models: Mapping[str, str | None], pack_root, style=None) -> list[dict[str, str]]:
+    """Every model's licence for provenance (the stylized generator is derived from the others, which carry
+    its terms); with an approved style, the models that made it as its approval recorded them."""
+    from ..heads.licences import model_licences
+
+    loaded = model_licences({k: v for k, v in models.items() if k != "stylized_generator"}, pack_root)
+    if style is None:
+        return loaded
+    from ..styles.production import production_licences
+
+    return production_licences(style, loaded)
 
 
 def views_target(folder: Path, resolution: int):

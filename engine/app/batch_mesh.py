@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..io.events import emit
 from ..stylize.cancel import CancelToken
 from .batch import (BatchModels, BatchSettings, EventSink, HeadOutput, Inverted, StylizationCancelled, _renders,
-                    _face_similarity, batch_identity_encoder, held_out_similarity,
+                    _face_similarity, batch_identity_encoder, batch_licences, held_out_similarity,
                     resolve_batch_models)
 
 
@@ -98,6 +98,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
         similarity=similarity,
         similarity_backend=similarity_backend,
         model_sha256=model_hashes(models, sources.pack.root if sources.pack is not None else None),
+        licences=batch_licences(models, sources.pack.root if sources.pack is not None else None),
         prompt=prompt,
         method=settings.method,
         settings={**settings.fingerprinted(), "fit": fit_config.to_dict()},

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "demo": "The main job on the embedded pack: stylize, views, turntable, meshes, metrics and an HTML report.",
     "batch": "A folder of scans/portraits/latents → stylized glb heads with provenance, resumable, with a report.",
     "invert": "Invert a scan, portrait or folder of calibrated views into a W+ latent (.npz).",
+    "style": "Approved styles: freeze a stylization run as name@N for production (approve, list, show, retire).",
     "models": "Model manager: download Stable Diffusion 1.5 / ControlNets by repository id (pinned, verified).",
 }
 

@@ -6,7 +6,8 @@ any tool. Only what a coloured head mesh needs is supported:
 * Writing: one mesh, one triangle primitive with ``POSITION`` (float32, with the min/max the spec requires),
   ``NORMAL`` (unit float32), ``COLOR_0`` (float32 RGB, *linear* as the spec mandates — our meshes store 8-bit
   sRGB, so colours are converted on the way out and back on the way in) and uint32 ``indices``; provenance
-  goes into ``asset.extras``. Every buffer view is 4-byte aligned and the JSON chunk is space-padded and the
+  goes into ``asset.extras`` and the models' attribution into ``asset.copyright`` (:func:`with_asset_copyright`).
+  Every buffer view is 4-byte aligned and the JSON chunk is space-padded and the
   BIN chunk zero-padded as the container format requires, so the Khronos validator reports no errors.
 * Reading: every triangle primitive (mode 4, indexed or not) of every mesh reachable from the default scene,
   each moved by its node's world transform (TRS or matrix) and merged into one :class:`engine.mesh.Mesh`.
@@ -169,6 +170,27 @@ def glb_container(document: dict, blob: bytes) -> bytes:
             bin_chunk,
         )
     )
+
+
+def with_asset_copyright(glb: bytes, copyright: str) -> bytes:
+    """The same ``.glb`` with ``asset.copyright`` set (the model attribution every output must carry).
+
+    Done on the finished container rather than in each writer, so every writer (vertex-coloured, game-ready
+    LODs) gets it from one place. Only the JSON chunk changes: buffer views address the BIN chunk from its own
+    start, so it is copied untouched and nothing else moves."""
+    if len(glb) < 20:
+        raise InputError("glb: too short to be a binary glTF")
+    magic, version, _total = struct.unpack_from("<III", glb, 0)
+    json_length, json_type = struct.unpack_from("<II", glb, 12)
+    if magic != GLB_MAGIC or version != 2 or json_type != CHUNK_JSON or 20 + json_length > len(glb):
+        raise InputError("glb: not a glTF 2.0 binary with a JSON chunk first")
+    document = json.loads(glb[20 : 20 + json_length].decode("utf-8"))
+    document.setdefault("asset", {})["copyright"] = str(copyright)
+    rest = glb[20 + json_length :]  # the BIN chunk (header included), if any
+    json_chunk = _pad(json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8"), b" ")
+    total = 12 + 8 + len(json_chunk) + len(rest)
+    return b"".join((struct.pack("<III", GLB_MAGIC, 2, total), struct.pack("<II", len(json_chunk), CHUNK_JSON),
+                     json_chunk, rest))
 
 
 def write_glb(mesh: Mesh, path: str | os.PathLike, extras: dict | None = None, name: str = "head") -> Path:

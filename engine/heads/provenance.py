@@ -5,8 +5,11 @@ The business asks that a stylized head can always be traced back: the record goe
 SHA-256 of every model used (taken from the embedded pack's manifest, which :func:`engine.pack.verify_pack`
 has checked, or computed from the given checkpoint files), the SHA-256 of the source file (never the file
 itself — source images and scans are not copied into outputs), the UTC date and the consent flag the user
-confirmed. :func:`settings_fingerprint` hashes the settings that change the output, which is how the batch
-recognises finished work when it resumes.
+confirmed. Rights and traceability: each model's licence and required attribution
+(:mod:`engine.heads.licences`), the chain's commercial-use flag, the attribution text that also goes into glTF
+``asset.copyright``, the item's consent record (an id from the batch's consent CSV, or the operator's global
+confirmation) and the approved style id when production used one. :func:`settings_fingerprint` hashes the
+settings that change the output, which is how the batch recognises finished work when it resumes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .. import __version__
+from .licences import chain_commercial_use, copyright_notice
 
 TOOL_NAME = "head-stylizer"
 PROVENANCE_SCHEMA = 1
@@ -89,6 +93,21 @@ def settings_fingerprint(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def provenance_date() -> str:
+    """Now (UTC, to the second), or the time ``SOURCE_DATE_EPOCH`` gives (the reproducible-builds convention):
+    with it set, two runs of the same settings — a local batch and the same batch on a Ray farm — write
+    byte-identical outputs, which is how the farm is checked against a local run."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch:
+        try:
+            when = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            raise ValueError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}") from None
+    else:
+        when = _dt.datetime.now(_dt.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass
 class Provenance:
     """One output's provenance record (see module docstring); :meth:`to_dict` is what gets written."""
@@ -100,10 +119,17 @@ class Provenance:
     consent: bool
     model_sha256: dict[str, str]
     settings_fingerprint: str
-    date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    date: str = field(default_factory=lambda: provenance_date())
     tool: str = TOOL_NAME
     tool_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    licences: list[dict[str, str]] = field(default_factory=list)  # engine.heads.licences.model_licences
+    consent_record: dict[str, Any] | None = None  # engine.app.consent: {"id", "source"}
+    style_id: str | None = None  # an approved style (engine/styles), when production used one
+
+    def copyright(self) -> str:
+        """The attribution text for glTF ``asset.copyright`` (and this record's ``attribution``)."""
+        return copyright_notice(self.licences, self.tool, self.tool_version, self.style_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +145,16 @@ class Provenance:
             "model_sha256": dict(self.model_sha256),
             "settings_fingerprint": self.settings_fingerprint,
             **({"extra": self.extra} if self.extra else {}),
+            **self._rights(),
+        }
+
+    def _rights(self) -> dict[str, Any]:
+        return {
+            "licences": [dict(r) for r in self.licences],
+            "commercial_use": chain_commercial_use(self.licences),
+            "attribution": self.copyright(),
+            "consent_record": dict(self.consent_record) if self.consent_record else None,
+            "style_id": self.style_id,
         }
 
 

@@ -38,6 +38,14 @@ MANIFEST_SCHEMA = 1
 PACK_ENV = "HEAD_STYLIZER_PACK"
 DEFAULT_PACK = Path(__file__).resolve().parent / "embedded-v1"
 _HASH_CHUNK = 1 << 20
+# The pack's models were trained from scratch by this project's scripts on its own procedural head world, so
+# they are under the project's licence (blender_manifest.toml). Recorded in the manifest, where provenance
+# reads every output's licences (engine/heads/licences.py).
+PACK_LICENCE = {
+    "licence": "GPL-3.0-or-later",
+    "attribution": f"Head Stylizer embedded model pack {PACK_VERSION} (Head Stylizer developers; trained on the "
+                   "procedural head world by scripts/pack/)",
+}
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,7 @@ def build_manifest(root: str | os.PathLike, *, version: str = PACK_VERSION, note
         "name": PACK_NAME,
         "version": version,
         "notes": notes,
+        "licence": dict(PACK_LICENCE),
         "total_bytes": sum(entry["bytes"] for entry in files.values()),
         "files": files,
         "reports": reports,

@@ -2,7 +2,10 @@
 
 ``--mode mesh`` stylizes each scan as itself (head mode, :mod:`engine.app.batch_mesh`) instead of inverting it.
 
-Needs ``--i-have-consent`` (checked before anything is loaded; exit status 2 without it). Progress is JSON
+Needs ``--i-have-consent`` or a consent register ``--consent-csv FILE`` (checked before anything is loaded;
+exit status 2 without either; :mod:`engine.app.consent`). ``--style-id zombie@1`` runs production on an approved
+style (:mod:`engine.styles`: verified, never trained); ``--purge-intermediates`` deletes each finished item's
+renders (:mod:`engine.app.batch_purge`); every batch ends with ``report.html`` (:mod:`engine.app.batch_report`). Progress is JSON
 lines on stdout (``item`` events per input, ``progress`` with ``stage: batch``, then ``done`` or
 ``cancelled``); a cancel file, SIGINT or SIGTERM stops after the current item. See :mod:`engine.app.batch`.
 """
@@ -12,9 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ...errors import ConfigError
 from ...heads.face_framing import FRAMINGS
 from ...io.events import emit
 from ...stylize.cancel import CancelToken
+from ..consent import read_consent_csv
 from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
 
 
@@ -58,14 +63,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="cache folder for the stylized generator (default OUT/cache)")
     p.add_argument("--cancel-file", default=None, help="stop after the current item when this file appears")
     p.add_argument("--i-have-consent", action="store_true", help="confirm you have the consent of every scanned/photographed subject (recorded in each output)")
+    p.add_argument("--consent-csv", default=None, metavar="FILE",
+                   help="consent register: CSV with columns source (the input's file name) and consent_id; each item's "
+                        "id goes into its provenance, and an item without a row is not processed")
+    p.add_argument("--style-id", default=None, metavar="NAME@N",
+                   help="production: use the approved style NAME@N from the style library (never trains; refused if "
+                        "retired or if any of its files changed); see `engine style list`")
+    p.add_argument("--style-library", default=None, metavar="DIR",
+                   help="style library folder (default $HEAD_STYLIZER_STYLES, else <engine data dir>/styles)")
+    p.add_argument("--purge-intermediates", action="store_true",
+                   help="data minimisation: once an item is done, delete its renders (Blender's view images; in mesh "
+                        "mode its fitted field and stylization run)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.i_have_consent:
+    if not args.i_have_consent and not args.consent_csv:
         raise ConsentRequired(
             "refusing to run: a batch needs the subjects' consent; pass --i-have-consent to confirm it "
-            "(the confirmation is recorded in every output's provenance)"
+            "or --consent-csv FILE with each subject's consent id (recorded in every output's provenance)"
         )
+    consent_records = read_consent_csv(args.consent_csv) if args.consent_csv else None
+    if args.style_id and (args.prompt or args.style_preset):
+        raise ConfigError("--style-id with --prompt/--style: an approved style brings its own prompt; give one or the other")
     inputs = collect_inputs(args.in_dir, args.views_dir)
     settings = BatchSettings(
         prompt=args.prompt or "",
@@ -92,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         game_asset=not args.vertex_colours,
         texture_size=args.texture_size,
         life_size=not args.engine_units,
+        style_id=args.style_id,
+        style_library=args.style_library,
     ).validate()
     cancel = CancelToken(args.cancel_file)
     with cancel.signal_handlers():
@@ -106,5 +127,6 @@ def run(args: argparse.Namespace) -> int:
             cancel.acknowledge()
             emit("cancelled", stage="stylize", message=str(exc))
             return 0
-        run_batch(inputs, args.out, models, consent=True, cancel=cancel, on_event=emit)
+        run_batch(inputs, args.out, models, consent=True, cancel=cancel, on_event=emit, consent_records=consent_records,
+                  purge_intermediates=args.purge_intermediates)
     return 0
