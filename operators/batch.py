@@ -25,7 +25,7 @@ from typing import Any
 
 import bpy
 
-from ..bridge import engine_process, scan_render
+from ..bridge import engine_process, scan_render, styles
 from ..bridge.job import engine_environment
 
 _SESSION: "BatchSession | None" = None
@@ -56,6 +56,7 @@ class BatchPlan:
     scans: list[Path] = field(default_factory=list)
     models: dict[str, str] = field(default_factory=dict)  # engine flag (without --) → path; empty = embedded pack
     mode: str = "generator"  # "generator": views → inversion; "mesh": glb → each scan's own field (head mode)
+    style_id: str = ""  # an approved style (bridge/styles.py); empty: train from style/prompt
 
     @property
     def handoff_dir(self) -> Path:
@@ -68,7 +69,10 @@ class BatchPlan:
         argv = [self.python, "-m", "engine", "batch", "--json", *source, "--out", str(self.out_dir),
                 "--method", self.method, "--mesh-resolution", str(self.mesh_resolution), "--device", self.device,
                 "--cancel-file", str(self.out_dir / ".cancel")]
-        argv += ["--prompt", self.prompt] if self.prompt else ["--style", self.style]
+        if self.style_id and self.style_id != styles.NO_STYLE:
+            argv += styles.style_id_argv(self.style_id)  # production: the approved style brings its prompt
+        else:
+            argv += ["--prompt", self.prompt] if self.prompt else ["--style", self.style]
         if self.inversion_steps:
             argv += ["--inversion-steps", str(self.inversion_steps)]
         for flag, path in sorted(self.models.items()):
@@ -189,6 +193,10 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
     output_dir: bpy.props.StringProperty(name="Output", subtype="DIR_PATH", description="Where the glb heads, sidecars and report go")
     style: bpy.props.StringProperty(name="Style", default="zombie", description="Style preset (zombie, statue, cartoon, sketch, gold, photo, Pixar, …)")
     prompt: bpy.props.StringProperty(name="Prompt", default="", description="Custom prompt (overrides the style)")
+    approved_style: bpy.props.EnumProperty(
+        name="Approved Style", items=lambda self, context: _approved_style_items(),
+        description="Production: an approved style from the style library (engine style approve); used as approved, "
+                    "never retrained. None: stylize from Style/Prompt")
     units: bpy.props.EnumProperty(name="Units", items=[(u, u, f"Scan units: {u}") for u in ("auto", "mm", "cm", "m", "world", "fit")], default="auto")
     mode: bpy.props.EnumProperty(
         name="Mode",
@@ -206,6 +214,14 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
     status: bpy.props.StringProperty(name="Status", default="")
 
 
+_STYLE_ITEMS: list = []  # Blender needs the enum item strings kept alive while the menu shows them
+
+
+def _approved_style_items() -> list:
+    _STYLE_ITEMS[:] = styles.dropdown_items()
+    return _STYLE_ITEMS
+
+
 def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
     from ..bridge.preferences import _abspath, engine_root, get_preferences, resolve_python
 
@@ -219,13 +235,15 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
     python, problem = resolve_python(prefs)
     if problem:
         return None, problem
+    if settings.approved_style != styles.NO_STYLE and settings.mode == "mesh":
+        return None, "An approved style runs in Generator mode (Each Mesh trains every scan's own field)"
     scans = find_scans(in_dir)
     if not scans:
         return None, f"No scans (.obj/.ply/.glb/.gltf/.fbx) in {in_dir}"
     return BatchPlan(python=python, engine_root=engine_root(prefs), in_dir=in_dir, out_dir=out_dir, style=settings.style,
                      prompt=settings.prompt, method="ld", resolution=settings.view_resolution,
                      units=settings.units, mesh_resolution=settings.mesh_resolution, device=getattr(prefs, "device", "auto").lower(),
-                     consent=True, scans=scans, mode=settings.mode,
+                     consent=True, scans=scans, mode=settings.mode, style_id=settings.approved_style,
                      models={"generator": _abspath(prefs.generator_path) if prefs.generator_path else "",
                              "diffusion": _abspath(prefs.diffusion_dir) if prefs.diffusion_dir else "",
                              "depth-controlnet": _abspath(prefs.depth_controlnet_dir) if prefs.depth_controlnet_dir else "",
@@ -316,8 +334,10 @@ def draw_batch_panel(layout, context) -> None:
     col = layout.column(align=True)
     col.prop(settings, "input_dir")
     col.prop(settings, "output_dir")
-    col.prop(settings, "style")
-    col.prop(settings, "prompt")
+    col.prop(settings, "approved_style")
+    if settings.approved_style == styles.NO_STYLE:
+        col.prop(settings, "style")
+        col.prop(settings, "prompt")
     col.prop(settings, "mode")
     col.prop(settings, "units")
     col.prop(settings, "mesh_resolution")

@@ -1,0 +1,47 @@
+"""The Blender panel's approved-style dropdown (bridge/styles.py, pure Python): it lists exactly the approved,
+not retired, styles of the library the engine uses, and turns a choice into the engine's --style-id."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge import styles
+
+
+def _record(library: Path, name: str, version: int, status: str = "approved") -> None:
+    folder = library / name / str(version)
+    folder.mkdir(parents=True)
+    (folder / "style.json").write_text(json.dumps({"id": f"{name}@{version}", "status": status, "prompt": f"a {name} head",
+                                                   "approved_by": "A. Lead", "approved_at": "2026-01-02T03:04:05Z"}))
+
+
+def test_dropdown_lists_approved_styles_only(tmp_path):
+    library = tmp_path / "styles"
+    _record(library, "zombie", 1, "retired")
+    _record(library, "zombie", 2)
+    _record(library, "zombie", 10)
+    _record(library, "statue", 1)
+    (library / "broken" / "1").mkdir(parents=True)
+    (library / "broken" / "1" / "style.json").write_text("{not json")
+    items = styles.dropdown_items(library)
+    assert [i[0] for i in items] == [styles.NO_STYLE, "statue@1", "zombie@2", "zombie@10"]
+    assert items[2][2] == "a zombie head — approved by A. Lead 2026-01-02"
+    assert styles.style_id_argv("zombie@2") == ["--style-id", "zombie@2"] and styles.style_id_argv(styles.NO_STYLE) == []
+    assert styles.dropdown_items(tmp_path / "absent") == items[:1]
+
+
+@pytest.mark.parametrize("env", [{}, {"HEAD_STYLIZER_DATA": "data"}, {"HEAD_STYLIZER_STYLES": "lib"},
+                                 {"XDG_DATA_HOME": "xdg"}])
+def test_the_panel_looks_where_the_engine_looks(monkeypatch, tmp_path, env):
+    pytest.importorskip("torch")
+    from engine.styles.library import library_root
+
+    for key in ("HEAD_STYLIZER_DATA", "HEAD_STYLIZER_STYLES", "XDG_DATA_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(tmp_path / value))
+    assert styles.default_library() == library_root()
