@@ -309,12 +309,36 @@ class Guidance:
         if vae is None:
             return images
         use_sample = self.config.sample_posterior if sample is None else sample
-        posterior = vae.encode(images.to(device=self.device, dtype=self.dtype)).latent_dist
+        pixels = images.to(device=self.device, dtype=self.dtype)
+        if getattr(vae, "use_slicing", False) and not getattr(vae, "use_tiling", False) and pixels.requires_grad:
+            posterior = self._encode_sliced_with_recompute(pixels)
+        else:
+            posterior = vae.encode(pixels).latent_dist
         z = posterior.sample(generator=generator) if use_sample else posterior.mode()
         shift = getattr(vae.config, "shift_factor", None)
         if shift is not None:
             z = z - shift
         return (z * self.models.vae_scaling_factor).to(images.dtype)
+
+    def _encode_sliced_with_recompute(self, pixels: torch.Tensor):
+        """VAE slicing on the gradient path: one image at a time, and none of the encoder's activations kept.
+
+        Slicing alone lowers nothing when gradients flow (every image's activations wait for the backward);
+        so each image's encoder runs under activation checkpointing and is recomputed during the backward
+        (one more encoder forward per image). The posterior's parameters are those ``vae.encode`` computes
+        (encoder, then ``quant_conv``), so the latents and the gradients are the same as without slicing.
+        """
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+        from torch.utils.checkpoint import checkpoint
+
+        vae = self.models.vae
+
+        def moments(image: torch.Tensor) -> torch.Tensor:
+            h = vae.encoder(image)
+            return h if vae.quant_conv is None else vae.quant_conv(h)
+
+        parts = [checkpoint(moments, image, use_reentrant=False) for image in pixels.split(1)]
+        return DiagonalGaussianDistribution(torch.cat(parts))
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

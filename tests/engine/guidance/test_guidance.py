@@ -247,6 +247,42 @@ def test_encode_images_is_differentiable_and_decodes(guidance):
         guidance.encode_images(torch.zeros(1, 3, 30, 30))
 
 
+def _saved_bytes_while(fn):
+    """Bytes of the tensors autograd saves for backward while ``fn`` runs (parameters excluded)."""
+    saved = []
+
+    def pack(tensor):
+        if not isinstance(tensor, torch.nn.Parameter):
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return out, sum(saved)
+
+
+def test_vae_slicing_on_the_gradient_path_keeps_no_encoder_activations_and_changes_nothing(guidance, tiny):
+    from engine.guidance import MemoryOptions
+
+    sliced = Guidance(load_diffusion_models(tiny.sd_folder, memory=MemoryOptions(vae_slicing=True)), GuidanceConfig(prompt=PROMPT))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    weights = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    results = {}
+    for name, g in (("plain", guidance), ("sliced", sliced)):
+        x = images.clone().requires_grad_()
+        latents, saved = _saved_bytes_while(lambda: g.encode_images(x, torch.Generator().manual_seed(7), sample=True))
+        (latents * weights).sum().backward()
+        results[name] = (latents.detach(), x.grad, saved)
+    torch.testing.assert_close(results["sliced"][0], results["plain"][0])  # same posterior sample
+    torch.testing.assert_close(results["sliced"][1], results["plain"][1])  # same gradient
+    # Without slicing the encoder keeps several activations per image; with it, only the inputs of each
+    # recomputed slice (the images themselves) and the posterior's few small tensors.
+    assert results["sliced"][2] < results["plain"][2] / 4
+    assert results["sliced"][2] <= 2 * images.numel() * 4
+    with torch.no_grad():  # without gradients the ordinary (sliced) encode runs
+        torch.testing.assert_close(sliced.encode_images(images, sample=False), guidance.encode_images(images, sample=False))
+
+
 def test_pixel_space_model_passes_images_through(tmp_path):
     spec = TinyDiffusionSpec(image_size=16, pixel_space=True)
     folder = build_tiny_diffusion_folder(tmp_path / "pixel", controlnets=("edge",), spec=spec)
