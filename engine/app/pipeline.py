@@ -133,6 +133,9 @@ class HeadJob(JsonConfig):
     texture_size: int = 1024
     life_size: bool = True  # head.glb in metres (False: the engine's units)
     max_fit_triangles: int = DEFAULT_MAX_TRIANGLES  # head mode: denser meshes are simplified to this before the fit
+    # production: an approved style (engine/styles) instead of training one; never trained (None: train)
+    style_id: str | None = None
+    style_library: str | None = None
 
     def game_asset_config(self) -> "GameAssetConfig":
         from ..heads.game_asset import GameAssetConfig
@@ -143,7 +146,14 @@ class HeadJob(JsonConfig):
         return HeadInputConfig(max_triangles=self.max_fit_triangles).validate()
 
     def validate(self) -> "HeadJob":
-        if not self.prompt and not self.style_preset:
+        if self.style_id is not None:
+            from ..styles.library import parse_style_id
+
+            parse_style_id(self.style_id)
+            if self.mesh:
+                raise ConfigError("--style-id with --mesh: head mode trains the mesh's own field, which no approval "
+                                  "covers; an approved style stylizes generated heads and latents")
+        elif not self.prompt and not self.style_preset:
             raise ConfigError("give a style: --prompt TEXT or --style-preset NAME")
         if self.style_preset:
             get_style_preset(self.style_preset)
@@ -577,6 +587,13 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     head_mesh = read_head_mesh(job.mesh, job.head_input_config()) if job.mesh else None
     on_event("stage", stage="load", message="checking models")
     sources = resolve_models(job)
+    style = None
+    if job.style_id is not None:  # production: verified (files, status, base generator) before anything loads
+        from ..styles.production import production_style
+
+        style = production_style(job.style_id, job.style_library, sources.generator,
+                                 sources.pack.root if sources.pack is not None else None)
+        job = dataclasses.replace(job, prompt=style.record["prompt"], style_preset=None)
     prompt, warning = resolve_prompt(job, sources)
     if warning:
         log(f"warning: {warning}")
@@ -595,7 +612,13 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         sources = dataclasses.replace(sources, generator=str(head_field.path), field_of=sources.generator)
 
     on_event("stage", stage="stylize", message=f"stylizing toward {prompt!r} ({job.method.upper()})")
-    stylized = stylized_generator(job, sources, prompt, cancel, on_event)
+    if style is not None:  # the approved weights as they are: never trained
+        stylized = StylizedGenerator(style.generator, style.folder, StylizeConfig.from_dict(style.record["settings"]),
+                                     True, False, 0.0)
+        on_event("stage", stage="stylize", status="approved", message=f"approved style {job.style_id}",
+                 generator=str(style.generator))
+    else:
+        stylized = stylized_generator(job, sources, prompt, cancel, on_event)
     if stylized.cancelled:
         on_event("cancelled", stage="stylize", run=str(stylized.run_dir))
         return HeadResult(out, cancelled=True)

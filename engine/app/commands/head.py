@@ -72,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-slicing", action="store_true", help="lower GPU memory, slower")
     p.add_argument("--cache", help="folder of cached stylized generators (default: <out>/cache)")
     p.add_argument("--cancel-file", help="stop cleanly once this file exists")
+    p.add_argument("--style-id", default=None, metavar="NAME@N",
+                   help="production: the approved style NAME@N (engine style list) instead of training one; refused if "
+                        "retired or if any of its files changed")
+    p.add_argument("--style-library", default=None, metavar="DIR",
+                   help="style library folder (default $HEAD_STYLIZER_STYLES, else <engine data dir>/styles)")
 
 
 def job_from_args(args: argparse.Namespace) -> HeadJob:
@@ -114,6 +119,8 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         attention_slicing=args.attention_slicing,
         vae_slicing=args.vae_slicing,
         cache_dir=args.cache,
+        style_id=args.style_id,
+        style_library=args.style_library,
     )
 
 

@@ -241,6 +241,15 @@ def test_approve_then_production_batch_then_tamper_is_refused(tmp_path):
     assert prov["model_sha256"]["stylized_generator"] == style_sha
     mesh, _extras = read_gltf(out / "p0.glb")
     assert mesh.num_faces > 50
+    # engine head on the approved style: one generated head, never trained
+    head_out = tmp_path / "head"
+    one = _run("head", "--style-id", "zombie@1", "--style-library", str(library), "--seed", "3", "--no-evaluate",
+               "--no-game-asset", "--mesh-resolution", "32", "--device", "cpu", "--out", str(head_out),
+               "--cache", str(tmp_path / "head-cache"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    summary = json.loads((head_out / "head.json").read_text())
+    assert summary["generator"] == str(library / "zombie" / "1" / "generator.safetensors")
+    assert summary["prompt"] == "a zombie head" and not (tmp_path / "head-cache" / "stylized").exists()
     assert "zombie@1" in (out / "report.html").read_text()
     # tamper with the approved weights: production refuses, naming the file, and writes nothing
     weights = library / "zombie" / "1" / "generator.safetensors"
@@ -269,3 +278,18 @@ def test_production_refuses_a_base_generator_other_than_the_approved_ones(tiny_r
     assert production_style("zombie@1", library, "tiny", None).style_id == "zombie@1"
     with pytest.raises(StyleError, match="approved on the base generator tiny .* this run's generator is small"):
         production_style("zombie@1", library, "small", None)
+
+
+def test_engine_head_refuses_a_tampered_style_before_anything_runs(tiny_run, tiny_diffusion, tmp_path):
+    from engine.app.pipeline import HeadJob, run_head
+
+    library = tmp_path / "styles"
+    approve(tiny_run, library)
+    (library / "zombie" / "1" / "generator.json").write_text("{}")
+    job = HeadJob(out_dir=str(tmp_path / "out"), style_id="zombie@1", style_library=str(library), generator="tiny",
+                  diffusion=str(tiny_diffusion.sd_folder), evaluate=False, game_asset=False, device="cpu")
+    with pytest.raises(StyleTampered, match=r"generator\.json: modified since style zombie@1 was approved"):
+        run_head(job, on_event=quiet)
+    assert not (tmp_path / "out" / "head.json").exists()
+    with pytest.raises(ConfigError, match="--style-id with --mesh"):
+        HeadJob(style_id="zombie@1", mesh="x.ply").validate()
