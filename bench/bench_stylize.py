@@ -117,7 +117,7 @@ class StepClock:
 # ------------------------------------------------------------------------------------------------
 # Full-size random diffusion models, in memory
 # ------------------------------------------------------------------------------------------------
-def build_full_guidance(device: torch.device, precision: str, prompt: str):
+def build_full_guidance(device: torch.device, precision: str, prompt: str, memory=None):
     """SD-1.5-sized UNet, VAE, CLIP text encoder and two ControlNets with random weights."""
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
@@ -195,7 +195,7 @@ def build_full_guidance(device: torch.device, precision: str, prompt: str):
         device=device,
         vae_scaling_factor=0.18215,
     )
-    apply_memory_options(models, MemoryOptions())  # the defaults load_diffusion_models applies
+    apply_memory_options(models, memory or MemoryOptions())  # what load_diffusion_models applies
     return Guidance(models, GuidanceConfig(prompt=prompt, precision=precision))
 
 
@@ -211,7 +211,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         setup_start = time.perf_counter()
         if args.full:
             generator = "panohead"
-            guidance = build_full_guidance(device, args.precision, prompt)
+            from engine.guidance import MemoryOptions
+
+            memory = MemoryOptions(attention_slicing=args.attention_slicing, vae_slicing=args.vae_slicing)
+            guidance = build_full_guidance(device, args.precision, prompt, memory)
             diffusion = "(in-memory SD-1.5-sized random models)"
         else:
             from engine.guidance import build_tiny_diffusion_folder
@@ -235,6 +238,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             preview_every=0,
             device=str(device),
             precision=args.precision,
+            attention_slicing=args.attention_slicing,
+            vae_slicing=args.vae_slicing,
             distill=distill,
         )
         meter = PhaseMeter(device)
@@ -253,6 +258,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "diffusion": diffusion,
         "precision": args.precision,
         "batch_size": args.batch_size,
+        "attention_slicing": args.attention_slicing,
+        "vae_slicing": args.vae_slicing,
         "grid": started["stages"]["grid"],
         "trainable_parameters": started["trainable_parameters"],
         "steps": result.step,
@@ -294,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="auto", choices=("auto", "fp16", "bf16", "fp32"))
     parser.add_argument("--no-grid", action="store_true", help="single-view stage only")
+    parser.add_argument("--attention-slicing", action="store_true", help="diffusers attention slicing (lower peak memory)")
+    parser.add_argument("--vae-slicing", action="store_true",
+                        help="VAE one image at a time, encoder activations recomputed in the backward (lower peak memory)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
