@@ -127,6 +127,7 @@ class BatchModels:
     prompt: str
     method: str
     settings: dict[str, Any]  # everything that changes the outputs (fingerprinted for resume)
+    stylized_generator: str | None = None  # generator mode: its file (a Ray farm ships it to its workers)
     face_similarity: Callable[[torch.Tensor, torch.Tensor], float] | None = None
     similarity_backend: str = "embedded"  # who ``similarity`` is: "embedded" (the pack's encoder) or "dlib-face"
     licences: list[dict[str, str]] = field(default_factory=list)  # every model's licence (engine.heads.licences)
@@ -347,6 +348,12 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
+def batch_fingerprint(models: BatchModels) -> str:
+    """The resume fingerprint of what ``models`` make: one function, so that a farm worker (engine/app/farm.py) can
+    check that its own models are the driver's."""
+    return settings_fingerprint({"settings": models.settings, "models": models.model_sha256, "prompt": models.prompt, "method": models.method})
+
+
 def run_batch(
     inputs: list[Path],
     out_dir: str | Path,
@@ -369,7 +376,7 @@ def run_batch(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     consent_records = consent_records or ConsentRecords()
-    fingerprint = settings_fingerprint({"settings": models.settings, "models": models.model_sha256, "prompt": models.prompt, "method": models.method})
+    fingerprint = batch_fingerprint(models)
     report = BatchReport(out_dir, [], consent, fingerprint)
     stems = output_stems(inputs)
     total = len(inputs)
@@ -602,9 +609,13 @@ def batch_identity_encoder(sources, device: torch.device):
     return load_identity_encoder(encoder_path, device), encoder_path
 
 
-def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit) -> BatchModels:
+def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit,
+                       stylized_path: str | Path | None = None) -> BatchModels:
     """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator
-    (cached by :func:`engine.app.pipeline.stylized_generator`, so a second batch with the same style reuses it)."""
+    (cached by :func:`engine.app.pipeline.stylized_generator`, so a second batch with the same style reuses it).
+
+    ``stylized_path``: a stylized generator made already (a farm worker gets the driver's, engine/app/farm.py),
+    used as it is: a worker must never stylize again."""
     from ..generator.inference import load_w_plus
     from ..generator.loading import load_generator
     from ..heads.invert import (
@@ -624,7 +635,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
     from ..heads.scans import ScanNormalization, load_scan, read_portrait
     from .pipeline import extract_head, stylized_generator, uses_real_models
 
-    style = stylized_path = None
+    style = None
     if settings.style_id is not None:  # production: verified before anything loads, never trained
         style = approved_style_for(settings)
         settings = dataclasses.replace(settings, prompt=style.record["prompt"], style_preset=None)
@@ -717,6 +728,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
         prompt=prompt,
         method=style.record.get("method", settings.method) if style is not None else settings.method,
         settings={**settings.fingerprinted(), "inversion": inversion.to_dict()},
+        stylized_generator=str(stylized_path),
         licences=licences,
         style_id=settings.style_id,
     )

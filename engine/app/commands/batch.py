@@ -1,6 +1,7 @@
 """``python -m engine batch``: a folder of scans, portraits or latents → stylized glb heads + report.
 
 ``--mode mesh`` stylizes each scan as itself (head mode, :mod:`engine.app.batch_mesh`) instead of inverting it.
+``--ray [ADDRESS]`` runs one Ray task per item on a local Ray instance or a cluster (:mod:`engine.app.farm`).
 
 Needs ``--i-have-consent`` or a consent register ``--consent-csv FILE`` (checked before anything is loaded;
 exit status 2 without either; :mod:`engine.app.consent`). ``--style-id zombie@1`` runs production on an approved
@@ -60,6 +61,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth-controlnet", default=None)
     p.add_argument("--edge-controlnet", default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="farm the items out on Ray, one task per item (engine/app/farm.py): alone, a local Ray instance; "
+                        "with an address, that cluster (auto: the one `ray start` made here; HOST:6379; ray://HOST:10001)")
+    p.add_argument("--ray-cpus-per-item", type=float, default=None, metavar="N", help="--ray: CPUs each item's task declares (default 1)")
+    p.add_argument("--ray-gpus-per-item", type=float, default=None, metavar="N",
+                   help="--ray: GPUs each item's task declares (default 0; > 0 runs the item on CUDA; 0.5: two items share a GPU)")
+    p.add_argument("--ray-max-retries", type=int, default=None, metavar="N",
+                   help="--ray: reruns of an item whose worker process died (default 3)")
+    p.add_argument("--ray-num-cpus", type=int, default=None, metavar="N", help="--ray without address: CPUs of the local instance (default all)")
+    p.add_argument("--ray-object-store-mb", type=int, default=None, metavar="MB",
+                   help="--ray without address: object store of the local instance (default Ray's, 30%% of memory)")
     p.add_argument("--cache", default=None, help="cache folder for the stylized generator (default OUT/cache)")
     p.add_argument("--cancel-file", default=None, help="stop after the current item when this file appears")
     p.add_argument("--i-have-consent", action="store_true", help="confirm you have the consent of every scanned/photographed subject (recorded in each output)")
@@ -74,6 +86,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--purge-intermediates", action="store_true",
                    help="data minimisation: once an item is done, delete its renders (Blender's view images; in mesh "
                         "mode its fitted field and stylization run)")
+
+
+def farm_config_from_args(args: argparse.Namespace):
+    """The :class:`engine.app.farm.FarmConfig` of ``--ray …``, or None without ``--ray`` (a ``--ray-*`` option
+    without it is an error, not silently ignored). Imports no Ray."""
+    given = {"--ray-cpus-per-item": args.ray_cpus_per_item, "--ray-gpus-per-item": args.ray_gpus_per_item,
+             "--ray-max-retries": args.ray_max_retries, "--ray-num-cpus": args.ray_num_cpus,
+             "--ray-object-store-mb": args.ray_object_store_mb}
+    if args.ray is None:
+        if any(v is not None for v in given.values()):
+            raise ConfigError(f"{', '.join(k for k, v in given.items() if v is not None)}: only with --ray")
+        return None
+    from ..farm import FarmConfig
+
+    defaults = FarmConfig()
+    return FarmConfig(
+        address=args.ray or None,
+        cpus_per_item=defaults.cpus_per_item if args.ray_cpus_per_item is None else args.ray_cpus_per_item,
+        gpus_per_item=defaults.gpus_per_item if args.ray_gpus_per_item is None else args.ray_gpus_per_item,
+        max_retries=defaults.max_retries if args.ray_max_retries is None else args.ray_max_retries,
+        local_cpus=args.ray_num_cpus,
+        object_store_mb=args.ray_object_store_mb,
+    ).validate()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,8 +149,17 @@ def run(args: argparse.Namespace) -> int:
         style_id=args.style_id,
         style_library=args.style_library,
     ).validate()
+    farm = farm_config_from_args(args)
+    if farm is not None:
+        from ..farm import require_ray
+
+        require_ray()  # before minutes of model loading: say at once that Ray is missing
     cancel = CancelToken(args.cancel_file)
     with cancel.signal_handlers():
+        if farm is not None:
+            from ..farm import run_farm_command
+
+            return run_farm_command(inputs, args.out, settings, farm, cancel, emit, consent_records, args.purge_intermediates)
         try:
             if settings.mode == "mesh":
                 from ..batch_mesh import load_mesh_mode_models
