@@ -12,6 +12,8 @@ Two phases, both cancellable:
    (``--mode mesh --in OUT/meshes`` in the *Each Mesh* mode)
    runs through :class:`.engine_process.EngineProcess`; its ``item`` events update the progress bar and
    status. Cancel stops after the current item (the engine keeps everything finished; rerunning resumes).
+   With *Run on Ray* the engine farms the items out on Ray (``--ray [ADDRESS]`` and the per-item resources,
+   :mod:`engine.app.farm`): a local Ray instance, or the cluster at the given address.
 
 The operator refuses to start unless "I have the subjects' consent" is ticked; the confirmation is recorded
 in every output's provenance. Source scans are never copied into the output folder.
@@ -57,6 +59,9 @@ class BatchPlan:
     models: dict[str, str] = field(default_factory=dict)  # engine flag (without --) → path; empty = embedded pack
     mode: str = "generator"  # "generator": views → inversion; "mesh": glb → each scan's own field (head mode)
     style_id: str = ""  # an approved style (bridge/styles.py); empty: train from style/prompt
+    ray: str | None = None  # None: on this machine; "": a local Ray instance; else a Ray cluster's address
+    ray_cpus_per_item: float = 1.0
+    ray_gpus_per_item: float = 0.0
 
     @property
     def handoff_dir(self) -> Path:
@@ -78,6 +83,9 @@ class BatchPlan:
         for flag, path in sorted(self.models.items()):
             if path:
                 argv += [f"--{flag}", path]
+        if self.ray is not None:
+            argv += ["--ray", *([self.ray] if self.ray else []), "--ray-cpus-per-item", f"{self.ray_cpus_per_item:g}",
+                     "--ray-gpus-per-item", f"{self.ray_gpus_per_item:g}"]
         if self.consent:
             argv.append("--i-have-consent")
         return argv
@@ -160,7 +168,7 @@ class BatchSession:
     def apply_event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "item" and event.get("status") not in (None, "started"):
-            self.items_done = int(event.get("index", 0)) + 1
+            self.items_done += 1  # one finished event per item; on Ray they come in any order, so count them
             total = int(event.get("total", 1)) or 1
             self.progress = 0.3 + 0.7 * self.items_done / total
             self.status = f"{self.items_done}/{total} {Path(str(event.get('input', ''))).name}: {event.get('status')}"
@@ -208,6 +216,15 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
     )
     view_resolution: bpy.props.IntProperty(name="View Size", default=128, min=32, max=1024)
     mesh_resolution: bpy.props.IntProperty(name="Mesh Resolution", default=128, min=32, max=512)
+    use_ray: bpy.props.BoolProperty(name="Run on Ray", default=False,
+                                    description="Farm the items out on Ray, one task per item (needs Ray in the engine's environment)")
+    ray_address: bpy.props.StringProperty(name="Ray Address", default="",
+                                          description="Empty: a local Ray instance on this machine; else the cluster's "
+                                                      "address (auto, HOST:6379, ray://HOST:10001)")
+    ray_cpus_per_item: bpy.props.FloatProperty(name="CPUs per Item", default=1.0, min=0.01, max=256.0,
+                                               description="CPUs each item's Ray task declares")
+    ray_gpus_per_item: bpy.props.FloatProperty(name="GPUs per Item", default=0.0, min=0.0, max=16.0,
+                                               description="GPUs each item's Ray task declares (0: CPU; 0.5: two items share a GPU)")
     consent: bpy.props.BoolProperty(name="I have the subjects' consent", default=False,
                                     description="Confirm that every scanned person consented; recorded in each output")
     progress: bpy.props.FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
@@ -244,6 +261,8 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
                      prompt=settings.prompt, method="ld", resolution=settings.view_resolution,
                      units=settings.units, mesh_resolution=settings.mesh_resolution, device=getattr(prefs, "device", "auto").lower(),
                      consent=True, scans=scans, mode=settings.mode, style_id=settings.approved_style,
+                     ray=settings.ray_address.strip() if settings.use_ray else None,
+                     ray_cpus_per_item=settings.ray_cpus_per_item, ray_gpus_per_item=settings.ray_gpus_per_item,
                      models={"generator": _abspath(prefs.generator_path) if prefs.generator_path else "",
                              "diffusion": _abspath(prefs.diffusion_dir) if prefs.diffusion_dir else "",
                              "depth-controlnet": _abspath(prefs.depth_controlnet_dir) if prefs.depth_controlnet_dir else "",
@@ -341,6 +360,11 @@ def draw_batch_panel(layout, context) -> None:
     col.prop(settings, "mode")
     col.prop(settings, "units")
     col.prop(settings, "mesh_resolution")
+    col.prop(settings, "use_ray")
+    if settings.use_ray:
+        col.prop(settings, "ray_address")
+        col.prop(settings, "ray_cpus_per_item")
+        col.prop(settings, "ray_gpus_per_item")
     col.prop(settings, "consent")
     row = layout.row(align=True)
     row.operator("headstylizer.batch", icon="PLAY")

@@ -170,3 +170,46 @@ on = state(); disable(); off = state(); enable(); again = state()
 result(on=on, off=off, again=again)
 """)
     assert r["on"] == r["again"] == [True, True, True] and r["off"] == [False, False, False]
+
+
+@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
+def test_batch_panel_ray_option_becomes_the_engines_ray_flags(scan_folder, tmp_path):
+    """*Run on Ray* in the Batch panel → ``engine batch --ray [ADDRESS] --ray-cpus-per-item … --ray-gpus-per-item …``
+    (off: no Ray flag at all); the progress bar counts finished items, which arrive in any order on Ray."""
+    r = run_bpy(_batch_prologue(scan_folder, tmp_path) + f"""
+from bl_ext.hs_tests.head_stylizer.operators import batch as op
+s.consent = True
+off = op._plan_from(bpy.context, s)[0].engine_argv()
+s.use_ray = True
+local = op._plan_from(bpy.context, s)[0].engine_argv()
+s.ray_address = " 10.0.0.5:6379 "
+s.ray_cpus_per_item = 4
+s.ray_gpus_per_item = 0.5
+plan = op._plan_from(bpy.context, s)[0]
+cluster = plan.engine_argv()
+session = op.BatchSession(plan)
+for index in (2, 0):
+    session.apply_event({{"event": "item", "index": index, "total": 3, "input": "x", "status": "done"}})
+layout = type("Layout", (), {{"__getattr__": lambda self, name: lambda *a, **k: self}})()
+drawn = []
+layout.prop = lambda owner, name, **k: drawn.append(name)
+op.draw_batch_panel(layout, bpy.context)
+result(off=off, local=local, cluster=cluster, done=session.items_done, progress=session.progress, drawn=drawn)
+""")
+    assert not [a for a in r["off"] if a.startswith("--ray")]
+    tail = r["local"][r["local"].index("--ray"):]
+    assert tail[:5] == ["--ray", "--ray-cpus-per-item", "1", "--ray-gpus-per-item", "0"]
+    tail = r["cluster"][r["cluster"].index("--ray"):]
+    assert tail[:6] == ["--ray", "10.0.0.5:6379", "--ray-cpus-per-item", "4", "--ray-gpus-per-item", "0.5"]
+    assert r["done"] == 2 and r["progress"] == pytest.approx(0.3 + 0.7 * 2 / 3)
+    assert {"use_ray", "ray_address", "ray_cpus_per_item", "ray_gpus_per_item"} <= set(r["drawn"])
+    # the engine's own parser takes exactly these flags
+    from engine.app.commands.batch import farm_config_from_args
+    from engine.app.farm import FarmConfig
+    import argparse
+    from engine.app.commands.batch import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([a for a in r["cluster"][r["cluster"].index("batch") + 1:] if a != "--json"])
+    assert farm_config_from_args(args) == FarmConfig(address="10.0.0.5:6379", cpus_per_item=4.0, gpus_per_item=0.5)
