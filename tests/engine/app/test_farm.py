@@ -141,6 +141,46 @@ def test_a_worker_whose_models_differ_from_the_drivers_makes_nothing(ray_cluster
     assert not list((tmp_path / "out").glob("head*"))
 
 
+def test_an_item_without_consent_is_never_sent_to_a_worker(ray_cluster, scan_folder, tmp_path):
+    from engine.app.consent import ConsentRecords
+
+    register = ConsentRecords({"head0.ply": "C-17"}, "consent.csv", "ab" * 32)
+    inputs = [scan_folder / "head0.ply", scan_folder / "head1.obj"]
+    report = run_farm_batch(inputs, tmp_path / "out", stub_models(), StubRecipe(str(tmp_path)), consent=True, farm=farm(),
+                            on_event=quiet, consent_records=register)
+    rows = {Path(i.input).name: i for i in report.items}
+    assert rows["head0.ply"].status == "done" and rows["head1.obj"].status == "failed"
+    assert "no consent record for head1.obj" in rows["head1.obj"].error
+    assert [name for name, _ in calls(tmp_path)] == ["head0.ply"]  # head1 never reached a worker
+    sidecar = json.loads((tmp_path / "out" / "head0.json").read_text())
+    assert sidecar["provenance"]["consent_record"] == {"id": "C-17", "source": register.source}
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+@pytest.mark.skipif(not (ROOT / "engine" / "pack" / "embedded-v1" / "manifest.json").is_file(), reason="embedded pack not built")
+def test_a_worker_uses_the_drivers_stylized_generator_and_never_stylizes(ray_cluster, tmp_path, monkeypatch):
+    """The real recipe: the checkpoint comes out of the object store onto the worker's disk (checked against its
+    SHA-256) and the models are built on it; stylizing in a worker would be an error here."""
+    from engine.app import pipeline
+    from engine.app.batch import BatchSettings
+    from engine.app.farm import EngineWorkerModels, SharedCheckpoint, share_checkpoint
+    from engine.errors import CheckpointError
+
+    def no_stylizing(*args, **kwargs):
+        raise AssertionError("a farm worker stylized the generator")
+
+    monkeypatch.setattr(pipeline, "stylized_generator", no_stylizing)
+    checkpoint = ROOT / "engine" / "pack" / "embedded-v1" / "generator" / "generator.safetensors"  # stands in for a stylized one
+    shared = share_checkpoint(ray_cluster, checkpoint)
+    settings = BatchSettings(style_preset="zombie", device="cpu", cache_dir=str(tmp_path / "cache"), framing="heuristic")
+    models = EngineWorkerModels(settings, shared)()
+    assert Path(models.stylized_generator).read_bytes() == checkpoint.read_bytes()
+    assert Path(models.stylized_generator).with_suffix(".json").read_bytes() == checkpoint.with_suffix(".json").read_bytes()
+    assert models.model_sha256["stylized_generator"] == shared.sha256
+    with pytest.raises(CheckpointError, match="arrived corrupt"):
+        SharedCheckpoint("0" * 64, checkpoint.name, shared.files).materialize()
+
+
 def test_resources_no_node_has_are_refused_at_once(ray_cluster, scan_folder, tmp_path):
     for too_much, named in (({"gpus_per_item": 1.0}, "1 GPU"), ({"cpus_per_item": 3.0}, "3 CPU")):
         with pytest.raises(ConfigError, match=f"no node of the Ray cluster has .*{named}.*nodes: 2 CPU/0 GPU"):
