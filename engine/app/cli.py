@@ -112,17 +112,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, subparsers
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_command_line(argv: list[str]):
+    """(the parser, the command's module or None, the parsed arguments): what ``main`` parses, also for tests
+    that check what a command line reaches."""
     parser, subparsers = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
+    module = None
     if command in COMMANDS:
         module = importlib.import_module(f"engine.app.commands.{command}")
         module.add_arguments(subparsers[command])
         if command in FILE_COMMANDS:
             add_input_limit_arguments(subparsers[command])
         add_output_arguments(subparsers[command])
-    args = parser.parse_args(argv)
+    return parser, module, parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, module, args = parse_command_line(argv)
     if args.command is None:
         parser.print_help()
         return 1

@@ -57,6 +57,7 @@ from ..stylize.cancel import CancelToken
 from ..stylize.config import StylizeConfig
 from ..stylize.loop import stylize
 from ..stylize.presets import get_style_preset, preset_prompt
+from ..stylize.recipes import OURS, PAPER, RECIPES, paper_config
 from ..stylize.training_state import read_latest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,6 +83,11 @@ _ANCHOR_SETTINGS = ("anchor_image_weight", "anchor_geometry_weight", "anchor_res
 # StylizeConfig fields that do not change the trained weights: excluded from the cache key.
 _NOT_IN_CACHE_KEY = ("out_dir", "device", "precision", "checkpoint_every", "preview_every", "keep_checkpoints",
                      "attention_slicing", "vae_slicing")
+# Fields that came after caches existed, with their defaults: left out of the key while at them, so runs made
+# before them (and every run that does not use them) keep their cache. Model paths among them are keyed by
+# their files' fingerprints, not their paths.
+_LATER_FIELDS = {"noise_mode": "const", "depth_model": None, "depth_resolution": None}
+_MODEL_PATH_FIELDS = ("lpips_path", "depth_model")
 
 
 @dataclass
@@ -136,6 +142,11 @@ class HeadJob(JsonConfig):
     # production: an approved style (engine/styles) instead of training one; never trained (None: train)
     style_id: str | None = None
     style_library: str | None = None
+    # The training recipe: "ours" (the defaults above) or "paper" (every setting of the official code,
+    # engine.stylize.recipes; explicit steps, lr, switches and anchors still win).
+    recipe: str = OURS
+    lpips: str | None = None  # LPIPS network: the model manager's lpips-alex folder (or a .pt2); None = term off
+    depth_model: str | None = None  # transformers depth-estimation folder: the official grid depth control
 
     def game_asset_config(self) -> "GameAssetConfig":
         from ..heads.game_asset import GameAssetConfig
@@ -186,6 +197,8 @@ class HeadJob(JsonConfig):
                 raise ConfigError(f"{name.replace('_', ' ')} weight must be in [0, 10000], got {value}")
         if not 1 <= self.field_steps <= 100_000:
             raise ConfigError(f"field steps must be in 1..100000, got {self.field_steps}")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         return self
 
     @property
@@ -203,6 +216,8 @@ class ModelSources:
     edge_controlnet: str | None
     pack: PackPaths | None  # set when any model comes from the embedded pack
     field_of: str | None = None  # head mode: ``generator`` is a single-head field fitted from this generator
+    lpips: str | None = None
+    depth_model: str | None = None
 
     @property
     def base_generator(self) -> str:
@@ -220,13 +235,17 @@ def resolve_models(job: HeadJob) -> ModelSources:
     pack = require_pack(job.pack) if needs_pack else None
     # The generator may be a preset name; load_generator reports a bad one. Folders must exist.
     for what, value in (("diffusion folder", job.diffusion), ("depth ControlNet folder", job.depth_controlnet),
-                        ("edge ControlNet folder", job.edge_controlnet)):
+                        ("edge ControlNet folder", job.edge_controlnet), ("LPIPS network", job.lpips),
+                        ("depth model folder", job.depth_model)):
         if value is not None and not Path(value).exists():
             raise ConfigError(f"{value}: {what} does not exist")
+    if job.depth_model is not None and not Path(job.depth_model).is_dir():
+        raise ConfigError(f"{job.depth_model}: depth model must be a folder (a transformers depth-estimation model)")
     diffusion = job.diffusion or str(pack.diffusion)
     depth = job.depth_controlnet or (str(pack.controlnet_depth) if job.diffusion is None else None)
     edge = job.edge_controlnet or (str(pack.controlnet_edge) if job.diffusion is None else None)
-    return ModelSources(job.generator or str(pack.generator), diffusion, depth, edge, pack)
+    return ModelSources(job.generator or str(pack.generator), diffusion, depth, edge, pack, lpips=job.lpips,
+                        depth_model=job.depth_model)
 
 
 def resolve_prompt(job: HeadJob, sources: ModelSources) -> tuple[str, str | None]:
@@ -269,12 +288,14 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
         anchor_image_weight=anchor[0] if job.anchor_image is None else job.anchor_image,
         anchor_geometry_weight=anchor[1] if job.anchor_geometry is None else job.anchor_geometry,
     )
-    return StylizeConfig(
+    config = StylizeConfig(
         prompt=prompt,
         generator=sources.generator,
         diffusion=sources.diffusion,
         depth_controlnet=sources.depth_controlnet,
         edge_controlnet=sources.edge_controlnet,
+        lpips_path=sources.lpips,
+        depth_model=sources.depth_model,
         steps=steps,
         lr=lr,
         seed=job.train_seed,
@@ -289,6 +310,21 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
         vae_slicing=job.vae_slicing,
         distill=distill,
     )
+    return paper_for_job(config, job) if job.recipe == PAPER else config
+
+
+def paper_for_job(config: StylizeConfig, job: HeadJob) -> StylizeConfig:
+    """The paper recipe for a head job: every official setting, then what the job chose explicitly (steps,
+    lr, anchors when given; its switches, guidance, seed and truncation, whose defaults are the official ones)."""
+    paper = paper_config(config)
+    distill = paper.distill.replace(
+        method=job.method, use_mirror=job.mirror, use_grid=job.grid, use_rank=job.rank,
+        guidance_scale=job.guidance_scale,
+        anchor_image_weight=paper.distill.anchor_image_weight if job.anchor_image is None else job.anchor_image,
+        anchor_geometry_weight=paper.distill.anchor_geometry_weight if job.anchor_geometry is None else job.anchor_geometry,
+    )
+    return paper.replace(steps=job.steps or paper.steps, lr=job.lr or paper.lr, seed=job.train_seed,
+                         truncation_psi=job.truncation_psi, distill=distill)
 
 
 def stylize_cache_key(config: StylizeConfig, sources: ModelSources) -> str:
@@ -298,6 +334,10 @@ def stylize_cache_key(config: StylizeConfig, sources: ModelSources) -> str:
     distill = settings["distill"]
     if not (distill["anchor_image_weight"] or distill["anchor_geometry_weight"]):
         settings["distill"] = {k: v for k, v in distill.items() if k not in _ANCHOR_SETTINGS}
+    settings = {k: v for k, v in settings.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    for name in _MODEL_PATH_FIELDS:
+        if settings.get(name) is not None:
+            settings[name] = _path_fingerprint(settings[name])
     models = {name: _path_fingerprint(getattr(sources, name)) for name in ("generator", "diffusion", "depth_controlnet", "edge_controlnet")}
     blob = json.dumps({"settings": settings, "models": models}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -350,6 +390,27 @@ def stylized_generator(
     return StylizedGenerator(result.generator_path, run_dir, config, False, result.cancelled, result.seconds)
 
 
+def recipe_notes(job: HeadJob, config: StylizeConfig) -> list[str]:
+    """What the job's recipe asks for and will not get: no LPIPS network, the paper's depth fallback, and the
+    paper recipe in head mode (no source anchor, which is what keeps a scan's person)."""
+    from ..stylize.loop import run_notes
+
+    notes = run_notes(config)
+    if job.recipe == PAPER and job.mesh and job.anchor_image is None and job.anchor_geometry is None:
+        notes.append("the paper recipe has no source anchor: head mode's single field keeps less of the person "
+                     "(--anchor-image / --anchor-geometry 1 bring head mode's default back)")
+    return notes
+
+
+def lpips_record(config: StylizeConfig) -> dict[str, Any]:
+    """head.json's account of the LPIPS term: its weight, the network used (null: none) and whether it ran."""
+    from ..stylize.recipes import lpips_note
+
+    used = bool(config.lpips_path) and config.distill.lpips_weight > 0
+    return {"weight": config.distill.lpips_weight, "network": config.lpips_path, "used": used,
+            "note": lpips_note(config)}
+
+
 @dataclass
 class HeadResult:
     """What :func:`run_head` wrote (paths relative to ``out_dir`` in head.json)."""
@@ -379,32 +440,45 @@ def view_settings(config: StylizeConfig) -> ViewSettings:
         camera_pivot=config.camera_pivot,
         view_pitch=VIEW_PITCH,
         background="white",
+        noise_mode=config.noise_mode,  # the paper's random noise: one seeded draw per head, shared by its views
     ).validate()
 
 
 def render_views(G: TriPlaneGenerator, ws: torch.Tensor, settings: ViewSettings) -> tuple[list[str], torch.Tensor]:
     """(view names, images (V, 3, R, R) in [-1, 1]) from the named views (front, ±45°, ±90°, back)."""
     views = named_views(settings.view_pitch, camera_config_for(G, settings.camera_pivot))
-    return list(views.names), render_images(G, ws, views.c, settings.background, settings.chunk)
+    return list(views.names), render_images(G, ws, views.c, settings.background, settings.chunk,
+                                            noise_mode=settings.noise_mode, noise_seed=settings.noise_seed)
+
+
+def head_planes(G: TriPlaneGenerator, ws: torch.Tensor, settings: ViewSettings) -> torch.Tensor:
+    """The head's tri-grid as its views see it (the same noise), for its mesh and textures."""
+    from ..generator.noise import seeded_noise
+
+    device = next(G.parameters()).device
+    with torch.no_grad(), seeded_noise(settings.noise_seed if settings.noise_mode == "random" else None, device):
+        return G.synthesize_planes(ws.to(device), noise_mode=settings.noise_mode)
 
 
 def extract_head(
-    G: TriPlaneGenerator, ws: torch.Tensor, resolution: int, iso_level: float = 10.0, timings: dict | None = None
+    G: TriPlaneGenerator, ws: torch.Tensor, resolution: int, iso_level: float = 10.0, timings: dict | None = None,
+    planes: torch.Tensor | None = None,
 ) -> Mesh:
     config = MeshConfig.for_box_warp(G.config.rendering.box_warp, resolution=resolution, iso_level=iso_level)
-    return head_mesh(G, ws, config, timings=timings)
+    return head_mesh(G, ws, config, timings=timings, planes=planes)
 
 
 def game_asset_bytes(
     G: TriPlaneGenerator, ws: torch.Tensor, mesh: Mesh, config: "GameAssetConfig", extras: dict | None = None,
-    name: str = "head",
+    name: str = "head", planes: torch.Tensor | None = None,
 ) -> tuple[bytes, dict]:
-    """(the game-ready ``.glb`` of ``mesh``, its metadata): textures baked from ``G``'s colour for ``ws``."""
+    """(the game-ready ``.glb`` of ``mesh``, its metadata): textures baked from ``G``'s colour for ``ws``
+    (``planes``: the tri-grid to bake from, default the one ``ws`` synthesizes with constant noise)."""
     from ..heads.game_asset import build_game_asset, game_glb_bytes
 
     mesh_config = MeshConfig.for_box_warp(G.config.rendering.box_warp, resolution=int(mesh.metadata.get("resolution", 128)),
                                           iso_level=float(mesh.metadata.get("iso_level", 10.0)))
-    _, color_fn = field_functions(G, ws)
+    _, color_fn = field_functions(G, ws, planes)
     with torch.no_grad():
         asset = build_game_asset(mesh, color_fn, mesh_config, config, device=next(G.parameters()).device)
     return game_glb_bytes(asset, config, extras, name=name), asset.metadata
@@ -475,8 +549,11 @@ def gallery_seeds(count: int, exclude: int | None = None) -> list[int]:
 def _gallery_key(G: TriPlaneGenerator, scorer_fingerprint: str, settings: ViewSettings) -> str:
     from ..stylize.training_state import state_fingerprint
 
+    views = dataclasses.asdict(settings)
+    if views["noise_mode"] == "const":  # the noise fields came later: constant-noise galleries keep their key
+        views = {k: v for k, v in views.items() if k not in ("noise_mode", "noise_seed")}
     blob = json.dumps({"generator": state_fingerprint(G), "encoder": scorer_fingerprint,
-                       "views": dataclasses.asdict(settings)}, sort_keys=True, default=str)
+                       "views": views}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -598,6 +675,13 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     if warning:
         log(f"warning: {warning}")
         on_event("warning", message=warning)
+    notes = recipe_notes(job, stylize_config_for(job, sources, prompt))
+    # What the recipe wants and will not get: said before anything heavy starts (and in head.json); the paper
+    # recipe promised it, so there it is also a warning.
+    for note in notes:
+        log(f"note: {note}")
+        if job.recipe == PAPER:
+            on_event("warning", message=note)
     head_field = None
     if job.mesh:
         from .head_mode import fitted_head_field
@@ -638,12 +722,14 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     turntable = None
     if job.turntable_frames:
         orbit = orbit_cameras(job.turntable_frames, settings.view_pitch, camera_config_for(styled, settings.camera_pivot))
-        frames = render_images(styled, ws, orbit.c, settings.background, settings.chunk)
+        frames = render_images(styled, ws, orbit.c, settings.background, settings.chunk,
+                               noise_mode=settings.noise_mode, noise_seed=settings.noise_seed)
         turntable = [save_png(to_uint8(f), out / "views" / "turntable" / f"frame_{i:03d}.png") for i, f in enumerate(frames)]
 
     on_event("stage", stage="mesh", message=f"marching cubes at {job.mesh_resolution}³")
     mesh_timings: dict[str, float] = {}
-    mesh = extract_head(styled, ws, job.mesh_resolution, job.iso_level, mesh_timings)
+    planes = head_planes(styled, ws, settings) if settings.noise_mode != "const" else None  # as the views saw it
+    mesh = extract_head(styled, ws, job.mesh_resolution, job.iso_level, mesh_timings, planes=planes)
     npz = write_npz(mesh, out / "head.npz")
     ply = write_ply(mesh, out / "head.ply")
     latent = save_latent(ws, out / "latent.npz")
@@ -651,7 +737,7 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     if job.game_asset:
         on_event("stage", stage="export", message=f"game-ready glb: UV texture {job.texture_size}², LODs, "
                                                   + ("life size" if job.life_size else "engine units"))
-        data, game_asset = game_asset_bytes(styled, ws, mesh, job.game_asset_config(), name="head")
+        data, game_asset = game_asset_bytes(styled, ws, mesh, job.game_asset_config(), name="head", planes=planes)
         glb = write_bytes(out / "head.glb", data)
     scores: dict[str, Any] = {}
     pack = scoring_pack(sources)
@@ -675,6 +761,12 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         "method": job.method,
         "options": {"mirror": job.mirror, "grid": job.grid, "rank": job.rank, "guidance_scale": job.guidance_scale,
                     "steps": stylized.config.steps, "lr": stylized.config.lr},
+        "recipe": job.recipe,
+        "lpips": lpips_record(stylized.config),
+        "depth_control": stylized.config.depth_model or (
+            f"generator depth at up to {stylized.config.depth_resolution}²" if stylized.config.depth_resolution
+            else "generator depth at the training resolution"),
+        "recipe_notes": notes,
         "seed": None if job.latent or job.mesh else job.seed,
         "mesh": None if head_field is None else {"source": Path(job.mesh).name, "field": str(head_field.path),
                                                   "fit_reused": head_field.reused, **head_field.fit},

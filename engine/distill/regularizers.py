@@ -6,7 +6,8 @@
 * ``ldis_loss``: DiffusionGAN3D's relative-distance loss on tri-planes: the distance between two samples'
   planes after fine-tuning should keep its ratio to the distance before (official weight 1).
 * ``LpipsLoss``: perceptual distance between x̂₀ and the render (official: LPIPS-Alex, weight 0.05). The
-  ``lpips`` package is not a dependency, so this is an interface over a locally stored exported network.
+  ``lpips`` package is not a dependency: the network is :mod:`engine.distill.lpips_alex` with weights from a
+  local folder (the model manager's ``lpips-alex``), or any exported ``.pt2`` network.
 * ``anchor_loss``: not in the paper. Head mode stylizes one head's own field, where LDIS has nothing to
   compare (every "sample" is the same head), so nothing else keeps the person: this pulls the stylized
   render toward the source's render of the same camera — the colour layout blurred to a few pixels (so the
@@ -123,9 +124,9 @@ def anchor_loss(render: dict[str, Tensor], source: dict[str, Tensor], image_weig
 class LpipsLoss:
     """Perceptual distance between two image batches in [−1, 1], averaged to a scalar.
 
-    Wraps any callable ``network(image, reference) -> distances``. ``from_local`` loads one that was saved
-    with ``torch.export.save`` (a ``.pt2`` archive, e.g. LPIPS-Alex exported where the ``lpips`` package is
-    available); nothing is ever downloaded.
+    Wraps any callable ``network(image, reference) -> distances``. ``from_local`` loads LPIPS-Alex from a
+    weights folder (:func:`engine.distill.lpips_alex.load_lpips_alex`) or a network saved with
+    ``torch.export.save`` (a ``.pt2`` archive); nothing is ever downloaded.
     """
 
     def __init__(self, network: Callable[[Tensor, Tensor], Tensor]):
@@ -140,14 +141,20 @@ class LpipsLoss:
 
     @classmethod
     def from_local(cls, path: str | os.PathLike | None) -> "LpipsLoss | None":
-        """The loss from a local exported network, or None when ``path`` is None or no file is there.
+        """The loss from a local LPIPS-Alex weights folder or exported network; None when ``path`` is None or
+        nothing is there.
 
-        A file that exists but cannot be loaded as a ``torch.export`` archive raises CheckpointError, so a
-        wrong file is reported instead of silently training without the LPIPS term.
+        A folder without the LPIPS-Alex weights, or a file that cannot be loaded as a ``torch.export`` archive,
+        raises CheckpointError naming it, so a wrong path is reported instead of silently training without the
+        LPIPS term.
         """
         if path is None:
             return None
         file = Path(path)
+        if file.is_dir():
+            from .lpips_alex import load_lpips_alex
+
+            return cls(load_lpips_alex(file))
         if not file.is_file():
             return None
         try:

@@ -6,8 +6,12 @@ super-resolution weights were fine-tuned, so inference is one render per view (a
 (num_ws, w_dim), the format of PanoHead's projector and of the official examples; seeds are mapped with the
 same truncation (ψ 0.75 up to layer 14) and conditioning camera (yaw 0, pitch 0.2) the stylization used.
 
-Cameras look at the origin like the official stylization scripts (PanoHead's own scripts use (0, 0, 0.2)),
-at a pitch of 10° as ``infer_LD.py`` renders its comparison views. Every file is written atomically.
+Cameras look at the origin, as the official stylization code's ``infer_LD.py`` and PanoHead's sampling
+scripts do ((0, 0, 0.2) is only PanoHead's *visualiser's* average pivot, ``ViewSettings.camera_pivot`` can
+ask for it), at a pitch of 10° as ``infer_LD.py`` renders its comparison views. The synthesis network's noise
+is its constant noise by default; ``noise_mode="random"`` (the official inference's) draws one noise sample
+per head from ``noise_seed``, shared by all of its views, so they stay comparable and a re-run gives the same
+pictures. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..io.images import image_grid, save_png, to_uint8
 from ..io.untrusted import load_npz, npz_headers
 from ..mesh import Mesh, MeshConfig, extract_mesh
 from .camera import CameraConfig, cameras_at, named_views, orbit_cameras
+from .noise import NOISE_MODES, seeded_noise
 from .triplane import RenderOptions, TriPlaneGenerator
 
 BACKGROUNDS = ("none", "white", "model")
@@ -47,10 +52,14 @@ class ViewSettings:
     turntable_frames: int = 36
     frame_ms: int = 80
     chunk: int = 6  # views rendered per batch
+    noise_mode: str = "const"
+    noise_seed: int = 0  # random noise: the draw every view of a head shares
 
     def validate(self) -> "ViewSettings":
         if self.background not in BACKGROUNDS:
             raise ConfigError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        if self.noise_mode not in NOISE_MODES:
+            raise ConfigError(f"noise mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
         if self.turntable_frames < 0:
             raise ConfigError(f"turntable frames must be ≥ 0, got {self.turntable_frames}")
         if self.frame_ms < 1:
@@ -193,15 +202,19 @@ def render_images(
     c: torch.Tensor,
     background: str = "white",
     chunk: int = 6,
+    noise_mode: str = "const",
+    noise_seed: int = 0,
 ) -> torch.Tensor:
     """Render one latent ws (1, num_ws, w_dim) from V cameras c (V, 25) → (V, 3, R, R) in [-1, 1] (CPU).
 
-    The tri-grid is synthesised once and shared by all views; views go through the renderer ``chunk`` at a
-    time. Ray samples are deterministic so that the same call always gives the same pixels.
+    The tri-grid is synthesised once (random noise: drawn from ``noise_seed``) and shared by all views; views
+    go through the renderer ``chunk`` at a time. Ray samples are deterministic so that the same call always
+    gives the same pixels.
     """
     device = next(G.parameters()).device
     ws = ws.to(device)
-    planes = G.synthesize_planes(ws)
+    with seeded_noise(noise_seed if noise_mode == "random" else None, device):
+        planes = G.synthesize_planes(ws, noise_mode=noise_mode)
     options = RenderOptions(background=background, deterministic_samples=True)
     out = []
     for start in range(0, c.shape[0], chunk):
@@ -234,16 +247,17 @@ def render_subject(
     result = SubjectResult(subject.name, folder)
     cam_config = camera_config_for(G, settings.camera_pivot)
     views = named_views(settings.view_pitch, cam_config)
-    images = [to_uint8(img) for img in render_images(G, subject.ws, views.c, settings.background, settings.chunk)]
+    noise = {"noise_mode": settings.noise_mode, "noise_seed": settings.noise_seed}
+    images = [to_uint8(img) for img in render_images(G, subject.ws, views.c, settings.background, settings.chunk, **noise)]
     for name, image in zip(views.names, images):
         result.views[name] = save_png(image, folder / f"{name}.png")
     result.sheet = save_png(image_grid(images, len(images)), folder / "views.png")
     if base is not None:
-        before = [to_uint8(img) for img in render_images(base, subject.ws, views.c, settings.background, settings.chunk)]
+        before = [to_uint8(img) for img in render_images(base, subject.ws, views.c, settings.background, settings.chunk, **noise)]
         result.compare = save_png(image_grid(before + images, len(images)), folder / "compare.png")
     if settings.turntable_frames > 0:
         orbit = orbit_cameras(settings.turntable_frames, settings.view_pitch, cam_config)
-        frames = [to_uint8(img) for img in render_images(G, subject.ws, orbit.c, settings.background, settings.chunk)]
+        frames = [to_uint8(img) for img in render_images(G, subject.ws, orbit.c, settings.background, settings.chunk, **noise)]
         result.turntable = _save_gif(frames, folder / "turntable.gif", settings.frame_ms)
     return result
 

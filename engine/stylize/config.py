@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from ..distill import DistillConfig
 from ..errors import ConfigError
+from ..generator.noise import NOISE_MODES
 from ..io.configs import JsonConfig
 
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
@@ -56,9 +57,20 @@ class StylizeConfig(JsonConfig):
     model, logged). ``lpips_path`` is an optional exported LPIPS network (``.pt2``), see
     :class:`engine.distill.LpipsLoss`.
 
-    ``camera_pivot`` is the point the training cameras look at. The official stylization code uses the
-    origin (PanoHead's own scripts use (0, 0, 0.2)); radius and field of view come from the generator's
-    rendering config.
+    ``camera_pivot`` is the point the training cameras look at: the origin, as the official stylization code
+    and PanoHead's sampling scripts (``gen_samples.py``) use; (0, 0, 0.2) is only PanoHead's *visualiser's*
+    average pivot. Radius and field of view come from the generator's rendering config.
+
+    ``noise_mode`` is the synthesis network's per-layer noise while training: ``"const"`` (ours: each layer's
+    stored noise image, so a head's fine detail does not change from step to step) or ``"random"`` (the
+    official code: fresh noise at every synthesis, drawn here from the step's own random stream so that a
+    resumed run still reproduces an uninterrupted one).
+
+    The grid stage's depth control: with ``depth_model`` (a ``transformers`` depth-estimation folder such as
+    Depth Anything V2) the official pipeline runs — the network on the frozen generator's super-resolved
+    renders, min–max normalised over the whole image (:mod:`engine.guidance.depth_estimator`). Without it,
+    the frozen generator's own depth (foreground-normalised inverse depth) rendered at ``depth_resolution``
+    (None: the training renders' resolution; never more than a grid tile, the most the ControlNet sees).
     """
 
     config_label: ClassVar[str] = "stylize"
@@ -91,6 +103,9 @@ class StylizeConfig(JsonConfig):
     # the diffusion model's size anyway; a small diffusion model (the embedded pack's 64²) needs no more
     # than 32² rays per view, a quarter of the small generator's native 64².
     neural_resolution: int | None = None
+    noise_mode: str = "const"
+    depth_model: str | None = None
+    depth_resolution: int | None = None
 
     checkpoint_every: int = 250
     preview_every: int = 100  # 0 disables previews
@@ -141,6 +156,10 @@ class StylizeConfig(JsonConfig):
                 raise ConfigError(f"{name} must lie inside (−π/2, π/2), got {getattr(self, name)}")
         if self.neural_resolution is not None and not (isinstance(self.neural_resolution, int) and self.neural_resolution >= 8):
             raise ConfigError(f"neural_resolution must be an integer ≥ 8 or null, got {self.neural_resolution!r}")
+        if self.noise_mode not in NOISE_MODES:
+            raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
+        if self.depth_resolution is not None and not (isinstance(self.depth_resolution, int) and self.depth_resolution >= 8):
+            raise ConfigError(f"depth_resolution must be an integer ≥ 8 or null, got {self.depth_resolution!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not isinstance(self.distill, DistillConfig):

@@ -18,7 +18,11 @@ step at a time, and takes care of everything around it:
   every step; the loop stops after the current step and writes a checkpoint.
 
 Missing ControlNets: without an edge ControlNet the single-view stage runs unconditioned; without a depth
-ControlNet the grid stage is skipped. Both cases are logged on stderr and reported in ``started``.
+ControlNet the grid stage is skipped. Both cases are logged on stderr and reported in ``started``, as are the
+LPIPS network (``lpips``: its path, or null), where the grid's depth control comes from (``grid_depth``), the
+synthesis noise (``noise``) and ``notes``: what the settings ask for and will not get (LPIPS weighted but no
+network, the paper recipe's depth fallback; :func:`run_notes`), also logged on stderr before the models load.
+The commands that run a recipe (``engine stylize|head --preset paper``) send those as ``warning`` events too.
 """
 
 from __future__ import annotations
@@ -130,9 +134,36 @@ def _load_lpips(config: StylizeConfig):
 
     if not config.lpips_path or config.distill.lpips_weight <= 0:
         return None
-    if not Path(config.lpips_path).is_file():
-        raise InputError(f"{config.lpips_path}: LPIPS network file not found (--lpips)")
+    if not Path(config.lpips_path).exists():
+        raise InputError(f"{config.lpips_path}: LPIPS network not found (--lpips: the lpips-alex folder or a .pt2 file)")
     return LpipsLoss.from_local(config.lpips_path)
+
+
+def _load_depth_estimator(config: StylizeConfig, device: torch.device, use_grid: bool):
+    """The official grid depth network (``depth_model``), or None when the generator's own depth is used."""
+    if not config.depth_model or not use_grid:
+        return None
+    from ..guidance.depth_estimator import DepthEstimator
+
+    return DepthEstimator.from_folder(config.depth_model, device)
+
+
+def run_notes(config: StylizeConfig) -> list[str]:
+    """What this run's recipe asks for and will not get (no LPIPS network, the depth fallback): said first."""
+    from .recipes import depth_note, lpips_note
+
+    return [note for note in (lpips_note(config), depth_note(config)) if note]
+
+
+def _grid_depth_source(ctx: StylizeContext) -> str | None:
+    from .step import depth_render_resolution
+
+    if not ctx.use_grid:
+        return None
+    if ctx.depth_estimator is not None:
+        return f"depth network {ctx.config.depth_model} on the super-resolved renders"
+    resolution = depth_render_resolution(ctx) or ctx.frozen.config.rendering.neural_rendering_resolution
+    return f"generator depth at {resolution}²"
 
 
 def _check_resume(config: StylizeConfig, state: TrainingState | None, out_dir: Path, resume: bool) -> None:
@@ -201,6 +232,7 @@ def _build_run(config: StylizeConfig, device: torch.device, state: TrainingState
         use_edge=has_edge,
         use_grid=config.distill.use_grid and has_depth,
         lpips=_load_lpips(config),
+        depth_estimator=_load_depth_estimator(config, device, config.distill.use_grid and has_depth),
     )
     if config.distill.grid_size != ctx.sizes.native and ctx.use_grid:
         log(f"note: distill.grid_size={config.distill.grid_size} differs from the diffusion model's native size "
@@ -274,6 +306,9 @@ def stylize(
     _check_resume(config, state, out_dir, resume)
 
     started = time.perf_counter()
+    notes = run_notes(config)
+    for note in notes:  # before the models load: the first lines of the run
+        log(f"note: {note}")
     run = _build_run(config, device, state, guidance)
     ctx = run.ctx
     last_saved = run.step if state is not None else None
@@ -291,6 +326,10 @@ def stylize(
             "grid": ctx.use_grid,
             "rank": config.distill.use_rank,
         },
+        grid_depth=_grid_depth_source(ctx),
+        noise=config.noise_mode,
+        lpips=config.lpips_path if ctx.lpips is not None else None,
+        notes=notes,
         trainable_parameters=sum(p.numel() for p in run.named_params.values()),
         resumed=state is not None,
     )

@@ -13,8 +13,10 @@ Per step, for a batch of B random heads (ws from the frozen mapping with truncat
    LDIS between this head's and the previous head's tri-grids, trainable vs frozen.
 2. **2×2 grid.** Four random cameras all around the head; the trainable generator's *raw* neural renders
    (no background, before super-resolution) are resized to half the native size and tiled into one
-   native-size image; the depth ControlNet sees the tiled depth of the frozen generator's renders; the
-   gradient is masked with the frozen silhouettes and flows back into the tri-grid only.
+   native-size image; the depth ControlNet sees the tiled depth of the frozen generator's renders — its own
+   depth (at ``depth_resolution`` when set), or a depth network's estimate from its super-resolved renders
+   (``depth_model``, the official pipeline); the gradient is masked with the frozen silhouettes and flows
+   back into the tri-grid only.
 
 Memory: the tri-grid is computed once and handed to both stages as a detached leaf; each stage is
 back-propagated as soon as its loss exists (freeing its render graph), and the synthesis network is
@@ -22,7 +24,8 @@ back-propagated once at the end with the accumulated tri-grid gradient. The resu
 the sum of all losses, with the peak memory of the larger stage instead of both.
 
 Randomness: every draw (latents, cameras, DDIM step indices, ray jitter, VAE posterior samples, diffusion
-noise) comes from one CPU ``torch.Generator`` seeded from (seed, step), in a fixed order. A step therefore
+noise, and the synthesis network's noise when ``noise_mode`` is ``"random"``) comes from one CPU
+``torch.Generator`` seeded from (seed, step), in a fixed order. A step therefore
 depends only on the parameters, the optimiser state and the step number, which is what makes resuming
 from a checkpoint reproduce an uninterrupted run exactly.
 """
@@ -30,6 +33,7 @@ from a checkpoint reproduce an uninterrupted run exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -52,6 +56,7 @@ from ..distill import (
 from ..errors import ConfigError
 from ..generator.camera import CameraConfig, mirror_camera, sample_cameras
 from ..generator.inference import clamp_cutoff
+from ..generator.noise import draw_noise_seed, seeded_noise
 from ..generator.triplane import RenderOptions, TriPlaneGenerator
 from ..guidance.control import canny_edges, depth_control
 from .config import StylizeConfig
@@ -142,6 +147,7 @@ class StylizeContext:
     use_edge: bool
     use_grid: bool
     lpips: LpipsLoss | None = None
+    depth_estimator: object | None = None  # engine.guidance.depth_estimator.DepthEstimator (the official depth)
 
     @property
     def device(self) -> torch.device:
@@ -197,9 +203,10 @@ def _draw_step_index(bounds: tuple[int, int], rng: torch.Generator) -> int:
 
 def initial_ldis_memory(ctx: StylizeContext) -> LdisMemory:
     """Partner tri-grids for the first step: one head sampled before training (trainable == frozen then)."""
-    ws = sample_ws(ctx, ctx.config.batch_size, derived_generator(ctx.config.seed, _LDIS_INIT_STREAM))
-    with torch.no_grad():
-        planes = ctx.frozen.synthesize_planes(ws)
+    rng = derived_generator(ctx.config.seed, _LDIS_INIT_STREAM)
+    ws = sample_ws(ctx, ctx.config.batch_size, rng)
+    with torch.no_grad(), seeded_noise(draw_noise_seed(ctx.config.noise_mode, rng), ctx.device):
+        planes = ctx.frozen.synthesize_planes(ws, noise_mode=ctx.config.noise_mode)
     return LdisMemory(planes.clone(), planes)
 
 
@@ -308,6 +315,34 @@ def ldis_term(ctx: StylizeContext, planes: Tensor, frozen_planes: Tensor, memory
 # ------------------------------------------------------------------------------------------------
 # Stage 2: the 2×2 grid, before super-resolution
 # ------------------------------------------------------------------------------------------------
+def depth_render_resolution(ctx: StylizeContext) -> int | None:
+    """The neural resolution the frozen generator's grid depth is rendered at: ``depth_resolution`` capped at
+    a grid tile (the ControlNet never sees more per view) but never below the training renders', else the
+    training renders' own (``neural_resolution``; None: the generator's)."""
+    wanted = ctx.config.depth_resolution
+    if wanted is None:
+        return ctx.config.neural_resolution
+    own = ctx.config.neural_resolution or ctx.sizes.neural
+    return max(min(wanted, ctx.sizes.tile), own)
+
+
+def grid_depth_control(ctx: StylizeContext, ws_views: Tensor, cameras: Tensor, frozen_planes: Tensor,
+                       options: RenderOptions) -> tuple[Tensor, Tensor]:
+    """(the tiled depth control (B, 3, 2R, 2R) in [0, 1], the frozen silhouettes (4B, 1, r, r)) of the grid views.
+
+    With a depth network: the official pipeline, the network on the frozen generator's super-resolved renders
+    (min–max over the whole image). Without: the frozen generator's own depth, normalised over the head.
+    """
+    if ctx.depth_estimator is not None:
+        frozen = ctx.frozen.render(ws_views, cameras, dataclasses.replace(options, run_superresolution=True),
+                                   planes=frozen_planes)
+        depth = ctx.depth_estimator(frozen["image"])
+        return tile_2x2(depth.expand(-1, 3, -1, -1)), frozen["image_mask"]
+    options = dataclasses.replace(options, neural_resolution=depth_render_resolution(ctx))
+    frozen = ctx.frozen.render(ws_views, cameras, options, planes=frozen_planes)
+    return tile_2x2(depth_control(frozen["image_depth"], frozen["image_mask"])), frozen["image_mask"]
+
+
 def grid_loss(
     ctx: StylizeContext,
     ws: Tensor,
@@ -328,9 +363,9 @@ def grid_loss(
     )
     with phases.phase("render"):
         with torch.no_grad():
-            frozen = ctx.frozen.render(ws_views, cameras, options, planes=frozen_planes.repeat_interleave(GRID_VIEWS, 0))
-            control = tile_2x2(depth_control(frozen["image_depth"], frozen["image_mask"]))
-            mask = tile_2x2(_resize(frozen["image_mask"], sizes.latent_tile, align_corners=True))
+            control, silhouettes = grid_depth_control(ctx, ws_views, cameras,
+                                                      frozen_planes.repeat_interleave(GRID_VIEWS, 0), options)
+            mask = tile_2x2(_resize(silhouettes, sizes.latent_tile, align_corners=True))
         out = ctx.trainable.render(ws_views, cameras, options, planes=planes.repeat_interleave(GRID_VIEWS, 0))
         grid = tile_2x2(_resize(out["image_raw"], sizes.tile, align_corners=True))
     with phases.phase("guidance"):
@@ -376,11 +411,12 @@ def compute_step_gradients(
     if ctx.use_grid:
         grid_cams = sample_cameras(b * GRID_VIEWS, cfg.grid_yaw_range, cfg.grid_pitch_range, rng, ctx.camera).c.to(ctx.device)
         grid_k = _draw_step_index(d.grid_step_range, rng)
+    noise_seed = draw_noise_seed(cfg.noise_mode, rng)  # None (nothing drawn) with constant noise
 
-    with phases.phase("render"):
+    with phases.phase("render"), seeded_noise(noise_seed, ctx.device):
         with torch.no_grad():
-            frozen_planes = ctx.frozen.synthesize_planes(ws)
-        planes = ctx.trainable.synthesize_planes(ws)
+            frozen_planes = ctx.frozen.synthesize_planes(ws, noise_mode=cfg.noise_mode)
+        planes = ctx.trainable.synthesize_planes(ws, noise_mode=cfg.noise_mode)
     leaf = planes.detach().requires_grad_(True)
 
     loss = single_view_loss(ctx, ws, leaf, frozen_planes, single_cams, single_k, rng, phases, report)

@@ -7,6 +7,9 @@ is loaded (:func:`engine.heads.head_input.read_head_mesh` says what happens to a
 triangle soup, too many triangles or a missing texture). Every model path defaults to the
 embedded pack. Progress is JSON lines on stdout (see :mod:`engine.app.pipeline`); creating ``--cancel-file``,
 SIGINT or SIGTERM stop the stylization after the current step (exit 0, last event ``cancelled``).
+``--preset paper`` trains with every setting of the official code (:mod:`engine.stylize.recipes`); explicit
+``--steps``, ``--lr``, switches and anchors still win. A recipe that wants LPIPS without ``--lpips`` says so
+in its first lines and in head.json.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 from ...heads.head_input import DEFAULT_MAX_TRIANGLES
 from ...stylize.cancel import CancelToken
 from ...stylize.presets import STYLE_PRESETS
+from ...stylize.recipes import OURS, RECIPES
 from ..pipeline import GALLERY_FIRST_SEED, GALLERY_HEADS, IDENTITY_BACKEND_CHOICES, METHODS, HeadJob, run_head
 
 
@@ -23,11 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for head.json, head.npz/.ply and views/")
     p.add_argument("--prompt", default=None, help="style prompt (overrides --style-preset)")
     p.add_argument("--style-preset", choices=sorted(STYLE_PRESETS), help="named style (prompt chosen for the models in use)")
+    p.add_argument("--preset", choices=RECIPES, default=OURS,
+                   help="training recipe: ours (default: fast, 2000 steps on real models) or paper (every official "
+                        "default: ᾱ indexing, LPIPS, 10k steps, random noise, the official depth with --depth-model)")
     p.add_argument("--method", choices=METHODS, default="ld", help="likelihood distillation (default) or SDS")
     p.add_argument("--no-mirror", action="store_true", help="disable mirror gradients")
     p.add_argument("--no-grid", action="store_true", help="disable the 2×2 multi-view grid stage")
     p.add_argument("--no-rank", action="store_true", help="disable score rank re-weighting")
-    p.add_argument("--steps", type=int, help="stylization steps (default: 40 on the embedded pack, 2000 otherwise)")
+    p.add_argument("--steps", type=int, help="stylization steps (default: 40 on the embedded pack, 2000 otherwise; "
+                                             "10000 with --preset paper)")
     p.add_argument("--lr", type=float, help="learning rate (default: 2e-3 embedded pack, 1e-4 otherwise)")
     p.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance: higher = stronger style")
     p.add_argument("--train-seed", type=int, default=0, help="seed of the stylization run")
@@ -51,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffusion", help="Stable Diffusion 1.5-layout folder (default: embedded pack)")
     p.add_argument("--depth-controlnet", help="depth ControlNet folder")
     p.add_argument("--edge-controlnet", help="Canny ControlNet folder")
+    p.add_argument("--lpips", help="LPIPS network: the model manager's lpips-alex folder (or an exported .pt2); "
+                                   "without it the LPIPS term is off, and the run says so")
+    p.add_argument("--depth-model", help="transformers depth-estimation folder (e.g. Depth Anything V2): the grid's "
+                                         "depth control the official way")
     p.add_argument("--pack", help="embedded model pack folder (default: the one shipped with the engine)")
     p.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid size N (N³ samples)")
     p.add_argument("--iso-level", type=float, default=10.0, help="density of the mesh surface (PanoHead: 10)")
@@ -121,6 +133,9 @@ def job_from_args(args: argparse.Namespace) -> HeadJob:
         cache_dir=args.cache,
         style_id=args.style_id,
         style_library=args.style_library,
+        recipe=args.preset,
+        lpips=args.lpips,
+        depth_model=args.depth_model,
     )
 
 

@@ -5,6 +5,10 @@ continues the run saved in DIR with its saved settings (``--steps`` may raise th
 options, if given, must match). Progress is printed as JSON lines on stdout (see :mod:`engine.stylize.loop`);
 Ctrl-C, SIGTERM or creating ``--cancel-file`` stop the run cleanly after the current step with a checkpoint.
 Exit status 0 when the run finished or was cancelled cleanly (the last event says which), 2 on bad input.
+
+``--preset paper`` starts from every setting of the official training code (:mod:`engine.stylize.recipes`:
+official ᾱ indexing, LPIPS, random noise, …); flags given with it still win. ``--preset ours`` (the default)
+keeps the engine's own defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from ...errors import ConfigError, InputError
 from ...generator.config import PRESETS
+from ...stylize.recipes import PAPER, RECIPES, apply_recipe
 
 # CLI flag → top-level StylizeConfig field (flags default to None: "not given").
 _TOP_LEVEL = {
@@ -26,6 +31,7 @@ _TOP_LEVEL = {
     "edge_controlnet": "edge_controlnet",
     "depth_controlnet": "depth_controlnet",
     "lpips": "lpips_path",
+    "depth_model": "depth_model",
     "steps": "steps",
     "lr": "lr",
     "batch_size": "batch_size",
@@ -36,7 +42,7 @@ _TOP_LEVEL = {
     "preview_every": "preview_every",
     "keep_checkpoints": "keep_checkpoints",
 }
-_PATH_FIELDS = ("diffusion", "edge_controlnet", "depth_controlnet", "lpips_path")
+_PATH_FIELDS = ("diffusion", "edge_controlnet", "depth_controlnet", "lpips_path", "depth_model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diffusion", help="Stable Diffusion 1.5-layout folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
     parser.add_argument("--edge-controlnet", help="Canny ControlNet folder (default: <diffusion>/controlnet_edge if present)")
     parser.add_argument("--depth-controlnet", help="depth ControlNet folder (default: <diffusion>/controlnet_depth if present)")
-    parser.add_argument("--lpips", help="exported LPIPS network (.pt2) for the LPIPS regulariser (optional)")
+    parser.add_argument("--lpips", help="LPIPS network for the LPIPS regulariser: the model manager's lpips-alex folder "
+                                        "or an exported .pt2 (without one the term is off, and the run says so)")
+    parser.add_argument("--depth-model", help="transformers depth-estimation folder (e.g. Depth Anything V2): the grid's depth "
+                                              "control the official way (network on the super-resolved render)")
+    parser.add_argument("--preset", choices=RECIPES, help="training recipe: ours (default) or paper (every official "
+                                                          "default: ᾱ indexing, LPIPS, 10k steps, random noise …)")
     parser.add_argument("--out", required=True, help="output folder (checkpoints, previews)")
     parser.add_argument("--config", help="a StylizeConfig JSON file to start from (flags override it)")
     parser.add_argument("--steps", type=int, help="total optimisation steps (default 10000)")
@@ -120,6 +131,8 @@ def build_config(args: argparse.Namespace):
         if missing:
             raise ConfigError(f"a new stylization run needs {', '.join(missing)} (or --resume to continue one)")
         base = StylizeConfig(prompt=top["prompt"], diffusion=top["diffusion"])
+    if args.preset:  # on --resume too: a preset that changes the saved run is refused by the resume check
+        base = apply_recipe(base, args.preset)
     distill = base.distill.replace(**distill_changes) if distill_changes else base.distill
     return dataclasses.replace(base, **top, out_dir=str(out.resolve()), distill=distill).validate()
 
@@ -135,8 +148,10 @@ def _check_paths(config) -> None:
     for flag, value in (("--edge-controlnet", config.edge_controlnet), ("--depth-controlnet", config.depth_controlnet)):
         if value is not None and not Path(value).is_dir():
             raise CheckpointError(f"{flag} {value}: no such folder")
-    if config.lpips_path is not None and not Path(config.lpips_path).is_file():
-        raise InputError(f"--lpips {config.lpips_path}: no such file")
+    if config.lpips_path is not None and not Path(config.lpips_path).exists():
+        raise InputError(f"--lpips {config.lpips_path}: no such file or folder")
+    if config.depth_model is not None and not Path(config.depth_model).is_dir():
+        raise CheckpointError(f"--depth-model {config.depth_model}: no such folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,6 +160,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     _check_paths(config)
+    if args.preset == PAPER:  # what the paper recipe wants and will not get: the run's first lines
+        from ...io.events import emit
+        from ...stylize.loop import run_notes
+
+        for note in run_notes(config):
+            emit("warning", message=note)
     if args.cancel_file is not None and not Path(args.cancel_file).expanduser().parent.is_dir():
         raise InputError(f"--cancel-file {args.cancel_file}: its folder does not exist")
     token = CancelToken(Path(args.cancel_file).expanduser() if args.cancel_file else None)
