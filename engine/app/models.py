@@ -16,6 +16,12 @@ would start again from zero), so progress is exact and an interrupted download c
 3. every file is verified against the listing after download; a mismatch deletes it and fails with the file's
    name (a corrupt mirror or a truncated file never reaches the engine).
 
+A few models are not on the Hub from their authors: LPIPS-Alex (``lpips-alex``, the perceptual loss of the
+paper's recipe) is torchvision's ImageNet AlexNet from ``download.pytorch.org`` plus the LPIPS authors'
+linear layers from their repository at a fixed commit. Such a model lists its files as URLs with a pinned
+SHA-256 (:class:`UrlFile`); each is sized by a HEAD request, fetched and resumed the same way, and checked
+against its pin (``endpoint`` replaces the hosts, for a mirror or a test server).
+
 PanoHead's generator is not on the Hub under a licence that allows redistribution: the user points the
 preferences at their ``.pkl`` (read by the restricted unpickler), and the licence text is shown there.
 """
@@ -29,6 +35,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,32 +50,67 @@ MANIFEST = "models.json"
 
 
 @dataclass(frozen=True)
+class UrlFile:
+    """One file of a model that is downloaded from a plain URL: its name in the model's folder, its pin."""
+
+    name: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     key: str
-    repo_id: str
+    repo_id: str  # the Hub repository; for URL models, a label of where the files come from
     files: tuple[str, ...]  # glob patterns of what the engine reads
     role: str  # which preference / engine option the folder fills
     licence: str
     attribution: str
+    urls: tuple[UrlFile, ...] = ()  # set for models fetched from plain URLs instead of the Hub
+    revision: str = ""  # URL models: the pinned revision recorded in models.json
+
+
+_SD15_FILES = ("model_index.json", "scheduler/*.json", "tokenizer/*", "text_encoder/config.json",
+               "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+               "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
+_LPIPS_COMMIT = "c33f89e9f46522a584cf41d8880eb0afa982708b"  # richzhang/PerceptualSimilarity: last change of v0.1 alex.pth
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     s.key: s
     for s in (
-        ModelSpec("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                  ("model_index.json", "scheduler/*.json", "tokenizer/*", "text_encoder/config.json",
-                   "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                   "vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
+        ModelSpec("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", _SD15_FILES,
                   "diffusion", "CreativeML OpenRAIL-M",
                   "Stable Diffusion v1.5 by Runway / CompVis / Stability AI"),
+        ModelSpec("realistic-vision-v5.1", "SG161222/Realistic_Vision_V5.1_noVAE", _SD15_FILES,
+                  "diffusion", "CreativeML OpenRAIL-M",
+                  "Realistic Vision V5.1 by SG161222, a Stable Diffusion 1.5 fine-tune: the diffusion model of "
+                  "the stylization paper"),
         ModelSpec("controlnet-canny", "lllyasviel/sd-controlnet-canny",
                   ("config.json", "diffusion_pytorch_model.safetensors"), "edge_controlnet", "OpenRAIL",
                   "ControlNet (Canny) by Lvmin Zhang and Maneesh Agrawala"),
         ModelSpec("controlnet-depth", "lllyasviel/sd-controlnet-depth",
                   ("config.json", "diffusion_pytorch_model.safetensors"), "depth_controlnet", "OpenRAIL",
                   "ControlNet (depth) by Lvmin Zhang and Maneesh Agrawala"),
+        ModelSpec("lpips-alex", "download.pytorch.org (AlexNet) + richzhang/PerceptualSimilarity",
+                  (), "lpips", "BSD-3-Clause (torchvision AlexNet) + BSD-2-Clause (LPIPS)",
+                  "LPIPS by Richard Zhang, Phillip Isola, Alexei A. Efros, Eli Shechtman, Oliver Wang (CVPR 2018); "
+                  "AlexNet ImageNet weights by the PyTorch team",
+                  urls=(UrlFile("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                                "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"),
+                        UrlFile("alex.pth", "https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/"
+                                            f"{_LPIPS_COMMIT}/lpips/weights/v0.1/alex.pth",
+                                "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0")),
+                  revision=_LPIPS_COMMIT),
+        ModelSpec("depth-anything-v2-base", "depth-anything/Depth-Anything-V2-Base-hf",
+                  ("config.json", "model.safetensors", "preprocessor_config.json"), "depth_model",
+                  "CC BY-NC 4.0 (non-commercial use only)",
+                  "Depth Anything V2 (ViT-B) by Lihe Yang et al. (NeurIPS 2024): the official code's grid depth network"),
     )
 }
+# What `models download all` fetches: the models every real run needs. `paper` adds what the paper's recipe uses.
+DEFAULT_KEYS = ("sd15", "controlnet-canny", "controlnet-depth")
+PAPER_KEYS = ("realistic-vision-v5.1", "controlnet-canny", "controlnet-depth", "lpips-alex", "depth-anything-v2-base")
 
 
 class DownloadError(EngineError):
@@ -143,6 +185,58 @@ def fetch_resumable(url: str, target: Path, size: int, headers: dict[str, str],
     os.replace(part, target)
 
 
+def _mirrored(url: str, endpoint: str | None) -> str:
+    """``url`` on ``endpoint``'s scheme and host (same path), or unchanged without an endpoint."""
+    if not endpoint:
+        return url
+    base = urllib.parse.urlsplit(endpoint.rstrip("/"))
+    return urllib.parse.urlunsplit((base.scheme, base.netloc, base.path + urllib.parse.urlsplit(url).path, "", ""))
+
+
+def remote_size(url: str, timeout: float = 60.0) -> int:
+    """The size a server announces for ``url`` (HEAD request); DownloadError when it does not say."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise DownloadError(f"{url}: cannot reach it ({type(exc).__name__}: {exc})") from exc
+    if length is None or not length.isdigit():
+        raise DownloadError(f"{url}: the server does not give the file's size")
+    return int(length)
+
+
+def _download_urls(spec: ModelSpec, root: Path, endpoint: str | None, on_event: Callable[..., None]) -> Path:
+    """Fetch a URL model's files into ``root/key``, each checked against its pinned SHA-256 (see the docstring)."""
+    folder = root / spec.key
+    pending = [f for f in spec.urls if not ((folder / f.name).is_file() and sha256_file(folder / f.name) == f.sha256)]
+    sizes = {f.name: remote_size(_mirrored(f.url, endpoint)) for f in pending}
+    total = sum(sizes.values())
+    on_event("stage", stage="download", message=f"{spec.repo_id}: {len(spec.urls)} files, {total / 2**20:.1f} MiB to fetch")
+    started = time.perf_counter()
+    done_bytes = 0
+    for index, item in enumerate(spec.urls, start=1):
+        target = folder / item.name
+        if item.name in sizes:
+            fetch_resumable(_mirrored(item.url, endpoint), target, sizes[item.name], {})
+            got = sha256_file(target)
+            if got != item.sha256:
+                target.unlink(missing_ok=True)
+                raise DownloadError(f"{target}: SHA-256 {got[:12]}… does not match the pinned {item.sha256[:12]}… "
+                                    f"({item.url}: corrupt download or mirror); the file was removed, download again")
+            done_bytes += sizes[item.name]
+        on_event("progress", stage="download", step=index, total=len(spec.urls), file=item.name,
+                 fraction=done_bytes / max(total, 1) if total else 1.0, bytes=done_bytes, total_bytes=total)
+    manifest = read_manifest(root)
+    manifest[spec.key] = {"repo_id": spec.repo_id, "revision": spec.revision, "role": spec.role, "licence": spec.licence,
+                          "attribution": spec.attribution, "folder": spec.key,
+                          "files": {f.name: f.sha256 for f in spec.urls}, "urls": {f.name: f.url for f in spec.urls},
+                          "downloaded": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_json(root / MANIFEST, manifest)
+    on_event("done", result=str(folder), role=spec.role, revision=spec.revision,
+             seconds=round(time.perf_counter() - started, 2))
+    return folder
+
+
 def download_model(
     key: str,
     root: str | os.PathLike,
@@ -165,6 +259,10 @@ def download_model(
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root} is a file; give the models folder")
+    if spec.urls:
+        if repo_id or revision or update:
+            raise ConfigError(f"{key} is pinned to fixed files by their SHA-256: --repo, --revision and --update do not apply")
+        return _download_urls(spec, root, endpoint, on_event)
     folder = root / key
     manifest = read_manifest(root)
     recorded = manifest.get(key, {})

@@ -1,7 +1,9 @@
 """``python -m engine models download KEY --out MODELS`` / ``models list --out MODELS``: the model manager.
 
-Downloads happen only here, when asked (see :mod:`engine.app.models`). KEY: sd15, controlnet-canny,
-controlnet-depth. ``HF_ENDPOINT`` (or ``--endpoint``) points at a mirror.
+Downloads happen only here, when asked (see :mod:`engine.app.models`). KEY: sd15, realistic-vision-v5.1,
+controlnet-canny, controlnet-depth, lpips-alex, depth-anything-v2-base; ``all`` (Stable Diffusion 1.5 and both
+ControlNets) or ``paper`` (what the paper's recipe uses). ``HF_ENDPOINT`` (or ``--endpoint``) points at a
+mirror. ``list`` shows each model's role, state and licence.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ..models import MODEL_SPECS, download_model, read_manifest
+from ..models import DEFAULT_KEYS, MODEL_SPECS, PAPER_KEYS, download_model, read_manifest
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("download", "list"))
-    p.add_argument("key", nargs="?", choices=sorted(MODEL_SPECS) + ["all"],
-                   help="which model (download); all = Stable Diffusion 1.5 and both ControlNets")
+    p.add_argument("key", nargs="?", choices=sorted(MODEL_SPECS) + ["all", "paper"],
+                   help="which model (download); all = Stable Diffusion 1.5 and both ControlNets; paper = what the "
+                        "paper's recipe uses (Realistic Vision V5.1, both ControlNets, LPIPS-Alex, Depth Anything V2)")
     p.add_argument("--out", required=True, help="the models folder (one sub-folder per model, models.json)")
     p.add_argument("--revision", help="branch, tag or commit (default: the recorded commit, else main)")
     p.add_argument("--update", action="store_true", help="resolve main again instead of the recorded commit")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         from ...errors import ConfigError
 
         raise ConfigError(f"models download needs a model: one of {', '.join(MODEL_SPECS)}")
-    keys = list(MODEL_SPECS) if args.key == "all" else [args.key]
+    keys = list({"all": DEFAULT_KEYS, "paper": PAPER_KEYS}.get(args.key, (args.key,)))
     if len(keys) > 1 and (args.repo or args.revision):
         from ...errors import ConfigError
 

@@ -4,7 +4,8 @@ It serves one or more tiny repositories (``{repo_id: {path: bytes}}``) at one co
 the recursive tree listing (with git blob ids and, for files marked large, LFS sha256 like the Hub), and
 ``/resolve/`` downloads with HEAD, ETag, ``X-Repo-Commit`` and byte ranges (resumed downloads). Faults for
 tests: ``drop_after[path] = [n, …]`` closes the connection after n bytes of that file, one list item per GET; ``corrupt[path] =
-bytes`` serves other bytes than the tree lists.
+bytes`` serves other bytes than the tree lists. ``static`` serves plain files at fixed URL paths (the model manager's
+URL-pinned models), with the same HEAD, byte ranges and faults (keyed by the URL path).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ def git_blob_id(data: bytes) -> str:
 
 
 class FakeHub:
-    def __init__(self, repos: dict[str, dict[str, bytes]], lfs_min_bytes: int = 1024):
+    def __init__(self, repos: dict[str, dict[str, bytes]], lfs_min_bytes: int = 1024, static: dict[str, bytes] | None = None):
         self.repos = repos
+        self.static = static or {}
         self.commits = {repo: hashlib.sha1(repo.encode()).hexdigest() for repo in repos}
         self.lfs_min_bytes = lfs_min_bytes
         self.drop_after: dict[str, list[int]] = {}
@@ -77,6 +79,8 @@ class FakeHub:
         url = urlparse(handler.path)
         path = unquote(url.path)
         self.requests.append((handler.command, path, handler.headers.get("Range")))
+        if path in self.static:
+            return self._file(handler, head, "static", path, self.static[path])
         for repo, files in self.repos.items():
             commit = self.commits[repo]
             m = re.fullmatch(rf"/api/models/{re.escape(repo)}/revision/(.+)", path)
