@@ -1,8 +1,14 @@
-"""``python -m engine generate``: multi-view renders and a coloured mesh of one generated head."""
+"""``python -m engine generate``: multi-view renders and a coloured mesh of one generated head.
+
+Views use the official inference cameras (the stylization code's ``infer_LD.py``, PanoHead's sampling
+scripts): looking at the origin from radius 2.7 at a pitch of 10°. ``--visualiser-pivot`` looks at
+(0, 0, 0.2) instead, the average pivot of PanoHead's interactive visualiser (this command's former views).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -27,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid size N (N³ samples)")
     p.add_argument("--iso-level", type=float, default=10.0, help="density iso level of the surface")
     p.add_argument("--no-mesh", action="store_true", help="skip mesh extraction")
+    p.add_argument("--pitch", type=float, default=10.0, help="view pitch in degrees, PanoHead convention (default 10, "
+                                                             "as the official inference views)")
+    p.add_argument("--visualiser-pivot", action="store_true",
+                   help="look at (0, 0, 0.2), PanoHead's visualiser's average pivot, instead of the origin")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
@@ -38,12 +48,12 @@ def run(args: argparse.Namespace) -> int:
     G = loaded.generator
     if not loaded.trained:
         log(f"note: {loaded.source} has random weights (no checkpoint given); renders show an untrained generator")
-    # Views of the generator's own orbit (pivot (0, 0, 0.2), level camera) with its background network.
+    # The official inference cameras (or the visualiser's pivot), with the generator's background network.
     settings = ViewSettings(
         truncation_psi=args.truncation,
         truncation_cutoff=args.truncation_cutoff,
-        camera_pivot=G.config.rendering.avg_camera_pivot,
-        view_pitch=0.0,
+        camera_pivot=G.config.rendering.avg_camera_pivot if args.visualiser_pivot else (0.0, 0.0, 0.0),
+        view_pitch=math.radians(args.pitch),
         background="model",
     ).validate()
     ws = seed_latent(G, args.seed, settings)
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "preset": G.config.name,
         "seed": args.seed,
         "truncation": args.truncation,
+        "cameras": {"pivot": list(settings.camera_pivot), "pitch_degrees": args.pitch},
         "views": files,
         "mesh": mesh_info,
         "timings_s": timings,

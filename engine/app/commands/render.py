@@ -4,11 +4,14 @@ For every subject (``seed0003`` for seed 3, the file stem for a latent ``.npz``)
 ``<out>/<subject>/{front,yaw+45,yaw-45,yaw+90,yaw-90,back}.png``, ``views.png`` (all views in a row),
 ``compare.png`` (base generator above, stylized below; only with ``--base``) and ``turntable.gif``, plus
 ``<out>/render.json`` listing the files. Progress and the final file list are JSON lines on stdout.
+Cameras are the official inference cameras (looking at the origin, pitch 10°); ``--visualiser-pivot`` looks
+at (0, 0, 0.2), PanoHead's visualiser's average pivot, instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -29,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--psi", type=float, default=0.75, help="truncation ψ for seeds (default 0.75)")
     parser.add_argument("--background", choices=("white", "none", "model"), default="white", help="background (default white)")
     parser.add_argument("--chunk", type=int, default=6, help="views rendered per batch (default 6)")
+    parser.add_argument("--visualiser-pivot", action="store_true",
+                        help="look at (0, 0, 0.2), PanoHead's visualiser's average pivot, instead of the origin")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -78,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()  # an existing file was refused by the command line (cli.check_arguments)
 
     G = load_generator(args.generator, args.device).generator
+    if args.visualiser_pivot:
+        settings = dataclasses.replace(settings, camera_pivot=tuple(G.config.rendering.avg_camera_pivot))
     device = next(G.parameters()).device
     base = None
     if args.base:
