@@ -27,6 +27,15 @@ PRESETS: tuple[tuple[str, str, str], ...] = (
 PRESET_ENGINE_NAME = {key: engine for key, _label, engine in PRESETS}
 PRESET_LABEL = {key: label for key, label, _engine in PRESETS}
 
+# Panel recipe → engine ``--preset``: Fast is the engine's own recipe (2000 steps on real models, 40 on the
+# embedded pack), Paper every setting of the official training code (10,000 steps, LPIPS, official ᾱ …).
+RECIPES: tuple[tuple[str, str, str, str], ...] = (
+    ("FAST", "Fast", "ours", "The engine's own recipe: 2000 steps on real models (40 on the embedded pack)"),
+    ("PAPER", "Paper", "paper", "Every setting of the paper's official training code: 10,000 steps, LPIPS (set the "
+                                "LPIPS folder), official ᾱ indexing, random noise, the depth network if set"),
+)
+RECIPE_ENGINE_NAME = {key: engine for key, _label, engine, _help in RECIPES}
+
 # Identity-vs-style strength s ∈ [0, 1] → classifier-free guidance scale G = G_MIN + s·(G_MAX − G_MIN).
 # The diffusion model's pull toward the text grows with G; s = 0.5 gives the paper's G = 7.5.
 GUIDANCE_MIN = 2.5
@@ -49,6 +58,8 @@ class ModelPaths:
     diffusion: str = ""
     depth_controlnet: str = ""
     edge_controlnet: str = ""
+    lpips: str = ""  # the model manager's lpips-alex folder; empty = no LPIPS term
+    depth_model: str = ""  # a transformers depth-estimation folder; empty = the generator's own depth
 
 
 @dataclass
@@ -59,6 +70,7 @@ class StylizeRequest:
     python: str
     engine_root: str
     preset: str = "ZOMBIE"
+    recipe: str = "FAST"
     prompt: str = ""
     method: str = "ld"
     mirror: bool = True
@@ -113,12 +125,16 @@ def check_request(request: StylizeRequest) -> list[str]:
         ("Diffusion model folder", m.diffusion, True),
         ("Depth ControlNet folder", m.depth_controlnet, True),
         ("Edge ControlNet folder", m.edge_controlnet, True),
+        ("LPIPS folder", m.lpips, None),
+        ("Depth model folder", m.depth_model, True),
     ):
         if not value:
             continue
         p = Path(_expand(value))
         if not p.exists():
             problems.append(f"{label} does not exist: {value}")
+        elif want_dir is None:  # a folder (the model manager's) or a file (an exported network): either
+            continue
         elif want_dir and not p.is_dir():
             problems.append(f"{label} must be a folder: {value}")
         elif not want_dir and not p.is_file():
@@ -135,6 +151,8 @@ def check_request(request: StylizeRequest) -> list[str]:
         problems.append(f"Unknown style preset: {request.preset}")
     if request.method not in METHODS:
         problems.append(f"Unknown method: {request.method}")
+    if request.recipe not in RECIPE_ENGINE_NAME:
+        problems.append(f"Unknown recipe: {request.recipe}")
     if request.device not in DEVICES:
         problems.append(f"Unknown device: {request.device}")
     if not 16 <= request.mesh_resolution <= 1024:
@@ -149,6 +167,8 @@ def engine_argv(request: StylizeRequest) -> list[str]:
         argv += ["--prompt", request.prompt.strip()]
     else:
         argv += ["--style-preset", PRESET_ENGINE_NAME[request.preset]]
+    if request.recipe != "FAST":
+        argv += ["--preset", RECIPE_ENGINE_NAME[request.recipe]]
     argv += ["--method", request.method]
     argv += [flag for flag, on in (("--no-mirror", request.mirror), ("--no-grid", request.grid),
                                    ("--no-rank", request.rank)) if not on]
@@ -166,7 +186,8 @@ def engine_argv(request: StylizeRequest) -> list[str]:
     argv += ["--mesh-resolution", str(int(request.mesh_resolution)), "--device", request.device]
     m = request.models
     for flag, value in (("--generator", m.generator), ("--diffusion", m.diffusion),
-                        ("--depth-controlnet", m.depth_controlnet), ("--edge-controlnet", m.edge_controlnet)):
+                        ("--depth-controlnet", m.depth_controlnet), ("--edge-controlnet", m.edge_controlnet),
+                        ("--lpips", m.lpips), ("--depth-model", m.depth_model)):
         if value:
             argv += [flag, _expand(value)]
     if request.attention_slicing:

@@ -53,6 +53,18 @@ class HEADSTYLIZER_AP_preferences(bpy.types.AddonPreferences):
     edge_controlnet_dir: bpy.props.StringProperty(
         name="Edge (Canny) ControlNet Folder", description="Empty: the embedded pack's", subtype="DIR_PATH"
     )
+    lpips_dir: bpy.props.StringProperty(
+        name="LPIPS Folder",
+        description="LPIPS-Alex weights (Model manager › LPIPS-Alex › Download). Empty: no LPIPS term "
+        "(the Paper recipe warns)",
+        subtype="DIR_PATH",
+    )
+    depth_model_dir: bpy.props.StringProperty(
+        name="Depth Model Folder",
+        description="A transformers depth-estimation model (e.g. Depth Anything V2): the Paper recipe's official "
+        "depth control. Empty: the generator's own depth",
+        subtype="DIR_PATH",
+    )
     device: bpy.props.EnumProperty(
         name="Device",
         items=(("auto", "Auto", "CUDA GPU when available, else CPU"),
@@ -114,7 +126,8 @@ class HEADSTYLIZER_AP_preferences(bpy.types.AddonPreferences):
         draw_model_manager(layout, self)
         box = layout.box()
         box.label(text="Models (empty = embedded model pack)")
-        for name in ("generator_path", "diffusion_dir", "depth_controlnet_dir", "edge_controlnet_dir"):
+        for name in ("generator_path", "diffusion_dir", "depth_controlnet_dir", "edge_controlnet_dir", "lpips_dir",
+                     "depth_model_dir"):
             box.prop(self, name)
         box = layout.box()
         box.label(text="Memory")
@@ -267,6 +280,7 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         python=python,
         engine_root=engine_root(prefs),
         preset=settings.preset,
+        recipe=settings.recipe,
         prompt=settings.prompt,
         method=settings.method,
         mirror=settings.use_mirror,
@@ -290,6 +304,8 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
             diffusion=_abspath(prefs.diffusion_dir),
             depth_controlnet=_abspath(prefs.depth_controlnet_dir),
             edge_controlnet=_abspath(prefs.edge_controlnet_dir),
+            lpips=_abspath(prefs.lpips_dir),
+            depth_model=_abspath(prefs.depth_model_dir),
         ),
     )
     problems = ([python_problem] if python_problem else []) + check_request(request)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bpy
 
-from .job import GUIDANCE_MAX, GUIDANCE_MIN, PRESETS
+from .job import GUIDANCE_MAX, GUIDANCE_MIN, PRESETS, RECIPES
 from .scores import NOT_MEASURED
 
 
@@ -19,6 +19,11 @@ class HeadStylizerSettings(bpy.types.PropertyGroup):
         items=[(key, label, f"{label} style" if key != "CUSTOM" else "Your own prompt")
                for key, label, _engine in PRESETS],
         default="ZOMBIE",
+    )
+    recipe: bpy.props.EnumProperty(
+        name="Recipe",
+        items=[(key, label, help_text) for key, label, _engine, help_text in RECIPES],
+        default="FAST",
     )
     prompt: bpy.props.StringProperty(name="Prompt", description="Style prompt for the Custom style",
                                      default="a bronze statue head")

@@ -1,4 +1,5 @@
-"""Model manager in Blender: *Download* a real model (Stable Diffusion 1.5, Canny / depth ControlNet).
+"""Model manager in Blender: *Download* a real model (Stable Diffusion 1.5, Realistic Vision V5.1, Canny / depth
+ControlNet, LPIPS-Alex, Depth Anything V2).
 
 Runs ``python -m engine models download KEY --out MODELS --json`` with the engine's interpreter (the download
 code — listing, resumable transfer, verification, pinning — is the engine's, :mod:`engine.app.models`); the
@@ -19,8 +20,14 @@ from ..bridge.preferences import engine_root, get_preferences, models_dir, resol
 from .stylize import redraw_areas
 
 MODEL_KEYS = (("sd15", "Stable Diffusion 1.5", "diffusion_dir"),
+              ("realistic-vision-v5.1", "Realistic Vision V5.1 (the paper's)", "diffusion_dir"),
               ("controlnet-canny", "Canny ControlNet", "edge_controlnet_dir"),
-              ("controlnet-depth", "Depth ControlNet", "depth_controlnet_dir"))
+              ("controlnet-depth", "Depth ControlNet", "depth_controlnet_dir"),
+              ("lpips-alex", "LPIPS-Alex", "lpips_dir"),
+              ("depth-anything-v2-base", "Depth Anything V2 (non-commercial)", "depth_model_dir"))
+# engine role (models.json, the download's ``done`` event) → the preference the downloaded folder fills
+ROLE_PREFERENCE = {"diffusion": "diffusion_dir", "edge_controlnet": "edge_controlnet_dir",
+                   "depth_controlnet": "depth_controlnet_dir", "lpips": "lpips_dir", "depth_model": "depth_model_dir"}
 # key → {"fraction": float, "message": str, "running": bool}
 DOWNLOADS: dict[str, dict] = {}
 
@@ -32,7 +39,9 @@ class HEADSTYLIZER_OT_download_model(bpy.types.Operator):
     bl_label = "Download"
 
     key: bpy.props.EnumProperty(items=[(k, label, "") for k, label, _ in MODEL_KEYS]
-                                + [("all", "All", "Stable Diffusion 1.5 and both ControlNets")])
+                                + [("all", "All", "Stable Diffusion 1.5 and both ControlNets"),
+                                   ("paper", "Paper", "What the Paper recipe uses: Realistic Vision V5.1, both "
+                                                      "ControlNets, LPIPS-Alex, Depth Anything V2")])
     _timer = None
     _process: EngineProcess | None = None
 
@@ -88,10 +97,8 @@ class HEADSTYLIZER_OT_download_model(bpy.types.Operator):
             self.report({"ERROR"}, f"Download {self.key}: {self._process.error_message()}")
             return {"CANCELLED"}
         prefs = get_preferences(context)
-        role_to_pref = {"diffusion": "diffusion_dir", "edge_controlnet": "edge_controlnet_dir",
-                        "depth_controlnet": "depth_controlnet_dir"}
         for role, folder in state.get("results", {}).items():
-            setattr(prefs, role_to_pref[role], folder)
+            setattr(prefs, ROLE_PREFERENCE[role], folder)
         state["message"] = f"done ({str(state.get('revision', ''))[:12]})"
         self.report({"INFO"}, f"Downloaded {self.key} to {state['result']}")
         return {"FINISHED"}

@@ -81,6 +81,7 @@ class HEADSTYLIZER_PT_main(_SidebarPanel, bpy.types.Panel):
         col.prop(s, "preset")
         if s.preset == "CUSTOM":
             col.prop(s, "prompt", text="Prompt")
+        layout.row().prop(s, "recipe", expand=True)
 
         col = layout.column(align=True)
         col.prop(s, "head_source")

@@ -200,8 +200,11 @@ class SharedCheckpoint:
             return target
         import ray
 
-        for name, data in ray.get(self.files[0]).items():
-            write_bytes(folder / name, data)  # atomic: two workers of one node may write the same file
+        files = ray.get(self.files[0])
+        # atomic writes (two workers of one node may write the same file), the checked file last: once it is
+        # there with its SHA-256, so is the rest
+        for name in sorted(files, key=lambda n: n == self.name):
+            write_bytes(folder / name, files[name])
         if sha256_file(target) != self.sha256:
             raise CheckpointError(f"{target}: the stylized generator shipped by the driver arrived corrupt")
         return target
