@@ -181,6 +181,20 @@ def test_a_worker_uses_the_drivers_stylized_generator_and_never_stylizes(ray_clu
         SharedCheckpoint("0" * 64, checkpoint.name, shared.files).materialize()
 
 
+@pytest.mark.skipif(not (ROOT / "engine" / "pack" / "embedded-v1" / "manifest.json").is_file(), reason="embedded pack not built")
+def test_mesh_mode_workers_build_the_drivers_models(tmp_path):
+    """Mesh mode shares no stylized generator (each scan is its own field): a worker's recipe builds the mesh-mode
+    models itself, on the task's device, and they have the driver's fingerprint (else every item would fail)."""
+    from engine.app.batch import BatchSettings, batch_fingerprint
+    from engine.app.batch_mesh import load_mesh_mode_models
+    from engine.app.farm import EngineWorkerModels
+
+    settings = BatchSettings(style_preset="zombie", mode="mesh", field_steps=8, device="auto", cache_dir=str(tmp_path))
+    driver = load_mesh_mode_models(settings, None, quiet)
+    worker = EngineWorkerModels(settings, None, FarmConfig().worker_device(settings.device))()
+    assert batch_fingerprint(worker) == batch_fingerprint(driver) and worker.stylized_generator is None
+
+
 def test_resources_no_node_has_are_refused_at_once(ray_cluster, scan_folder, tmp_path):
     for too_much, named in (({"gpus_per_item": 1.0}, "1 GPU"), ({"cpus_per_item": 3.0}, "3 CPU")):
         with pytest.raises(ConfigError, match=f"no node of the Ray cluster has .*{named}.*nodes: 2 CPU/0 GPU"):
