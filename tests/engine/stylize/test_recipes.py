@@ -5,6 +5,7 @@ every config field is classified; the README's table is what the source gives.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -171,3 +172,21 @@ def test_ours_cache_keys_are_unchanged_by_the_recipe_fields(tmp_path):
 
 
 OURS_KEY = "f0d6236d6133daba"  # engine at a10fc8d (before the recipes), same job and sources
+
+
+def test_engine_stylize_with_the_paper_preset_warns_first_when_lpips_is_missing(tmp_path, tiny_diffusion, capsys):
+    """The first lines of ``engine stylize --preset paper`` without --lpips: warnings, then ``started`` with the
+    same notes; ours only notes it in ``started``."""
+    from engine.app.cli import main as cli_main
+
+    common = ["stylize", "--prompt", "a zombie head", "--generator", "tiny", "--diffusion", str(tiny_diffusion.sd_folder),
+              "--steps", "1", "--device", "cpu", "--json"]
+    assert cli_main([*common, "--preset", "paper", "--out", str(tmp_path / "paper")]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    names = [e["event"] for e in events]
+    assert names[:3] == ["warning", "warning", "started"]
+    assert "LPIPS is off" in events[0]["message"] and "no depth model" in events[1]["message"]
+    assert events[2]["notes"] == [events[0]["message"], events[1]["message"]] and events[2]["lpips"] is None
+    assert cli_main([*common, "--out", str(tmp_path / "ours")]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["event"] == "started" and len(events[0]["notes"]) == 1 and "LPIPS is off" in events[0]["notes"][0]
