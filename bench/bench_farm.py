@@ -11,8 +11,9 @@ configuration; cached, so the runs below reuse it), then runs the same batch int
   ``T_load`` (each worker process imports the engine and loads the models once).
 
 It prints a table and the fitted terms, checks that every configuration wrote byte-identical glb files
-(``SOURCE_DATE_EPOCH`` is set for that), and records what else the machine was running (load average and the
-busiest processes), because on a shared 2-core machine that decides the numbers as much as N does.
+(``SOURCE_DATE_EPOCH`` is set for that), and records what else the machine was running (load average, the
+busiest processes, and each run's share of idle CPU from /proc/stat), because on a shared 2-core machine that
+decides the numbers as much as N does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a plain script from anywhere
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (Linux; zeros elsewhere)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def idle_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """The machine's idle CPU share between two :func:`cpu_jiffies` readings: ~0 means every core was busy (with
+    this run or with others'), so more workers could not have run any faster."""
+    total = after[1] - before[1]
+    return None if total <= 0 else 1.0 - (after[0] - before[0]) / total
 
 
 def machine_load() -> dict:
@@ -81,16 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
 
     if not args.skip_local:
-        start = time.perf_counter()
+        start, jiffies = time.perf_counter(), cpu_jiffies()
         report = run_batch(inputs, work / "local", models, consent=True, on_event=quiet)
         wall = time.perf_counter() - start
-        runs.append({"config": "local (1 thread)", "workers": 1, "wall_s": wall,
+        runs.append({"config": "local (1 thread)", "workers": 1, "wall_s": wall, "idle": idle_share(jiffies, cpu_jiffies()),
                      "item_s": [round(i.seconds, 2) for i in report.items], "out": str(work / "local")})
 
     for n in args.workers:
         farm = FarmConfig(local_cpus=n, cpus_per_item=1, object_store_mb=args.object_store_mb)
         first_done: list[float] = []
-        start = time.perf_counter()
+        start, jiffies = time.perf_counter(), cpu_jiffies()
         with farm_session(farm) as ray:
             t_start = time.perf_counter() - start
             recipe = engine_worker_models(ray, settings, models, farm)
@@ -100,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - start
         assert report.counts()["done"] == len(inputs), report.to_dict()
         runs.append({"config": f"ray, {n} worker{'s' if n > 1 else ''}", "workers": n, "wall_s": wall, "start_s": t_start,
+                     "idle": idle_share(jiffies, cpu_jiffies()),
                      "first_item_s": (first_done[0] - batch_start) if first_done else None,
                      "item_s": [round(i.seconds, 2) for i in report.items], "out": str(work / f"ray{n}")})
 
@@ -115,13 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     base = next((r["wall_s"] for r in runs if r["workers"] == 1 and "start_s" in r), runs[0]["wall_s"])
     print(f"\n{len(inputs)} items; T_build (stylized generator, once, in the driver) = {t_build:.1f} s; "
           f"median t_item = {t_item:.1f} s; T_start (Ray) = {t_start:.1f} s; T_load (worker first item) = {t_load:.1f} s")
-    print("| configuration | wall (s) | speed-up vs 1 Ray worker | model: T_start + T_load + ceil(items/N)·t_item (s) | glb identical |")
-    print("|---|---:|---:|---:|---|")
+    print("| configuration | wall (s) | speed-up vs 1 Ray worker | model: T_start + T_load + ceil(items/N)·t_item (s) "
+          "| item times (s) | machine idle | glb identical |")
+    print("|---|---:|---:|---:|---|---:|---|")
     for run in runs:
         n = run["workers"]
         model = (t_start + t_load if "start_s" in run else 0.0) + math.ceil(len(inputs) / n) * t_item
         run["model_s"] = model
-        print(f"| {run['config']} | {run['wall_s']:.1f} | {base / run['wall_s']:.2f}× | {model:.1f} | {run['glb_identical_to_first']} |")
+        idle = "?" if run["idle"] is None else f"{run['idle'] * 100:.0f} %"
+        items = ", ".join(f"{s:.0f}" for s in run["item_s"])
+        print(f"| {run['config']} | {run['wall_s']:.1f} | {base / run['wall_s']:.2f}× | {model:.1f} | {items} | {idle} "
+              f"| {run['glb_identical_to_first']} |")
     load_after = machine_load()
     print(f"\nmachine: {load_before['cpus']} CPUs; load average before {load_before['loadavg']}, after {load_after['loadavg']}")
     for line in load_before["busiest"]:
