@@ -152,7 +152,10 @@ def farm_session(farm: FarmConfig) -> Iterator[Any]:
     try:
         ray.init(**options)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise ConfigError(f"cannot start or reach the Ray cluster ({'local' if farm.local else farm.address}): {exc}") from None
+        hint = "" if farm.local else (
+            "; if the cluster uses token authentication (Ray 2.60's `ray start` does), set RAY_AUTH_MODE=token here "
+            "too, with its token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+        raise ConfigError(f"cannot start or reach the Ray cluster ({'local' if farm.local else farm.address}): {exc}{hint}") from None
     if sigterm is not None:
         signal.signal(signal.SIGTERM, sigterm)
     try:

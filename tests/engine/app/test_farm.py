@@ -7,10 +7,14 @@ test runs the real embedded pack through ``engine batch`` and ``engine batch --r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -287,6 +291,72 @@ def test_a_local_session_is_sized_keeps_the_cancel_handler_and_shuts_down():
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"cpu": 1.0, "store": 100 * 2**20, "kept": True, "after": False}
+
+
+_DRIVER = """
+import json, sys
+from engine.app.batch import collect_inputs
+from engine.app.farm import FarmConfig, farm_session, run_farm_batch
+from tests.engine.app.farm_stubs import StubRecipe
+from tests.engine.app.test_batch import stub_models
+
+address, scans, out, log = sys.argv[1:5]
+farm = FarmConfig(address=address)
+with farm_session(farm) as ray:
+    nodes = [n["Resources"].get("CPU") for n in ray.nodes() if n["Alive"]]
+    report = run_farm_batch(collect_inputs(scans), out, stub_models(), StubRecipe(log), consent=True, farm=farm,
+                            on_event=lambda *a, **k: None)
+print(json.dumps({"counts": report.counts(), "nodes": nodes, "connected_after": ray.is_initialized()}))
+"""
+
+
+@pytest.mark.slow
+def test_a_cluster_started_with_ray_start_takes_the_batch_by_address(scan_folder, tmp_path):
+    """The multi-node recipe on one machine: ``ray start --head`` (its workers import the engine through
+    PYTHONPATH, as the README says for every node), then the batch connects with ``--ray HOST:PORT``, runs there,
+    and leaves the cluster running (it is not the batch's to stop). Without the token mode on the driver the
+    connection is refused, and the error says what to set."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Ray 2.60's `ray start` turns token authentication on: the driver needs RAY_AUTH_MODE=token (and the token,
+    # here the same ~/.ray/auth_token), as the README says for every node and the driver
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    ray_cli = Path(sys.executable).with_name("ray")
+    temp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths live under it (Unix limit 107 bytes)
+    head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--object-store-memory=100000000", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
+                             f"--temp-dir={temp}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert head.poll() is None, "ray start --head exited"
+            time.sleep(0.5)
+        time.sleep(2)  # the head's services after its GCS port
+        no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+        refused = subprocess.run([sys.executable, "-c", _DRIVER, f"127.0.0.1:{port}", str(scan_folder), str(tmp_path / "x"),
+                                  str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=no_token, timeout=300)
+        assert refused.returncode != 0 and "RAY_AUTH_MODE=token" in refused.stderr
+        proc = subprocess.run([sys.executable, "-c", _DRIVER, f"127.0.0.1:{port}", str(scan_folder), str(tmp_path / "out"),
+                               str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        seen = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert seen == {"counts": {"done": 5, "skipped": 0, "failed": 2, "cancelled": 0}, "nodes": [2.0],
+                        "connected_after": False}
+        assert head.poll() is None  # the batch disconnected; the cluster is still up
+        assert len(list((tmp_path / "out").glob("head*.glb"))) == 5
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 PACK = ROOT / "engine" / "pack" / "embedded-v1"
