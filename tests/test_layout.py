@@ -30,6 +30,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("world",),  # the procedural head world the pack is trained on
     ("stylize",),  # the training loop
     ("evaluate", "heads"),  # identity/style metrics + recognition; scans → W+ latents, glb
+    ("styles",),  # approved, versioned styles for production (library, verification)
     ("app",),  # command line, one-head pipeline, batch, demo
 )
 RANK = {stage: rank for rank, names in enumerate(STAGES) for stage in names}
