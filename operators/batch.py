@@ -196,6 +196,14 @@ class BatchSession:
 # --------------------------------------------------------------------------------------------------
 # Properties, operators, panel
 # --------------------------------------------------------------------------------------------------
+_STYLE_ITEMS: list = []  # Blender needs the enum item strings kept alive while the menu shows them
+
+
+def _approved_style_items() -> list:
+    _STYLE_ITEMS[:] = styles.dropdown_items()
+    return _STYLE_ITEMS
+
+
 class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
     input_dir: bpy.props.StringProperty(name="Scans", subtype="DIR_PATH", description="Folder of head scans (obj, ply, glb, gltf, fbx)")
     output_dir: bpy.props.StringProperty(name="Output", subtype="DIR_PATH", description="Where the glb heads, sidecars and report go")
@@ -231,14 +239,6 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
     status: bpy.props.StringProperty(name="Status", default="")
 
 
-_STYLE_ITEMS: list = []  # Blender needs the enum item strings kept alive while the menu shows them
-
-
-def _approved_style_items() -> list:
-    _STYLE_ITEMS[:] = styles.dropdown_items()
-    return _STYLE_ITEMS
-
-
 def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
     from ..bridge.preferences import _abspath, engine_root, get_preferences, resolve_python
 
@@ -252,7 +252,9 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
     python, problem = resolve_python(prefs)
     if problem:
         return None, problem
-    if settings.approved_style != styles.NO_STYLE and settings.mode == "mesh":
+    # '' when the saved choice is no longer in the menu (a retired style, an empty library): no style
+    approved = settings.approved_style or styles.NO_STYLE
+    if approved != styles.NO_STYLE and settings.mode == "mesh":
         return None, "An approved style runs in Generator mode (Each Mesh trains every scan's own field)"
     scans = find_scans(in_dir)
     if not scans:
@@ -260,7 +262,7 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
     return BatchPlan(python=python, engine_root=engine_root(prefs), in_dir=in_dir, out_dir=out_dir, style=settings.style,
                      prompt=settings.prompt, method="ld", resolution=settings.view_resolution,
                      units=settings.units, mesh_resolution=settings.mesh_resolution, device=getattr(prefs, "device", "auto").lower(),
-                     consent=True, scans=scans, mode=settings.mode, style_id=settings.approved_style,
+                     consent=True, scans=scans, mode=settings.mode, style_id=approved,
                      ray=settings.ray_address.strip() if settings.use_ray else None,
                      ray_cpus_per_item=settings.ray_cpus_per_item, ray_gpus_per_item=settings.ray_gpus_per_item,
                      models={"generator": _abspath(prefs.generator_path) if prefs.generator_path else "",
