@@ -158,7 +158,7 @@ def test_batch_goes_on_past_every_hostile_item(corpus, tmp_path, monkeypatch, ca
     assert problems == []
     assert report["counts"] == {"done": 2, "skipped": 0, "failed": len(hostile), "cancelled": 0}
     made = sorted(p.name for p in out.iterdir() if p.is_file())
-    assert made == ["good_obj.glb", "good_obj.json", "good_ply.glb", "good_ply.json", "report.csv", "report.json"], made
+    assert made == ["good_obj.glb", "good_obj.json", "good_ply.glb", "good_ply.json", "report.csv", "report.html", "report.json"], made
     csv_text = (out / "report.csv").read_text()
     assert all(str(c.path) in csv_text for c in hostile)
 
