@@ -450,18 +450,10 @@ def run_farm_command(inputs: list[Path], out_dir: str | Path, settings: BatchSet
     if not farm.local:
         inputs = [p.absolute() for p in inputs]
     with farm_session(farm) as ray:
-        try:
-            if settings.mode == "mesh":
-                from .batch_mesh import load_mesh_mode_models
+        from .batch import load_batch_models
 
-                models = load_mesh_mode_models(settings, cancel, on_event)
-            else:
-                from .batch import load_engine_models
-
-                models = load_engine_models(settings, cancel, on_event)
-        except StylizationCancelled as exc:
-            cancel.acknowledge()
-            on_event("cancelled", stage="stylize", message=str(exc))
+        models = load_batch_models(settings, cancel, on_event)
+        if models is None:
             return 0
         worker_models = engine_worker_models(ray, settings, models, farm)
         run_farm_batch(inputs, out_dir, models, worker_models, consent=True, farm=farm, cancel=cancel, on_event=on_event,

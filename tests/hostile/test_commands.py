@@ -131,10 +131,10 @@ def _reading_models():
 
 
 def test_batch_goes_on_past_every_hostile_item(corpus, tmp_path, monkeypatch, capsys):
-    import engine.app.commands.batch as batch_command
+    import engine.app.batch as batch_module  # load_batch_models looks the loader up here
 
     root, cases = corpus
-    monkeypatch.setattr(batch_command, "load_engine_models", lambda settings, cancel=None, on_event=None: _reading_models())
+    monkeypatch.setattr(batch_module, "load_engine_models", lambda settings, cancel=None, on_event=None: _reading_models())
     out = tmp_path / "out"
     with recording_opens(forbidden_paths(root)), deadline(240):
         rc = main(["batch", "--in", str(root / "in"), "--views", str(root / "views"), "--out", str(out), "--i-have-consent"])

@@ -21,7 +21,7 @@ from ...heads.face_framing import FRAMINGS
 from ...io.events import emit
 from ...stylize.cancel import CancelToken
 from ..consent import read_consent_csv
-from ..batch import BatchSettings, ConsentRequired, StylizationCancelled, collect_inputs, load_engine_models, run_batch
+from ..batch import BatchSettings, ConsentRequired, collect_inputs, load_batch_models, run_batch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,16 +160,8 @@ def run(args: argparse.Namespace) -> int:
             from ..farm import run_farm_command
 
             return run_farm_command(inputs, args.out, settings, farm, cancel, emit, consent_records, args.purge_intermediates)
-        try:
-            if settings.mode == "mesh":
-                from ..batch_mesh import load_mesh_mode_models
-
-                models = load_mesh_mode_models(settings, cancel, emit)
-            else:
-                models = load_engine_models(settings, cancel, emit)
-        except StylizationCancelled as exc:
-            cancel.acknowledge()
-            emit("cancelled", stage="stylize", message=str(exc))
+        models = load_batch_models(settings, cancel, emit)
+        if models is None:
             return 0
         run_batch(inputs, args.out, models, consent=True, cancel=cancel, on_event=emit, consent_records=consent_records,
                   purge_intermediates=args.purge_intermediates)
