@@ -609,22 +609,6 @@ def batch_identity_encoder(sources, device: torch.device):
     return load_identity_encoder(encoder_path, device), encoder_path
 
 
-def load_batch_models(settings: BatchSettings, cancel: CancelToken, on_event: EventSink = emit) -> BatchModels | None:
-    """The models a batch of ``settings.mode`` needs (mesh mode: :func:`engine.app.batch_mesh.load_mesh_mode_models`),
-    or None when the user cancelled while the generator was being stylized (acknowledged and reported). One place
-    for the local batch command and the farm's driver."""
-    try:
-        if settings.mode == "mesh":
-            from .batch_mesh import load_mesh_mode_models
-
-            return load_mesh_mode_models(settings, cancel, on_event)
-        return load_engine_models(settings, cancel, on_event)
-    except StylizationCancelled as exc:
-        cancel.acknowledge()
-        on_event("cancelled", stage="stylize", message=str(exc))
-        return None
-
-
 def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = None, on_event: EventSink = emit,
                        stylized_path: str | Path | None = None) -> BatchModels:
     """Resolve and load the models once (embedded pack unless paths are given) and stylize the generator

@@ -450,7 +450,7 @@ def run_farm_command(inputs: list[Path], out_dir: str | Path, settings: BatchSet
     if not farm.local:
         inputs = [p.absolute() for p in inputs]
     with farm_session(farm) as ray:
-        from .batch import load_batch_models
+        from .batch_loading import load_batch_models
 
         models = load_batch_models(settings, cancel, on_event)
         if models is None:

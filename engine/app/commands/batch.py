@@ -21,7 +21,8 @@ from ...heads.face_framing import FRAMINGS
 from ...io.events import emit
 from ...stylize.cancel import CancelToken
 from ..consent import read_consent_csv
-from ..batch import BatchSettings, ConsentRequired, collect_inputs, load_batch_models, run_batch
+from ..batch import BatchSettings, ConsentRequired, collect_inputs, run_batch
+from ..batch_loading import load_batch_models
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
