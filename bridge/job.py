@@ -71,6 +71,9 @@ class StylizeRequest:
     engine_root: str
     preset: str = "ZOMBIE"
     recipe: str = "FAST"
+    # production: an approved style (``name@N``, bridge/styles.py) used as approved, never retrained; it brings
+    # its own prompt, method and recipe, so preset/prompt/recipe/method/options/strength/steps are not sent
+    style_id: str = ""
     prompt: str = ""
     method: str = "ld"
     mirror: bool = True
@@ -100,7 +103,9 @@ class StylizeRequest:
 
     @property
     def style_name(self) -> str:
-        """Short style word for object names ("zombie", or "custom" for free text)."""
+        """Short style word for object names ("zombie", or "custom" for free text; an approved style's name)."""
+        if self.style_id:
+            return self.style_id.split("@", 1)[0]
         return PRESET_ENGINE_NAME.get(self.preset) or "custom"
 
 
@@ -145,7 +150,14 @@ def check_request(request: StylizeRequest) -> list[str]:
         problems.append(f"Field fit steps must be ≥ 0 (0 = the engine's default), got {request.field_steps}")
     if request.latent_file and not request.mesh_file and not Path(_expand(request.latent_file)).is_file():
         problems.append(f"Latent file does not exist: {request.latent_file}")
-    if request.preset == "CUSTOM" and not request.prompt.strip():
+    if request.style_id:
+        name, _, version = request.style_id.partition("@")
+        if not name or not version.isdigit():
+            problems.append(f"Approved style must be NAME@N, got {request.style_id!r}")
+        if request.mesh_file:
+            problems.append("An approved style stylizes generated heads and latent files; Selected Mesh trains the "
+                            "mesh's own field, which no approval covers")
+    elif request.preset == "CUSTOM" and not request.prompt.strip():
         problems.append("Custom style needs a prompt")
     if request.preset not in PRESET_ENGINE_NAME:
         problems.append(f"Unknown style preset: {request.preset}")
@@ -163,17 +175,21 @@ def check_request(request: StylizeRequest) -> list[str]:
 def engine_argv(request: StylizeRequest) -> list[str]:
     """The full command line: ``[python, -m, engine, head, --out, …]`` (paths made absolute)."""
     argv = [request.python, "-m", "engine", "head", "--json", "--out", _expand(request.out_dir)]
-    if request.preset == "CUSTOM":
+    approved = bool(request.style_id)
+    if approved:  # production: the approved style's own prompt and settings, nothing trained
+        argv += ["--style-id", request.style_id]
+    elif request.preset == "CUSTOM":
         argv += ["--prompt", request.prompt.strip()]
     else:
         argv += ["--style-preset", PRESET_ENGINE_NAME[request.preset]]
-    if request.recipe != "FAST":
-        argv += ["--preset", RECIPE_ENGINE_NAME[request.recipe]]
-    argv += ["--method", request.method]
-    argv += [flag for flag, on in (("--no-mirror", request.mirror), ("--no-grid", request.grid),
-                                   ("--no-rank", request.rank)) if not on]
-    if request.steps > 0:
-        argv += ["--steps", str(int(request.steps))]
+    if not approved:
+        if request.recipe != "FAST":
+            argv += ["--preset", RECIPE_ENGINE_NAME[request.recipe]]
+        argv += ["--method", request.method]
+        argv += [flag for flag, on in (("--no-mirror", request.mirror), ("--no-grid", request.grid),
+                                       ("--no-rank", request.rank)) if not on]
+        if request.steps > 0:
+            argv += ["--steps", str(int(request.steps))]
     if request.mesh_file:
         argv += ["--mesh", _expand(request.mesh_file)]
         if request.field_steps > 0:
@@ -182,7 +198,8 @@ def engine_argv(request: StylizeRequest) -> list[str]:
         argv += ["--latent", _expand(request.latent_file)]
     else:
         argv += ["--seed", str(int(request.seed))]
-    argv += ["--guidance-scale", f"{strength_to_guidance_scale(request.strength):.4g}"]
+    if not approved:
+        argv += ["--guidance-scale", f"{strength_to_guidance_scale(request.strength):.4g}"]
     argv += ["--mesh-resolution", str(int(request.mesh_resolution)), "--device", request.device]
     m = request.models
     for flag, value in (("--generator", m.generator), ("--diffusion", m.diffusion),

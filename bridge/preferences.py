@@ -18,6 +18,7 @@ import bpy
 
 from . import engine_install, engine_process
 from .job import ModelPaths, StylizeRequest, check_request
+from .styles import chosen_style_id, style_name
 
 ADDON_PACKAGE = __package__.rpartition(".")[0]  # the extension's root package, e.g. bl_ext.user_default.head_stylizer
 EXTENSION_ROOT = Path(__file__).resolve().parent.parent  # holds engine/ and the embedded pack
@@ -273,7 +274,9 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         source = Path(_abspath(settings.latent_file)).stem
     else:
         source = f"seed{settings.seed}"
-    style = settings.preset.lower() if settings.preset != "CUSTOM" else _slug(settings.prompt)
+    approved = chosen_style_id(settings.approved_style)
+    style = (_slug(style_name(approved)) if approved else settings.preset.lower() if settings.preset != "CUSTOM"
+             else _slug(settings.prompt))
     run_name = f"{style}_{_slug(source)}_{time.strftime('%Y%m%d-%H%M%S')}"
     request = StylizeRequest(
         out_dir=str(root / run_name),
@@ -281,6 +284,7 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         engine_root=engine_root(prefs),
         preset=settings.preset,
         recipe=settings.recipe,
+        style_id=chosen_style_id(settings.approved_style),
         prompt=settings.prompt,
         method=settings.method,
         mirror=settings.use_mirror,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bpy
 
+from . import styles
 from .job import GUIDANCE_MAX, GUIDANCE_MIN, PRESETS, RECIPES
 from .scores import NOT_MEASURED
 
@@ -20,6 +21,10 @@ class HeadStylizerSettings(bpy.types.PropertyGroup):
                for key, label, _engine in PRESETS],
         default="ZOMBIE",
     )
+    approved_style: bpy.props.EnumProperty(
+        name="Approved Style", items=styles.enum_items,
+        description="Production: an approved style from the studio's style library (engine style approve), used as "
+                    "approved and never retrained. None: train the style from Style/Prompt")
     recipe: bpy.props.EnumProperty(
         name="Recipe",
         items=[(key, label, help_text) for key, label, _engine, help_text in RECIPES],

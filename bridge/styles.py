@@ -58,8 +58,28 @@ def approved_styles(library: str | os.PathLike | None = None) -> list[tuple[str,
 
 def dropdown_items(library: str | os.PathLike | None = None) -> list[tuple[str, str, str]]:
     """The EnumProperty items: 'train from the style/prompt' first, then the approved styles."""
-    return [(NO_STYLE, "None (train from Style/Prompt)", "No approved style: the batch stylizes the generator itself")] \
+    return [(NO_STYLE, "None (train from Style/Prompt)", "No approved style: the engine stylizes the generator itself")] \
         + approved_styles(library)
+
+
+_ENUM_ITEMS: list = []  # Blender needs an enum's item strings kept alive while its menu shows them
+
+
+def enum_items(self=None, context=None) -> list[tuple[str, str, str]]:
+    """The ``items`` callback of an approved-style EnumProperty (the Stylize panel's and the Batch panel's)."""
+    _ENUM_ITEMS[:] = dropdown_items()
+    return _ENUM_ITEMS
+
+
+def chosen_style_id(value: str) -> str:
+    """The style id a dropdown value stands for; '' for 'None' and for a saved choice no longer in the menu
+    (Blender reads such an enum as '')."""
+    return "" if not value or value == NO_STYLE else value
+
+
+def style_name(style_id: str) -> str:
+    """'zombie' for 'zombie@2' (object names)."""
+    return style_id.split("@", 1)[0]
 
 
 def style_id_argv(style_id: str) -> list[str]:

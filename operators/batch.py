@@ -196,21 +196,13 @@ class BatchSession:
 # --------------------------------------------------------------------------------------------------
 # Properties, operators, panel
 # --------------------------------------------------------------------------------------------------
-_STYLE_ITEMS: list = []  # Blender needs the enum item strings kept alive while the menu shows them
-
-
-def _approved_style_items() -> list:
-    _STYLE_ITEMS[:] = styles.dropdown_items()
-    return _STYLE_ITEMS
-
-
 class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
     input_dir: bpy.props.StringProperty(name="Scans", subtype="DIR_PATH", description="Folder of head scans (obj, ply, glb, gltf, fbx)")
     output_dir: bpy.props.StringProperty(name="Output", subtype="DIR_PATH", description="Where the glb heads, sidecars and report go")
     style: bpy.props.StringProperty(name="Style", default="zombie", description="Style preset (zombie, statue, cartoon, sketch, gold, photo, Pixar, …)")
     prompt: bpy.props.StringProperty(name="Prompt", default="", description="Custom prompt (overrides the style)")
     approved_style: bpy.props.EnumProperty(
-        name="Approved Style", items=lambda self, context: _approved_style_items(),
+        name="Approved Style", items=styles.enum_items,
         description="Production: an approved style from the style library (engine style approve); used as approved, "
                     "never retrained. None: stylize from Style/Prompt")
     units: bpy.props.EnumProperty(name="Units", items=[(u, u, f"Scan units: {u}") for u in ("auto", "mm", "cm", "m", "world", "fit")], default="auto")

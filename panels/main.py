@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bpy
 
+from ..bridge import styles
 from ..bridge.scores import identity_lines
 from . import previews
 
@@ -77,11 +78,16 @@ class HEADSTYLIZER_PT_main(_SidebarPanel, bpy.types.Panel):
         layout.use_property_decorate = False
         draw_setup_checklist(layout, context)
 
+        approved = styles.chosen_style_id(s.approved_style)
+        layout.prop(s, "approved_style")
         col = layout.column(align=True)
+        col.enabled = not approved  # an approved style brings its own prompt and recipe
         col.prop(s, "preset")
         if s.preset == "CUSTOM":
             col.prop(s, "prompt", text="Prompt")
-        layout.row().prop(s, "recipe", expand=True)
+        row = layout.row()
+        row.enabled = not approved
+        row.prop(s, "recipe", expand=True)
 
         col = layout.column(align=True)
         col.prop(s, "head_source")
@@ -95,7 +101,9 @@ class HEADSTYLIZER_PT_main(_SidebarPanel, bpy.types.Panel):
                 col.label(text="Select a mesh object", icon="ERROR")
         else:
             col.prop(s, "seed")
-        layout.prop(s, "strength", slider=True)
+        row = layout.row()
+        row.enabled = not approved
+        row.prop(s, "strength", slider=True)
 
         row = layout.row()
         row.scale_y = 1.5
@@ -121,12 +129,14 @@ class HEADSTYLIZER_PT_options(_SidebarPanel, bpy.types.Panel):
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
-        layout.prop(s, "method", expand=True)
-        row = layout.row(heading="Use", align=True)
+        training = layout.column()
+        training.enabled = not styles.chosen_style_id(s.approved_style)  # an approved style is never retrained
+        training.prop(s, "method", expand=True)
+        row = training.row(heading="Use", align=True)
         row.prop(s, "use_mirror", toggle=True)
         row.prop(s, "use_grid", toggle=True)
         row.prop(s, "use_rank", toggle=True)
-        layout.prop(s, "steps")
+        training.prop(s, "steps")
         if s.head_source == "MESH":
             layout.prop(s, "field_steps")
         layout.prop(s, "mesh_resolution")

@@ -242,3 +242,29 @@ def test_every_panel_setting_is_an_option_of_the_real_engine_head_command(tmp_pa
     for _key, _label, engine_name in PRESETS:
         if engine_name:  # every panel preset is a preset the engine knows
             assert parser.parse_args(["--out", "x", "--style-preset", engine_name]).style_preset == engine_name
+
+
+def test_an_approved_style_goes_to_the_engine_alone_and_parses_into_a_production_job(tmp_path):
+    """Production from the Stylize panel: the approved style replaces the style, recipe and training options
+    (sending them would let the panel's sliders claim to change a style that is never retrained), and the
+    engine's own parser and job validation accept the command; head mode refuses it before anything runs."""
+    import argparse
+
+    from engine.app.cli import add_output_arguments
+    from engine.app.commands.head import add_arguments, job_from_args
+
+    r = _request(tmp_path, style_id="zombie@2", preset="STATUE", recipe="PAPER", method="sds", mirror=False,
+                 steps=9, strength=1.0, seed=4)
+    assert check_request(r) == [] and r.style_name == "zombie"
+    argv = engine_argv(r)
+    for flag in ("--style-preset", "--prompt", "--preset", "--method", "--no-mirror", "--steps", "--guidance-scale"):
+        assert flag not in argv, flag
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    add_output_arguments(parser)
+    job = job_from_args(parser.parse_args(argv[4:])).validate()
+    assert (job.style_id, job.prompt, job.style_preset, job.seed) == ("zombie@2", "", None, 4)
+    assert engine_argv(_request(tmp_path, style_id=""))[7:9] == ["--style-preset", "zombie"]  # none chosen
+    head_mode = _request(tmp_path, style_id="zombie@2", mesh_file="b.glb", source_object="B")
+    assert any("approved style" in p.lower() for p in check_request(head_mode))
+    assert any("NAME@N" in p for p in check_request(_request(tmp_path, style_id="zombie")))
