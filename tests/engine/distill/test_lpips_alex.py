@@ -14,6 +14,7 @@ from engine.distill.lpips_alex import ALEXNET_FILE, CHANNELS, LINEAR_FILE, load_
 from engine.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+REPO = Path(__file__).resolve().parents[3]
 
 # torchvision's AlexNet trunk: features.<i> → (out, in, kernel, stride, padding)
 CONVS = {0: (64, 3, 11, 4, 2), 3: (192, 64, 5, 1, 2), 6: (384, 192, 3, 1, 1), 8: (256, 384, 3, 1, 1), 10: (256, 256, 3, 1, 1)}
@@ -129,3 +130,19 @@ def test_a_training_step_adds_the_lpips_term_from_the_folder(tiny_diffusion, tmp
     off = _build_run(config.replace(lpips_path=None), torch.device("cpu"), None)
     report, _ = compute_step_gradients(off.ctx, 1, off.memory, list(off.named_params.values()))
     assert "lpips" not in report.losses
+
+
+def test_matches_numbers_from_the_lpips_package_itself():
+    """Reference numbers printed by the ``lpips`` package (0.1.4) on the same seeded random AlexNet trunk, linear
+    layers and images (scripts/dev/lpips_reference.py, which also matches it with the package's trained v0.1
+    layers to 4e-9): catches a wrong tap, ImageNet shift/scale, unit-normalisation or spatial average."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lpips_reference", REPO / "scripts" / "dev" / "lpips_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    a, b = reference.seeded_images()
+    network = reference.ours(reference.seeded_trunk_state(), reference.seeded_linear_state())
+    with torch.no_grad():
+        got = network(a, b)
+    assert got.tolist() == pytest.approx([0.03727072, 0.03781677, 0.03762114], abs=2e-7)
