@@ -12,7 +12,9 @@ between items) is the same; only the two model steps differ:
   views from the four held-out scoring cameras (the fit's cameras never include them) and the fit record;
 * ``build_head(ws, cameras)`` meshes the field that ``invert`` just stylized and renders it from the
   scoring cameras — so ``identity_similarity`` compares the source mesh and its stylized self on views the
-  fit did not see, as in the default mode.
+  fit did not see, as in the default mode. With dlib's face recognition (the default for scans) both sides are
+  lit meshes instead — the scan and the stylized mesh under the studio lights (engine/heads/lit_identity.py) —
+  since a field fitted to bare colours renders flat and dlib finds no face in a flat head.
 
 Costs per item what ``engine head --mesh`` costs (fit + stylization); a rerun with the same settings
 reuses both caches and only meshes again.
@@ -39,6 +41,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     """Resolve the models once; per item, fit + stylize the scan's own field (see the module docstring)."""
     from ..generator.loading import load_generator
     from ..heads.invert import SCORE_VIEW_PITCHES_DEG, SCORE_VIEW_YAWS_DEG, composite, scan_target
+    from ..heads.lit_identity import LIT_VIEW_RESOLUTION, lit_views
     from ..heads.mesh_field import MeshFieldConfig
     from ..heads.provenance import model_hashes
     from ..heads.scan_views import ScanViewConfig
@@ -56,6 +59,12 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     # A scan is a real head: dlib's real-face ResNet judges it by default (as engine head --mesh does).
     similarity, similarity_backend = held_out_similarity(settings.identity_backend, True, _face_similarity(), encoder)
     current: dict[str, Any] = {}  # the field ``invert`` stylized last, for ``build_head`` (called right after)
+    # dlib judges lit meshes (the source and the stylized mesh, engine/heads/lit_identity.py): a field fitted
+    # to bare colours renders flat, and a face detector finds no face in a flat head; the pack's encoder
+    # judges what it was trained on, the bare-colour views and the field's renders.
+    lit = similarity_backend == "dlib-face"
+    held_out_view_config = (ScanViewConfig(resolution=LIT_VIEW_RESOLUTION, lighting=1.0, lights="head") if lit
+                            else ScanViewConfig(resolution=base.config.img_resolution, lighting=0.0))
 
     def invert_item(path: Path, kind: str) -> Inverted:
         current.clear()
@@ -72,8 +81,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
             raise StylizationCancelled("cancelled while stylizing the mesh's field; run the batch again to resume")
         styled = load_generator(stylized.path, settings.device).generator
         current["generator"] = styled
-        held_out = scan_target(base, field.scan.mesh, ScanViewConfig(resolution=base.config.img_resolution, lighting=0.0),
-                               SCORE_VIEW_YAWS_DEG, SCORE_VIEW_PITCHES_DEG)
+        held_out = scan_target(base, field.scan.mesh, held_out_view_config, SCORE_VIEW_YAWS_DEG, SCORE_VIEW_PITCHES_DEG)
         source = composite(held_out.images, held_out.masks, "white").cpu()
         info = {"mode": "mesh", "field": str(field.path), "fit_reused": field.reused, "fit": field.fit,
                 "stylized_generator": str(stylized.path), "stylize_reused": stylized.reused,
@@ -85,8 +93,11 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
         if styled is None:
             raise RuntimeError("mesh mode: build_head called before a field was stylized")
         mesh = extract_head(styled, ws.to(device), settings.mesh_resolution)
-        return HeadOutput(mesh, None if score_cameras is None else _renders(styled, ws, score_cameras),
-                          settings.game_glb_for(styled, ws.to(device), mesh))
+        if score_cameras is None:
+            renders = None
+        else:
+            renders = lit_views(mesh, score_cameras) if lit else _renders(styled, ws, score_cameras)
+        return HeadOutput(mesh, renders, settings.game_glb_for(styled, ws.to(device), mesh))
 
     models = {"generator": sources.generator, "diffusion": sources.diffusion,
               "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet}

@@ -598,20 +598,26 @@ def identity_gallery(job: HeadJob, base: TriPlaneGenerator, styled: TriPlaneGene
 
 
 def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, pack: PackPaths, gallery: Any,
-               scorer: IdentityScorer, view_names: list[str]) -> dict[str, Any]:
+               scorer: IdentityScorer, view_names: list[str],
+               identity_images: tuple[torch.Tensor, torch.Tensor] | None = None,
+               identity_view_names: list[str] | None = None) -> dict[str, Any]:
     """The head's identity scores (``scorer``'s backend) and style score (the pack's style classifier).
 
     Identity: the raw cosine before vs after (mean over the six views) *and its control*: the rank of the
     head's own original among 1 + K originals (itself + the gallery; chance 1/(1 + K)), the same per view,
     the margin over the mean cosine to the gallery's originals, and the reverse rank (the original among the
     stylized heads). The style score needs a style the classifier knows (a preset with an embedded style);
-    a free-text prompt gets identity scores only (``style_score`` null, with a note).
+    a free-text prompt gets identity scores only (``style_score`` null, with a note). ``identity_images``:
+    (before, after) (V', 3, H, W) images identity is judged on instead of the renders (head mode on a real mesh:
+    the lit meshes from their own views, named by ``identity_view_names``; engine/app/mesh_identity.py).
     """
     from ..evaluate.metrics import evaluate_renders
 
     _, style_backend = embedded_backends(pack)
     report = evaluate_renders(before[None], after[None], style or "unknown", scorer.backend,
-                              style_backend if style else None, gallery=gallery).to_dict()
+                              style_backend if style else None, gallery=gallery,
+                              identity_images=None if identity_images is None else
+                              (identity_images[0][None], identity_images[1][None])).to_dict()
     notes = ([scorer.note] if scorer.note else []) + report["notes"]
     return {
         "identity_similarity": report["identity_similarity_mean"],
@@ -630,7 +636,8 @@ def score_head(before: torch.Tensor, after: torch.Tensor, style: str | None, pac
         "consistency_after": report["consistency_after_mean"],
         "consistency_before": report["consistency_before_mean"],
         "identity_backend": report["identity_backend"],
-        "identity_views": [view_names[i] for i in report["identity_views"]] if report["identity_views"] is not None else None,
+        "identity_views": ([(identity_view_names or view_names)[i] for i in report["identity_views"]]
+                           if report["identity_views"] is not None else None),
         "faces_found_before": report["faces_found_before"],
         "faces_found_after": report["faces_found_after"],
         "style_backend": report["style_backend"],
@@ -746,13 +753,21 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
     elif job.evaluate:
         on_event("stage", stage="evaluate", message=f"scoring identity (against {job.gallery_heads} gallery heads) and style")
         scorer = identity_scorer(sources, pack, job.identity_backend)
+        identity_images, identity_names = None, names
         if head_field is None:
             gallery = identity_gallery(job, base, styled, stylized, settings, scorer)
+        elif scorer.backend.name == "dlib-face":  # a real mesh: its field renders are flat; judge the lit meshes
+            from .mesh_identity import mesh_identity
+
+            identity_images, gallery, identity_names = mesh_identity(head_field.scan.mesh, mesh, base, scorer.backend,
+                                                                     job.cache_folder, job.gallery_heads, views)
         else:  # the field makes only its own head: the gallery's people come from the generator it was fitted from
             people = load_generator(sources.base_generator, device=device).generator
             gallery = identity_gallery(job, people, None, stylized, settings, scorer)
         style = get_style_preset(job.style_preset).embedded_style if job.style_preset else None
-        scores = score_head(before, after, style, pack, gallery, scorer, names)
+        scores = score_head(before, after, style, pack, gallery, scorer, names, identity_images, identity_names)
+        if identity_images is not None:
+            scores["identity_judged_on"] = "lit meshes (source, stylized, real-head gallery)"
 
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     summary = {

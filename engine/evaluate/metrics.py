@@ -554,9 +554,14 @@ def evaluate_renders(
     identity_backend: IdentityBackend | str = "embedded",
     style_backend: StyleBackend | str | None = "embedded",
     gallery: IdentityGallery | None = None,
+    identity_images: tuple[Tensor, Tensor] | None = None,
 ) -> EvaluationReport:
     """Evaluate renders of the same S latents from the same V cameras, unstylized (``before``) and
     stylized (``after``), both (S, V, 3, H, W) in [-1, 1] (H×W may differ between the two).
+
+    ``identity_images``: (before, after) (S, V', 3, H', W') images identity is judged on instead, of the same S
+    heads from their own V' views (head mode: the lit source and stylized meshes, engine/heads/lit_identity.py);
+    a gallery then holds those views. Style is still scored on ``before`` / ``after``.
 
     ``gallery``: embeddings of other heads from the same views, used as re-identification distractors.
     Style scores are skipped (``None``, with a note) when ``style_backend`` is None or does not know
@@ -568,19 +573,27 @@ def evaluate_renders(
         raise InputError(f"before has {tuple(before.shape[:2])} subjects × views but after has {tuple(after.shape[:2])}")
     s, v = before.shape[:2]
     ident = get_identity_backend(identity_backend) if isinstance(identity_backend, str) else identity_backend
-    emb_before = embed_renders(before, ident)
-    emb_after = embed_renders(after, ident)
+    id_before, id_after = before, after
+    if identity_images is not None:  # their own views (V may differ from the renders'), the same heads
+        id_before = _check_render_grid(identity_images[0], "identity images before")
+        id_after = _check_render_grid(identity_images[1], "identity images after")
+        if id_before.shape[0] != s or id_before.shape[:2] != id_after.shape[:2]:
+            raise InputError(f"identity images have {tuple(id_before.shape[:2])} / {tuple(id_after.shape[:2])} "
+                             f"subjects × views; the renders have {s} subjects")
+    v_id = id_before.shape[1]
+    emb_before = embed_renders(id_before, ident)
+    emb_after = embed_renders(id_after, ident)
     if gallery is not None:
-        gallery.validate(v, emb_before.shape[-1])
+        gallery.validate(v_id, emb_before.shape[-1])
     faces_before, faces_after = found_fraction(emb_before), found_fraction(emb_after)
     views = views_with_faces(emb_before, emb_after, gallery)
     notes: list[str] = []
-    if len(views) < v:
+    if len(views) < v_id:
         notes.append(f"the {ident.name} identity backend found no face in some heads' views "
-                     f"{[i for i in range(v) if i not in views]}; identity is measured on views {views} of 0…{v - 1}")
+                     f"{[i for i in range(v_id) if i not in views]}; identity is measured on views {views} of 0…{v_id - 1}")
     if views:
         emb_before, emb_after = emb_before[:, views], emb_after[:, views]
-        if gallery is not None and len(views) < v:
+        if gallery is not None and len(views) < v_id:
             gallery = dataclasses.replace(gallery, before=gallery.before[:, views],
                                           after=None if gallery.after is None else gallery.after[:, views])
         identity = identity_measures(emb_before, emb_after, gallery)

@@ -13,6 +13,12 @@ github.com/makehumancommunity/makehuman), so the meshes may live in the reposito
   not use; the colours are a flat skin tone, white eyeballs with a dark iris where the eyeball faces
   forward — enough for a face detector to see eyes, and said so in the data README.
 
+It also writes the **identity gallery** of real heads (``--gallery``, default
+``engine/heads/real_face_gallery.npz``): the other ten young and old African, Asian and Caucasian, female and
+male macro targets, cut the same way, which head mode re-identifies a real head among (a head nobody made is
+not compared with the embedded generator's procedural people, in whose renders dlib finds no face). The two
+test heads are left out of it, so a test head is never its own distractor.
+
 Usage: ``python scripts/data/build_real_heads.py --makehuman PATH/TO/makehuman --out tests/data/real_heads``
 """
 
@@ -44,6 +50,13 @@ RECIPES = (
     HeadRecipe("makehuman_caucasian_female_young", "caucasian-female-young", SKIN),
     HeadRecipe("makehuman_african_male_old", "african-male-old", DARK_SKIN),
 )
+# The gallery: every young/old macro target but the test heads'; the skin tone follows the target's ethnicity
+# (Asian: between the two), so colour alone does not single a head out from all the others.
+MID_SKIN = (0.64, 0.48, 0.36)
+ETHNIC_SKIN = {"african": DARK_SKIN, "asian": MID_SKIN, "caucasian": SKIN}
+GALLERY = tuple(HeadRecipe(f"makehuman_{e}_{g}_{a}", f"{e}-{g}-{a}", ETHNIC_SKIN[e])
+                for e in ("african", "asian", "caucasian") for g in ("female", "male") for a in ("young", "old")
+                if f"{e}-{g}-{a}" not in {r.target for r in RECIPES})
 
 
 def read_base(path: Path) -> tuple[np.ndarray, dict[str, list[list[int]]]]:
@@ -106,18 +119,36 @@ def main() -> None:
     parser.add_argument("--out", default=Path("tests/data/real_heads"), type=Path)
     parser.add_argument("--crop", type=float, default=3.2, help="decimetres below the top of the head")
     parser.add_argument("--half-width", type=float, default=1.6, help="decimetres either side of the mid-plane")
+    parser.add_argument("--gallery", default=Path("engine/heads/real_face_gallery.npz"), type=Path,
+                        help="where the identity gallery of the other macro targets goes")
     args = parser.parse_args()
     vertices, groups = read_base(args.makehuman / BASE_MESH)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for recipe in RECIPES:
+
+    def head_of(recipe: HeadRecipe):
         moved = vertices + (read_target(args.makehuman / TARGETS / f"{recipe.target}.target", len(vertices))
                             if recipe.target else 0.0)
-        v, f, c = build_head(moved, groups, recipe.skin, args.crop, args.half_width)
+        return build_head(moved, groups, recipe.skin, args.crop, args.half_width)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for recipe in RECIPES:
+        v, f, c = head_of(recipe)
         header = (f"{recipe.name}: MakeHuman hm08 base mesh with the macrodetails target {recipe.target!r} at weight 1,\n"
                   "cut to head and neck by scripts/data/build_real_heads.py. MakeHuman assets: CC0 1.0 (Data Collection AB,\n"
                   "Joel Palmius, Jonas Hauquier; originally Manuel Bastioni). Units: decimetres, y up, facing +z.")
         write_obj(args.out / f"{recipe.name}.obj", v, f, c, header)
         print(f"{recipe.name}: {len(v)} vertices, {len(f)} triangles, height {np.ptp(v[:, 1]):.2f} dm")
+    arrays = {"names": np.asarray([r.name for r in GALLERY]),
+              "licence": np.asarray("MakeHuman hm08 + macrodetails targets, CC0 1.0 (Data Collection AB, Joel Palmius, "
+                                    "Jonas Hauquier; originally Manuel Bastioni); cut by scripts/data/build_real_heads.py. "
+                                    "Units: decimetres, y up, facing +z.")}
+    for i, recipe in enumerate(GALLERY):
+        v, f, c = head_of(recipe)
+        arrays[f"vertices_{i}"] = v.astype(np.float32)
+        arrays[f"faces_{i}"] = f.astype(np.uint16 if len(v) < 65536 else np.int32)
+        arrays[f"colours_{i}"] = np.round(c * 255).astype(np.uint8)
+    args.gallery.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.gallery, **arrays)
+    print(f"gallery: {len(GALLERY)} heads → {args.gallery} ({args.gallery.stat().st_size / 1024:.0f} KiB)")
 
 
 if __name__ == "__main__":

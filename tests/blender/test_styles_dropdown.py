@@ -4,7 +4,6 @@ not retired, styles of the library the engine uses, and turns a choice into the 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
