@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .styles import style_name
+
 # Panel preset → engine ``--style-preset`` name. "Custom" sends the prompt text instead.
 PRESETS: tuple[tuple[str, str, str], ...] = (
     ("JOKER", "Joker", "joker"),
@@ -105,7 +107,7 @@ class StylizeRequest:
     def style_name(self) -> str:
         """Short style word for object names ("zombie", or "custom" for free text; an approved style's name)."""
         if self.style_id:
-            return self.style_id.split("@", 1)[0]
+            return style_name(self.style_id)
         return PRESET_ENGINE_NAME.get(self.preset) or "custom"
 
 

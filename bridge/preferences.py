@@ -284,7 +284,7 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         engine_root=engine_root(prefs),
         preset=settings.preset,
         recipe=settings.recipe,
-        style_id=chosen_style_id(settings.approved_style),
+        style_id=approved,
         prompt=settings.prompt,
         method=settings.method,
         mirror=settings.use_mirror,

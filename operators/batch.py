@@ -244,9 +244,8 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
     python, problem = resolve_python(prefs)
     if problem:
         return None, problem
-    # '' when the saved choice is no longer in the menu (a retired style, an empty library): no style
-    approved = settings.approved_style or styles.NO_STYLE
-    if approved != styles.NO_STYLE and settings.mode == "mesh":
+    approved = styles.chosen_style_id(settings.approved_style)  # '' for None and for a choice no longer listed
+    if approved and settings.mode == "mesh":
         return None, "An approved style runs in Generator mode (Each Mesh trains every scan's own field)"
     scans = find_scans(in_dir)
     if not scans:

@@ -41,7 +41,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     """Resolve the models once; per item, fit + stylize the scan's own field (see the module docstring)."""
     from ..generator.loading import load_generator
     from ..heads.invert import SCORE_VIEW_PITCHES_DEG, SCORE_VIEW_YAWS_DEG, composite, scan_target
-    from ..heads.lit_identity import LIT_VIEW_RESOLUTION, lit_views
+    from ..heads.lit_identity import lit_view_config, lit_views
     from ..heads.mesh_field import MeshFieldConfig
     from ..heads.provenance import model_hashes
     from ..heads.scan_views import ScanViewConfig
@@ -63,7 +63,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     # to bare colours renders flat, and a face detector finds no face in a flat head; the pack's encoder
     # judges what it was trained on, the bare-colour views and the field's renders.
     lit = similarity_backend == "dlib-face"
-    held_out_view_config = (ScanViewConfig(resolution=LIT_VIEW_RESOLUTION, lighting=1.0, lights="head") if lit
+    held_out_view_config = (lit_view_config() if lit
                             else ScanViewConfig(resolution=base.config.img_resolution, lighting=0.0))
 
     def invert_item(path: Path, kind: str) -> Inverted:

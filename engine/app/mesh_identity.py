@@ -2,7 +2,7 @@
 
 The rendering and the gallery's meshes are :mod:`engine.heads.lit_identity`; this module joins them to the
 identity model (:mod:`engine.evaluate`) for :func:`engine.app.pipeline.run_head`: the lit views of both
-meshes, saved beside the run's renders, and the gallery's embeddings, cached by gallery file, cameras and
+meshes and the gallery's embeddings, cached by gallery file, cameras and
 identity model.
 """
 
@@ -21,7 +21,6 @@ from ..generator.triplane import TriPlaneGenerator
 from ..heads.lit_identity import (GALLERY_PATH, LIT_VIEW_RESOLUTION, gallery_fingerprint, identity_cameras, lit_views,
                                   load_real_gallery, normalised_gallery)
 from ..io.atomic import write_with
-from ..io.images import save_png, to_uint8
 from ..mesh import Mesh
 
 
@@ -49,15 +48,11 @@ def gallery_embeddings(cameras: Tensor, backend: Any, cache_folder: Path | None,
 
 
 def mesh_identity(source: Mesh, stylized: Mesh, G: TriPlaneGenerator, backend: Any, cache_folder: Path | None,
-                  gallery_heads: int, views_folder: Path) -> tuple[tuple[Tensor, Tensor], IdentityGallery, list[str]]:
+                  gallery_heads: int) -> tuple[tuple[Tensor, Tensor], IdentityGallery, list[str]]:
     """Identity inputs judged on lit meshes: ((source, stylized) lit views (V, 3, R, R), the real-head gallery,
-    the views' names). The lit views are saved in ``views_folder`` (``identity_before_*.png`` /
-    ``identity_after_*.png``) so what was judged can be looked at."""
+    the views' names)."""
     cameras, view_names = identity_cameras(G)
     lit_before, lit_after = lit_views(source, cameras), lit_views(stylized, cameras)
-    for prefix, images in (("identity_before", lit_before), ("identity_after", lit_after)):
-        for name, image in zip(view_names, images):
-            save_png(to_uint8(image), Path(views_folder) / f"{prefix}_{name}.png")
     embeddings, names = gallery_embeddings(cameras, backend, cache_folder, gallery_heads)
     label = (f"{len(names)} real heads (MakeHuman, CC0: {names[0]} … {names[-1]}), lit meshes; identity judged on "
              "the lit source and stylized meshes")

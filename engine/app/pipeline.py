@@ -760,7 +760,10 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
             from .mesh_identity import mesh_identity
 
             identity_images, gallery, identity_names = mesh_identity(head_field.scan.mesh, mesh, base, scorer.backend,
-                                                                     job.cache_folder, job.gallery_heads, views)
+                                                                     job.cache_folder, job.gallery_heads)
+            # what was judged, beside the renders, so it can be looked at
+            _save_views(identity_names, identity_images[0], views, "identity_before")
+            _save_views(identity_names, identity_images[1], views, "identity_after")
         else:  # the field makes only its own head: the gallery's people come from the generator it was fitted from
             people = load_generator(sources.base_generator, device=device).generator
             gallery = identity_gallery(job, people, None, stylized, settings, scorer)

@@ -72,12 +72,18 @@ def identity_cameras(G) -> tuple[Tensor, tuple[str, ...]]:
     return scan_cameras(G, LIT_VIEW_YAWS_DEG, LIT_VIEW_PITCHES_DEG)
 
 
+def lit_view_config(resolution: int = LIT_VIEW_RESOLUTION):
+    """How identity views are rasterised: the studio lights fixed to the head, over white."""
+    from .scan_views import ScanViewConfig
+
+    return ScanViewConfig(resolution=resolution, lighting=1.0, lights="head")
+
+
 def lit_views(mesh: Mesh, cameras: Tensor, resolution: int = LIT_VIEW_RESOLUTION) -> Tensor:
     """(V, 3, R, R) renders in [-1, 1] of ``mesh`` (generator frame) under the studio lights fixed to the head."""
-    from .scan_views import ScanViewConfig, render_scan_views
+    from .scan_views import render_scan_views
 
-    return render_scan_views(mesh, cameras.float().cpu(), ScanViewConfig(resolution=resolution, lighting=1.0,
-                                                                         lights="head"))["image"]
+    return render_scan_views(mesh, cameras.float().cpu(), lit_view_config(resolution))["image"]
 
 
 def normalised_gallery(heads: list[GalleryHead]) -> list[Mesh]:
