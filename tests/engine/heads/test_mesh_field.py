@@ -138,6 +138,28 @@ def test_a_fit_with_finer_planes_keeps_them_finer():
     assert G.synthesize_planes(field.ws).shape[-1] == G.config.rendering.triplane_size  # G untouched
 
 
+def test_sharpened_density_keeps_the_surface_and_steepens_the_step():
+    """The fit's decoder starts as the generator's with density scaled about the iso level: σ' = 10 + g(σ − 10)
+    at every point (so the extracted surface stays put), the colour features untouched; the generator given
+    to the fit is not changed."""
+    import copy
+
+    from engine.heads.mesh_field import mean_latent, sharpen_density
+
+    G = load_generator(pack_paths().generator).generator.eval()
+    ws = mean_latent(G)
+    planes = G.synthesize_planes(ws)
+    points = (torch.rand(1, 3000, 3, generator=torch.Generator().manual_seed(3)) - 0.5) * 0.7
+    sharp = copy.deepcopy(G)
+    sharpen_density(sharp, 4.0, 10.0)
+    before, after = G.query_points(planes, points), sharp.query_points(planes, points)
+    torch.testing.assert_close(after["sigma"], 10.0 + 4.0 * (before["sigma"] - 10.0), rtol=1e-5, atol=2e-3)
+    assert before["sigma"].std() > 5  # a real spread of densities, so the check above means something
+    torch.testing.assert_close(after["rgb"], before["rgb"])
+    with pytest.raises(Exception, match="density_gain"):
+        MeshFieldConfig(density_gain=0.0).validate()
+
+
 @pytest.fixture(scope="module")
 def fitted():
     # A trained decoder (the embedded pack's): densities already span the target's range. A freshly
