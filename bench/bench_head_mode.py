@@ -11,6 +11,11 @@ brows and lips, normalised like any scan) it fits the mesh's own tri-grid with t
   super-resolved 128², over the whole image (white background included, as the views are used).
 
     python bench/bench_head_mode.py --heads 2 --steps 300 --threads 2
+    python bench/bench_head_mode.py --heads 0 --real --steps 300
+
+``--real`` adds the two real test heads (``tests/data/real_heads``) and ``--mesh`` a head mesh file of your
+own; both are read and placed as ``engine head --mesh`` places them (face framing, or the heuristic when no
+face is found).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from engine.pack import pack_paths  # noqa: E402
 from engine.world.identity import sample_identities  # noqa: E402
 from engine.world.scan import head_mesh  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+REAL_HEADS = ROOT / "tests" / "data" / "real_heads"
 HELD_OUT_YAWS = (0.0, 0.52, -0.52, 2.09, -2.09, 3.14159)
 
 
@@ -83,6 +90,14 @@ def fitted_psnr(field, mesh, cameras: torch.Tensor) -> dict[str, float]:
     return {"sr": psnr(out["image"], target), "raw": psnr(out["image_raw"], F.adaptive_avg_pool2d(target, native))}
 
 
+def read_scan(path: Path):
+    """A head mesh file placed in the generator's frame as head mode places it."""
+    from engine.heads.head_input import read_head_mesh
+    from engine.heads.scans import ScanNormalization, up_axis_hint
+
+    return normalize_scan(read_head_mesh(path).mesh, ScanNormalization(), up_axis_hint(path), name=path.name)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--heads", type=int, default=2)
@@ -91,15 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mesh-resolution", type=int, default=112, help="world scan marching-cubes resolution")
     p.add_argument("--plane-size", type=int, default=MeshFieldConfig().plane_size,
                    help="side of the fitted tri-grid planes (0: the generator's)")
+    p.add_argument("--mesh", type=Path, action="append", default=[], help="a head mesh file to fit as well")
+    p.add_argument("--real", action="store_true", help=f"fit the real test heads too ({REAL_HEADS.relative_to(ROOT)}/*.obj)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     G = load_generator(pack_paths().generator, device="cpu").generator
     config = MeshFieldConfig(steps=args.steps, plane_size=args.plane_size)
-    identities = sample_identities(args.heads, torch.Generator().manual_seed(2024))
+    identities = sample_identities(max(1, args.heads), torch.Generator().manual_seed(2024))
+    scans = [(i, lambda i=i: normalize_scan(head_mesh(identities[i : i + 1], args.mesh_resolution)))
+             for i in range(args.heads)]
+    meshes = args.mesh + (sorted(REAL_HEADS.glob("*.obj")) if args.real else [])
+    scans += [(path.name, lambda path=path: read_scan(path)) for path in meshes]
     rows = []
-    for i in range(args.heads):
-        scan = normalize_scan(head_mesh(identities[i : i + 1], args.mesh_resolution))
+    for i, make_scan in scans:
+        scan = make_scan()
         started = time.perf_counter()
         with PhaseTimer() as timer:
             field = fit_mesh_field(scan.mesh, G, config)

@@ -40,7 +40,7 @@ from bench_head_mode import fitted_psnr  # noqa: E402
 
 from engine.app.pipeline import HeadJob, run_head  # noqa: E402
 from engine.generator.loading import load_generator  # noqa: E402
-from engine.heads.mesh_field import MeshField, photo_targets  # noqa: E402
+from engine.heads.mesh_field import DEFAULT_FIELD_STEPS, MeshField, photo_targets  # noqa: E402
 from engine.heads.scans import REFERENCE_HEIGHT, load_scan  # noqa: E402
 from engine.mesh import read_npz, write_ply  # noqa: E402
 from engine.world.identity import sample_identities  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", action="store_true", help="also the real meshes of tests/data/real_heads")
     p.add_argument("--style", default="zombie")
     p.add_argument("--steps", type=int, default=None, help="stylization steps (default: the preset's)")
-    p.add_argument("--field-steps", type=int, default=600)
+    p.add_argument("--field-steps", type=int, default=DEFAULT_FIELD_STEPS)
     p.add_argument("--anchors", nargs="+", default=["0,0", "1,1"], help="image,geometry anchor weights to compare")
     p.add_argument("--seed", type=int, default=31)
     p.add_argument("--max-yaw", type=float, default=60.0)

@@ -59,6 +59,7 @@ import torch
 
 from ..errors import ConfigError, EngineError, InputError
 from ..heads.gltf import glb_bytes, with_asset_copyright
+from ..heads.mesh_field import DEFAULT_FIELD_STEPS
 from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
 from ..heads.scans import VIEWS_MANIFEST, check_input_entry, input_kind, list_inputs
 from ..io.atomic import write_bytes, write_json, write_text
@@ -454,7 +455,7 @@ class BatchSettings:
     # "generator": invert each input into the one stylized generator; "mesh": stylize each scan as itself
     # (head mode: its own fitted field, :mod:`engine.app.batch_mesh`)
     mode: str = "generator"
-    field_steps: int = 600  # mesh mode: steps of each scan's field fit
+    field_steps: int = DEFAULT_FIELD_STEPS  # mesh mode: steps of each scan's field fit
     # game-ready glb (engine/heads/game_asset.py): life size, UV texture baked from the field, LODs; off: the
     # glb carries vertex colours in the engine's units, as before
     game_asset: bool = True

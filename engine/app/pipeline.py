@@ -51,6 +51,7 @@ from ..io.configs import JsonConfig
 from ..io.events import emit, log
 from ..io.images import image_grid, save_png, to_uint8
 from ..heads.head_input import DEFAULT_MAX_TRIANGLES, HeadInputConfig, read_head_mesh
+from ..heads.mesh_field import DEFAULT_FIELD_STEPS
 from ..mesh import Mesh, MeshConfig, write_npz, write_ply
 from ..pack import PackPaths, require_pack, sha256_file
 from ..stylize.cancel import CancelToken
@@ -130,7 +131,7 @@ class HeadJob(JsonConfig):
     vae_slicing: bool = False
     cache_dir: str | None = None
     mesh: str | None = None  # head mode: stylize this mesh's own fitted field instead of a generated head
-    field_steps: int = 600  # head mode: steps of the field fit
+    field_steps: int = DEFAULT_FIELD_STEPS  # head mode: steps of the field fit
     # Pull toward the source head's renders (engine.distill.regularizers.anchor_loss): None = the default
     # for the head (HEAD_MODE_ANCHOR for a mesh, whose single field has no LDIS; off for generated heads).
     anchor_image: float | None = None

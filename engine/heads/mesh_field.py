@@ -44,6 +44,9 @@ from ..mesh import Mesh
 from .texture import TextureSampler, linear_to_srgb, srgb_to_linear
 
 NEUTRAL_ALBEDO = (0.72, 0.57, 0.48)  # a light skin tone, for meshes without colours
+# Steps of a fit unless asked otherwise. On the young woman's real head (super-resolved PSNR on its own views):
+# 300 steps 26.7 dB, 600 steps 26.9 dB for twice the time (the fit is over half of `engine head --mesh`).
+DEFAULT_FIELD_STEPS = 300
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class MeshFieldConfig(JsonConfig):
 
     config_label = "mesh field fit"
 
-    steps: int = 600
+    steps: int = DEFAULT_FIELD_STEPS
     seed: int = 0
     # Adam steps are ±lr per element: a generator's decoder may start with densities of ~10 inside (the v1
     # pack's semi-transparent shell) where the target wants 250, so both move fast (on a sphere, 100 steps at

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from ...heads.face_framing import FRAMINGS
+from ...heads.mesh_field import DEFAULT_FIELD_STEPS
 from ...io.events import emit
 from ...stylize.cancel import CancelToken
 from ..consent import read_consent_csv
@@ -50,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("generator", "mesh"), default="generator",
                    help="generator: invert each input into the stylized generator; mesh: stylize each scan as itself "
                         "(head mode: its own fitted field; scans only)")
-    p.add_argument("--field-steps", type=int, default=600, help="mesh mode: steps of each scan's field fit")
+    p.add_argument("--field-steps", type=int, default=DEFAULT_FIELD_STEPS,
+                   help=f"mesh mode: steps of each scan's field fit (default {DEFAULT_FIELD_STEPS})")
     p.add_argument("--vertex-colours", action="store_true",
                    help="write plain vertex-coloured glb heads in the engine's units (default: game-ready glb — life "
                         "size, UV texture baked from the field, LODs 100/30/10 %%)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ...heads.head_input import DEFAULT_MAX_TRIANGLES
+from ...heads.mesh_field import DEFAULT_FIELD_STEPS
 from ...stylize.cancel import CancelToken
 from ...stylize.presets import STYLE_PRESETS
 from ...stylize.recipes import OURS, RECIPES
@@ -44,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     head.add_argument("--latent", help="which head: a W+ latent .npz (key 'w'), e.g. from 'engine invert'")
     head.add_argument("--mesh", help="which head: a mesh (.ply, .obj, .glb/.gltf, mesh .npz) — head mode fits the "
                                      "mesh its own tri-grid (cached) and stylizes that instead of a generated head")
-    p.add_argument("--field-steps", type=int, default=600, help="head mode: steps of the mesh's field fit")
+    p.add_argument("--field-steps", type=int, default=DEFAULT_FIELD_STEPS,
+                   help=f"head mode: steps of the mesh's field fit (default {DEFAULT_FIELD_STEPS})")
     p.add_argument("--anchor-image", type=float, default=None, metavar="W",
                    help="weight of the pull toward the source head's colours, blurred to 16² (default: 1 in head mode, "
                         "0 for generated heads; higher keeps more of the person, less of the style)")
