@@ -19,8 +19,11 @@ the generator's tri-grid tensor, decoder, ToRGB, renderer and mesh extraction, s
   which reads all 32 decoder features and not only the colour they decode to, paints the fitted head in
   wrong colours (cyan skin on a fitted world head) while the raw render is right.
 
-The tri-grid starts from the generator's mean head and the decoder from the generator's own (a head prior);
-Adam moves both. The mesh must already be in the generator's frame (:func:`engine.heads.scans.normalize_scan`).
+* **hidden features**: the variance over the colour points of the decoder features ToRGB maps to nothing —
+  the super-resolution reads them, and left alone they keep the generator's mean face.
+
+The tri-grid starts from the generator's mean head and the decoder from the generator's own (a head prior)
+with its density step made steeper about the iso level (:func:`sharpen_density`); Adam moves both. The mesh must already be in the generator's frame (:func:`engine.heads.scans.normalize_scan`).
 Per-step randomness comes from ``seed`` and the step number, so a fit is reproducible.
 """
 
@@ -87,6 +90,13 @@ class MeshFieldConfig(JsonConfig):
     photo_views: int = 12
     weight_photo: float = 1.0
     lr_superresolution: float = 1e-3
+    # Pull the decoder features ToRGB cannot see toward one value over the surface (their variance across the
+    # colour points, × this). The colour loss pins only the 3 colours ToRGB makes of the 32 features; the
+    # super-resolution reads all 32, so without this the generator's mean face survives in the rest and shows
+    # through the super-resolved views (a dark "mouth" on a real head with none). The features are large (their
+    # hidden variance starts near 250 on a real head), hence the small weight. On the young woman, 300 steps:
+    # 1e-3 +0.55 dB super-resolved (26.7 → 27.2) and the ghost mouth faint; 1e-2 +0.3 dB. 0 turns it off.
+    weight_hidden_features: float = 1e-3
     density: DensityTarget = DensityTarget(one_sided=True, tolerance=15.0)
     # Side of the fitted tri-grid planes (0: the generator's own). The field starts from the generator's mean
     # head, resampled to this size; finer planes hold finer detail at the same per-step cost (the renderer
@@ -102,6 +112,8 @@ class MeshFieldConfig(JsonConfig):
             raise ConfigError(f"mesh field fit: plane_size must be 0 or a power of two ≥ 8, got {self.plane_size}")
         if self.photo_every < 0 or self.photo_views < 1:
             raise ConfigError("mesh field fit: photo_every must be ≥ 0 and photo_views ≥ 1")
+        if self.weight_hidden_features < 0:
+            raise ConfigError(f"mesh field fit: weight_hidden_features must be ≥ 0, got {self.weight_hidden_features}")
         if self.density_gain <= 0:
             raise ConfigError(f"mesh field fit: density_gain must be > 0, got {self.density_gain}")
         if not 0.0 <= self.shell_fraction <= 1.0:
@@ -248,6 +260,22 @@ class MeshField:
     seconds: float = 0.0
 
 
+def hidden_feature_spread(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, points: Tensor) -> Tensor:
+    """Summed variance, over ``points``, of the decoder features' part that ToRGB maps to zero (their
+    projection onto the null space of ToRGB's 3 × C matrix as modulated by ``ws``'s last layer)."""
+    features = G.query_points(planes, points)["rgb"].reshape(-1, G.decoder.output_dim)
+    if G.decoder.activation == "sigmoid":
+        features = features * 2 - 1
+    if G.torgb is None:
+        hidden = features[:, 3:]
+    else:
+        styles = G.torgb.affine(ws[:1, -1]) * G.torgb.weight_gain  # (1, C)
+        matrix = (G.torgb.weight[:, :, 0, 0] * styles).detach()  # (3, C)
+        projector = torch.eye(matrix.shape[1]) - torch.linalg.pinv(matrix) @ matrix
+        hidden = features @ projector.T
+    return hidden.var(0).sum()
+
+
 def photo_targets(mesh: Mesh, G: TriPlaneGenerator, count: int) -> dict[str, Tensor]:
     """``count`` cameras around the head (yaw over the full circle, pitch alternating ±0.25 rad) and the
     mesh's bare-colour views from them at the output and neural resolutions (white background)."""
@@ -338,6 +366,9 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
         losses = {"density": density_loss(sigma, batch.density, config.density),
                   "colour": F.l1_loss(colour, batch.colour)}
         total = config.weight_density * losses["density"] + config.weight_colour * losses["colour"]
+        if config.weight_hidden_features:
+            losses["hidden"] = hidden_feature_spread(head, planes, ws, batch.colour_points)
+            total = total + config.weight_hidden_features * losses["hidden"]
         if views is not None and step % config.photo_every == 0:
             jitter = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # reproducible, whatever ran before
             losses["photo"] = photo_loss(head, planes, ws, views, (step // config.photo_every) % views["c"].shape[0],

@@ -160,6 +160,36 @@ def test_sharpened_density_keeps_the_surface_and_steepens_the_step():
         MeshFieldConfig(density_gain=0.0).validate()
 
 
+def test_hidden_feature_spread_sees_only_what_torgb_ignores():
+    """Features built as a(k)·u + b(k)·v with u in the null space of ToRGB's modulated matrix and v in its row
+    space: the spread is var(a)·|u|² whatever b is (the colours come from v alone), so the term pulls on the
+    features that cannot change a colour and on nothing else."""
+    from engine.heads.mesh_field import hidden_feature_spread, mean_latent
+
+    G = load_generator(pack_paths().generator).generator.eval()
+    ws = mean_latent(G)
+    styles = G.torgb.affine(ws[:1, -1]) * G.torgb.weight_gain
+    matrix = (G.torgb.weight[:, :, 0, 0] * styles).detach().double()  # (3, C)
+    rng = torch.Generator().manual_seed(5)
+    v = matrix.T @ torch.randn(3, 1, generator=rng, dtype=torch.float64)  # row space
+    w = torch.randn(matrix.shape[1], 1, generator=rng, dtype=torch.float64)
+    u = w - matrix.T @ torch.linalg.solve(matrix @ matrix.T, matrix @ w)  # null space: matrix @ u = 0
+    assert float((matrix @ u).abs().max()) < 1e-9 and float(u.norm()) > 0.5
+    a, b = torch.randn(500, 1, generator=rng, dtype=torch.float64), torch.randn(500, 1, generator=rng, dtype=torch.float64)
+
+    def spread(features):
+        G.query_points = lambda planes, points: {"rgb": features.float()[None]}
+        try:
+            return float(hidden_feature_spread(G, None, ws, None))
+        finally:
+            del G.query_points
+
+    expected = float(a.var() * u.square().sum())
+    assert spread(a * u.T + b * v.T) == pytest.approx(expected, rel=2e-3)
+    assert spread(a * u.T + 5 * b * v.T) == pytest.approx(expected, rel=2e-3)
+    assert spread(b * v.T) < 1e-3 * float(b.var() * v.square().sum())
+
+
 @pytest.fixture(scope="module")
 def fitted():
     # A trained decoder (the embedded pack's): densities already span the target's range. A freshly
