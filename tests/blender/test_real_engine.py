@@ -69,7 +69,9 @@ result(name=obj.name, faces=len(obj.data.polygons), uv=list(obj.data.uv_layers.k
 def test_selected_mesh_through_the_real_head_mode_lands_beside_its_source(tmp_path):
     """Head mode for real: the selected sphere is exported, fitted, stylized and meshed by the engine on the
     embedded pack, and the result stands beside the source at about its size (a fitted field's marching-cubes
-    surface, so loosely: centre within a tenth of the width, size within a quarter)."""
+    surface, so loosely: centre within a tenth of the width, size within a quarter). The fit needs ~100 steps to
+    reach the sphere's depth: at 30 its front stops short (depth 0.76 of the source's, with the fit settings of
+    before or after the steeper-density change), which sat on the quarter bound and failed one run in five."""
     r = run_bpy(f"""
 import numpy as np
 p = prefs()
@@ -83,7 +85,7 @@ src.name = "Ball"
 src.scale = (1.0, 1.0, 1.5)
 bpy.context.view_layer.update()
 settings = bpy.context.scene.head_stylizer
-settings.head_source = "MESH"; settings.preset = "ZOMBIE"; settings.steps = 2; settings.field_steps = 30
+settings.head_source = "MESH"; settings.preset = "ZOMBIE"; settings.steps = 2; settings.field_steps = 100
 settings.mesh_resolution = 48
 assert bpy.ops.headstylizer.stylize_head() == {{"FINISHED"}}, settings.status
 
