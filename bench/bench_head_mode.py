@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     G = load_generator(pack_paths().generator, device="cpu").generator
     config = MeshFieldConfig(steps=args.steps, plane_size=args.plane_size)
-    identities = sample_identities(max(1, args.heads), torch.Generator().manual_seed(2024))
-    scans = [(i, lambda i=i: normalize_scan(head_mesh(identities[i : i + 1], args.mesh_resolution)))
-             for i in range(args.heads)]
+    scans = []
+    if args.heads:
+        identities = sample_identities(args.heads, torch.Generator().manual_seed(2024))
+        scans += [(i, lambda i=i: normalize_scan(head_mesh(identities[i : i + 1], args.mesh_resolution)))
+                  for i in range(args.heads)]
     meshes = args.mesh + (sorted(REAL_HEADS.glob("*.obj")) if args.real else [])
     scans += [(path.name, lambda path=path: read_scan(path)) for path in meshes]
     rows = []

@@ -277,9 +277,15 @@ class TriPlaneGenerator(nn.Module):
         ``clamp=False`` leaves values outside [0, 1] as they are: a loss on clamped colours has no gradient
         once a colour leaves the range, so training losses use the unclamped values.
         """
-        feats = self.query_points(planes, points)["rgb"]  # (N, M, C)
-        if self.decoder.activation == "sigmoid":
-            feats = feats * 2 - 1
+        return self.feature_colors(self.point_features(planes, points), ws, clamp)
+
+    def point_features(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """(N, M, C) decoder features at points (N, M, 3), as the renderer hands them to ToRGB."""
+        feats = self.query_points(planes, points)["rgb"]
+        return feats * 2 - 1 if self.decoder.activation == "sigmoid" else feats
+
+    def feature_colors(self, feats: torch.Tensor, ws: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """RGB in [0, 1] of per-point features (N, M, C) (:meth:`point_features`) through the raw ToRGB head."""
         if self.torgb is not None:
             img = feats.permute(0, 2, 1).unsqueeze(-1)  # (N, C, M, 1)
             rgb = self.torgb(img, ws[:, -1], fused_modconv=False).float().squeeze(-1).permute(0, 2, 1)

@@ -23,7 +23,8 @@ the generator's tri-grid tensor, decoder, ToRGB, renderer and mesh extraction, s
   the super-resolution reads them, and left alone they keep the generator's mean face.
 
 The tri-grid starts from the generator's mean head and the decoder from the generator's own (a head prior)
-with its density step made steeper about the iso level (:func:`sharpen_density`); Adam moves both. The mesh must already be in the generator's frame (:func:`engine.heads.scans.normalize_scan`).
+with its density step made steeper about the iso level (:func:`sharpen_density`); Adam moves both. The mesh
+must already be in the generator's frame (:func:`engine.heads.scans.normalize_scan`).
 Per-step randomness comes from ``seed`` and the step number, so a fit is reproducible.
 """
 
@@ -260,12 +261,11 @@ class MeshField:
     seconds: float = 0.0
 
 
-def hidden_feature_spread(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, points: Tensor) -> Tensor:
-    """Summed variance, over ``points``, of the decoder features' part that ToRGB maps to zero (their
-    projection onto the null space of ToRGB's 3 × C matrix as modulated by ``ws``'s last layer)."""
-    features = G.query_points(planes, points)["rgb"].reshape(-1, G.decoder.output_dim)
-    if G.decoder.activation == "sigmoid":
-        features = features * 2 - 1
+def hidden_feature_spread(G: TriPlaneGenerator, features: Tensor, ws: Tensor) -> Tensor:
+    """Summed variance, over the points, of the part of their decoder ``features`` (N, M, C) from
+    :meth:`TriPlaneGenerator.point_features` that ToRGB maps to zero (their projection onto the null space of
+    ToRGB's 3 × C matrix as modulated by ``ws``'s last layer)."""
+    features = features.reshape(-1, features.shape[-1])
     if G.torgb is None:
         hidden = features[:, 3:]
     else:
@@ -362,12 +362,13 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
             return None
         batch = field_batch(query, config, step, half_box)
         sigma = head.query_points(planes, batch.points)["sigma"][..., 0]
-        colour = head.point_colors(planes, ws, batch.colour_points, clamp=False)
+        features = head.point_features(planes, batch.colour_points)
+        colour = head.feature_colors(features, ws, clamp=False)
         losses = {"density": density_loss(sigma, batch.density, config.density),
                   "colour": F.l1_loss(colour, batch.colour)}
         total = config.weight_density * losses["density"] + config.weight_colour * losses["colour"]
         if config.weight_hidden_features:
-            losses["hidden"] = hidden_feature_spread(head, planes, ws, batch.colour_points)
+            losses["hidden"] = hidden_feature_spread(head, features, ws)
             total = total + config.weight_hidden_features * losses["hidden"]
         if views is not None and step % config.photo_every == 0:
             jitter = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # reproducible, whatever ran before

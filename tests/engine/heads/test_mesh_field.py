@@ -178,11 +178,7 @@ def test_hidden_feature_spread_sees_only_what_torgb_ignores():
     a, b = torch.randn(500, 1, generator=rng, dtype=torch.float64), torch.randn(500, 1, generator=rng, dtype=torch.float64)
 
     def spread(features):
-        G.query_points = lambda planes, points: {"rgb": features.float()[None]}
-        try:
-            return float(hidden_feature_spread(G, None, ws, None))
-        finally:
-            del G.query_points
+        return float(hidden_feature_spread(G, features.float()[None], ws))
 
     expected = float(a.var() * u.square().sum())
     assert spread(a * u.T + b * v.T) == pytest.approx(expected, rel=2e-3)
