@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_engine_data(tmp_path_factory):
+    """The engine keeps per-user data and caches in ``$HEAD_STYLIZER_DATA`` (else ~/.local/share/head-stylizer):
+    point it at a folder of this test session, for the session and the engine processes its tests start, so a
+    run neither reads a developer's caches nor leaves its own behind."""
+    from engine.styles.library import DATA_ENV
+
+    previous = os.environ.get(DATA_ENV)
+    os.environ[DATA_ENV] = str(tmp_path_factory.mktemp("engine-data"))
+    yield
+    if previous is None:
+        os.environ.pop(DATA_ENV, None)
+    else:
+        os.environ[DATA_ENV] = previous
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,12 @@ def gallery_embeddings(cameras: Tensor, backend: Any, cache_folder: Path | None,
                                     sort_keys=True).encode()).hexdigest()[:16]
     cached = None if cache_folder is None else Path(cache_folder) / "real_face_gallery" / f"{key}.safetensors"
     if cached is not None and cached.is_file():
-        return load_file(str(cached))["embeddings"], names
+        try:
+            embeddings = load_file(str(cached))["embeddings"]
+            if embeddings.shape[:2] == (len(heads), cameras.shape[0]):
+                return embeddings, names
+        except Exception:  # noqa: BLE001  (a damaged cache entry is recomputed and replaced, never fatal)
+            pass
     renders = torch.stack([lit_views(mesh, cameras) for mesh in normalised_gallery(heads)])
     embeddings = embed_renders(renders, backend).contiguous()
     if cached is not None:

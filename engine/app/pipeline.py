@@ -206,6 +206,15 @@ class HeadJob(JsonConfig):
     def cache_folder(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path(self.out_dir) / "cache"
 
+    @property
+    def shared_cache_folder(self) -> Path:
+        """Where caches of what no job changes live (the real-head gallery's embeddings, ~17 s to compute on 2
+        cores): ``--cache`` when given, else the engine's per-user data folder — not ``OUT/cache``, so a head
+        stylized into a fresh output folder does not embed the same gallery again."""
+        from ..styles.library import engine_data_dir
+
+        return Path(self.cache_dir) if self.cache_dir else engine_data_dir() / "cache"
+
 
 @dataclass(frozen=True)
 class ModelSources:
@@ -761,7 +770,7 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
             from .mesh_identity import mesh_identity
 
             identity_images, gallery, identity_names = mesh_identity(head_field.scan.mesh, mesh, base, scorer.backend,
-                                                                     job.cache_folder, job.gallery_heads)
+                                                                     job.shared_cache_folder, job.gallery_heads)
             # what was judged, beside the renders, so it can be looked at
             _save_views(identity_names, identity_images[0], views, "identity_before")
             _save_views(identity_names, identity_images[1], views, "identity_after")

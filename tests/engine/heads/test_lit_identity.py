@@ -38,6 +38,50 @@ def test_a_damaged_gallery_is_refused_naming_the_file(tmp_path):
         load_real_gallery(bad)
 
 
+
+class CountingBackend:
+    """Stands in for dlib: an 'embedding' per image (its mean colour and contrast), counting its calls."""
+
+    name = "counting"
+    fingerprint = "counting:1"
+    dim = 4
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed(self, images):
+        self.calls += 1
+        return torch.cat((images.mean(dim=(2, 3)), images.std(dim=(1, 2, 3))[:, None]), dim=1)
+
+
+def test_gallery_embeddings_are_cached_and_a_damaged_entry_is_recomputed(tmp_path):
+    """The cache is what spares every later head the gallery's ~17 s: a second call must not embed again, and
+    a damaged entry (a per-user cache outlives runs and crashes) is embedded again and replaced, not fatal."""
+    from engine.generator.camera import CameraConfig, cameras_at
+
+    cameras = cameras_at(torch.tensor([0.0, 0.5]), torch.tensor([0.0, 0.0]), CameraConfig()).c
+    backend = CountingBackend()
+    first, names = gallery_embeddings(cameras, backend, tmp_path, 2)
+    assert first.shape == (2, 2, 4) and len(names) == 2 and backend.calls == 1
+    assert torch.equal(gallery_embeddings(cameras, backend, tmp_path, 2)[0], first) and backend.calls == 1
+    (entry,) = (tmp_path / "real_face_gallery").iterdir()
+    entry.write_bytes(b"not a safetensors file")
+    assert torch.equal(gallery_embeddings(cameras, backend, tmp_path, 2)[0], first) and backend.calls == 2
+    assert torch.equal(gallery_embeddings(cameras, backend, tmp_path, 2)[0], first) and backend.calls == 2  # replaced
+
+
+def test_head_jobs_share_the_gallery_cache_across_output_folders(tmp_path, monkeypatch):
+    from engine.app.pipeline import HeadJob
+    from engine.styles.library import DATA_ENV
+
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
+    a, b = HeadJob(out_dir=str(tmp_path / "a")), HeadJob(out_dir=str(tmp_path / "b"))
+    assert a.shared_cache_folder == b.shared_cache_folder == tmp_path / "data" / "cache"
+    assert a.cache_folder != b.cache_folder  # fits and stylizations stay with their output folder
+    given = HeadJob(out_dir=str(tmp_path / "a"), cache_dir=str(tmp_path / "mine"))
+    assert given.shared_cache_folder == given.cache_folder == tmp_path / "mine"
+
+
 @pytest.mark.slow
 def test_a_real_head_is_reidentified_among_real_people_and_someone_else_is_not(tmp_path):
     """dlib on lit meshes, from the identity views: the same head recoloured (as a stylization would) is
