@@ -11,7 +11,7 @@ Attribute names (``backbone``, ``superresolution``, ``decoder``, ``torgb``, ``bc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Literal
 
 import torch
@@ -47,6 +47,9 @@ class RenderOptions:
     run_superresolution: bool = True
     generator: torch.Generator | None = None  # seeds stratified jitter / importance sampling
     deterministic_samples: bool = False  # no jitter at all (tests, meshes, turntables)
+    # (coarse, importance) samples per ray; None → config.rendering's. Fewer make a cheaper render (head mode's
+    # fit renders its photometric views with half as many; the published generator's views keep its own).
+    ray_samples: tuple[int, int] | None = None
 
 
 class TriPlaneGenerator(nn.Module):
@@ -197,6 +200,9 @@ class TriPlaneGenerator(nn.Module):
         ``planes`` may be passed in to reuse a tri-grid across several cameras of the same latent.
         """
         r = self.config.rendering
+        if options.ray_samples is not None:
+            coarse, importance = options.ray_samples
+            r = replace(r, depth_resolution=int(coarse), depth_resolution_importance=int(importance))
         res = options.neural_resolution or r.neural_rendering_resolution
         if planes is None:
             planes = self.synthesize_planes(ws, noise_mode=options.noise_mode)

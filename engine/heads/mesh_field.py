@@ -30,10 +30,12 @@ Per-step randomness comes from ``seed`` and the step number, so a fit is reprodu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -90,6 +92,12 @@ class MeshFieldConfig(JsonConfig):
     photo_every: int = 4
     photo_views: int = 12
     weight_photo: float = 1.0
+    # (coarse, importance) ray samples of the photometric renders (None: the generator's own, 24 + 24 for the
+    # pack). Half as many make the fit a third faster for about the same quality (300 steps, super-resolved
+    # seen / held-out, quiet 2-core machine): old man 21.3 / 20.4 dB in 112 s against 21.7 / 20.8 in 162 s,
+    # young woman 27.5 / 26.6 in 106 s against 27.2 / 26.5 (8 + 8: 27.6 / 26.7 in 102 s). The fitted field is
+    # still judged, stylized and meshed with the generator's own samples.
+    photo_ray_samples: tuple[int, int] | None = (12, 12)
     lr_superresolution: float = 1e-3
     # Pull the decoder features ToRGB cannot see toward one value over the surface (their variance across the
     # colour points, × this). The colour loss pins only the 3 colours ToRGB makes of the 32 features; the
@@ -113,6 +121,10 @@ class MeshFieldConfig(JsonConfig):
             raise ConfigError(f"mesh field fit: plane_size must be 0 or a power of two ≥ 8, got {self.plane_size}")
         if self.photo_every < 0 or self.photo_views < 1:
             raise ConfigError("mesh field fit: photo_every must be ≥ 0 and photo_views ≥ 1")
+        if self.photo_ray_samples is not None and (len(self.photo_ray_samples) != 2 or self.photo_ray_samples[0] < 4
+                                                   or self.photo_ray_samples[1] < 0):
+            raise ConfigError("mesh field fit: photo_ray_samples must be (coarse ≥ 4, importance ≥ 0) or None, "
+                              f"got {self.photo_ray_samples}")
         if self.weight_hidden_features < 0:
             raise ConfigError(f"mesh field fit: weight_hidden_features must be ≥ 0, got {self.weight_hidden_features}")
         if self.density_gain <= 0:
@@ -247,6 +259,25 @@ def field_batch(query: MeshQuery, config: MeshFieldConfig, step: int, half_box: 
                       as_tensor(colours))
 
 
+T = TypeVar("T")
+
+
+def prefetched(make: Callable[[int], T], count: int) -> Iterator[T]:
+    """``make(0)``, ``make(1)``, … ``make(count − 1)``, each built in a worker thread while the caller works on
+    the one before. The fit's batches are libigl queries and numpy, which let go of the GIL, so they overlap the
+    torch step instead of waiting their turn (about 0.08 s of a 0.16 s field step). Items come in order, a
+    worker's exception is raised here, and closing the iterator early waits for the one batch in flight."""
+    if count <= 0:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="field-batch") as pool:
+        pending = pool.submit(make, 0)
+        for index in range(count):
+            item = pending.result()
+            if index + 1 < count:
+                pending = pool.submit(make, index + 1)
+            yield item
+
+
 @dataclass
 class MeshField:
     """A fitted head: a single-head field (:meth:`TriPlaneGenerator.make_single_head`: a copy of the generator
@@ -292,13 +323,16 @@ def photo_targets(mesh: Mesh, G: TriPlaneGenerator, count: int) -> dict[str, Ten
 
 
 def photo_loss(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, views: dict[str, Tensor], index: int,
-               rng: torch.Generator | None = None) -> Tensor:
+               rng: torch.Generator | None = None, ray_samples: tuple[int, int] | None = None) -> Tensor:
     """L1 of the field's super-resolved and raw renders of view ``index`` against the mesh's. ``rng`` draws
-    the renderer's ray-sample jitter (None: torch's global stream)."""
+    the renderer's ray-sample jitter (None: torch's global stream); ``ray_samples`` (coarse, importance)
+    overrides the generator's samples per ray."""
     from ..generator.triplane import RenderOptions
 
     c = views["c"][index : index + 1]
-    out = G.render(ws, c, RenderOptions(background="white", generator=rng), planes=planes)
+    options = RenderOptions(background="white", generator=rng,
+                            ray_samples=None if ray_samples is None else tuple(ray_samples))
+    out = G.render(ws, c, options, planes=planes)
     return F.l1_loss(out["image"], views["image"][index : index + 1]) + \
         F.l1_loss(out["image_raw"], views["image_raw"][index : index + 1])
 
@@ -357,31 +391,39 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
     optimizer = torch.optim.Adam(groups)
     half_box = head.config.rendering.box_warp / 2
     started, history = time.perf_counter(), []
-    for step in range(config.steps):
-        if should_stop is not None and should_stop():
-            return None
-        batch = field_batch(query, config, step, half_box)
-        sigma = head.query_points(planes, batch.points)["sigma"][..., 0]
-        features = head.point_features(planes, batch.colour_points)
-        colour = head.feature_colors(features, ws, clamp=False)
-        losses = {"density": density_loss(sigma, batch.density, config.density),
-                  "colour": F.l1_loss(colour, batch.colour)}
-        total = config.weight_density * losses["density"] + config.weight_colour * losses["colour"]
-        if config.weight_hidden_features:
-            losses["hidden"] = hidden_feature_spread(head, features, ws)
-            total = total + config.weight_hidden_features * losses["hidden"]
-        if views is not None and step % config.photo_every == 0:
-            jitter = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # reproducible, whatever ran before
-            losses["photo"] = photo_loss(head, planes, ws, views, (step // config.photo_every) % views["c"].shape[0],
-                                         jitter)
-            total = total + config.weight_photo * losses["photo"]
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        record = {"step": step + 1, **{k: float(v.detach()) for k, v in losses.items()}}
-        history.append(record)
-        if on_step is not None:
-            on_step(record)
+    batches = contextlib.closing(prefetched(lambda s: field_batch(query, config, s, half_box), config.steps))
+    with batches as stream:
+        for step, batch in enumerate(stream):
+            if should_stop is not None and should_stop():
+                return None
+            _fit_step(head, planes, ws, views, optimizer, config, step, batch, history, on_step)
     head.requires_grad_(False)
     head.make_single_head(planes.detach(), ws)
     return MeshField(head, head.head_planes.detach(), ws, history, time.perf_counter() - started)
+
+
+def _fit_step(head: TriPlaneGenerator, planes: Tensor, ws: Tensor, views: dict[str, Tensor] | None,
+              optimizer: torch.optim.Optimizer, config: MeshFieldConfig, step: int, batch: FieldBatch,
+              history: list[dict], on_step: Callable[[dict], None] | None) -> None:
+    """One Adam step of :func:`fit_mesh_field` on ``batch`` (its losses appended to ``history``)."""
+    sigma = head.query_points(planes, batch.points)["sigma"][..., 0]
+    features = head.point_features(planes, batch.colour_points)
+    colour = head.feature_colors(features, ws, clamp=False)
+    losses = {"density": density_loss(sigma, batch.density, config.density),
+              "colour": F.l1_loss(colour, batch.colour)}
+    total = config.weight_density * losses["density"] + config.weight_colour * losses["colour"]
+    if config.weight_hidden_features:
+        losses["hidden"] = hidden_feature_spread(head, features, ws)
+        total = total + config.weight_hidden_features * losses["hidden"]
+    if views is not None and step % config.photo_every == 0:
+        jitter = torch.Generator().manual_seed(config.seed * 1_000_003 + step)  # reproducible, whatever ran before
+        losses["photo"] = photo_loss(head, planes, ws, views, (step // config.photo_every) % views["c"].shape[0],
+                                     jitter, config.photo_ray_samples)
+        total = total + config.weight_photo * losses["photo"]
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    record = {"step": step + 1, **{k: float(v.detach()) for k, v in losses.items()}}
+    history.append(record)
+    if on_step is not None:
+        on_step(record)

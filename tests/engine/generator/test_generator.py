@@ -153,6 +153,25 @@ def test_render_is_deterministic_and_seeded(tiny):
     assert not torch.equal(a, d)
 
 
+
+def test_ray_samples_option_renders_as_a_generator_configured_with_them(tiny):
+    """``RenderOptions.ray_samples`` must be exactly the generator's own (coarse, importance) settings for one
+    call: the same weights configured with 6 + 4 samples render the same image, and it is not the default."""
+    from dataclasses import replace
+
+    rendering = replace(tiny.config.rendering, depth_resolution=6, depth_resolution_importance=4)
+    fewer = TriPlaneGenerator(replace(tiny.config, rendering=rendering)).eval()
+    fewer.load_state_dict(tiny.state_dict())
+    ws, c = _ws(tiny), cameras_at(0.3, 0.1).c
+    with torch.no_grad():
+        option = tiny.render(ws, c, RenderOptions(deterministic_samples=True, ray_samples=(6, 4)))
+        configured = fewer.render(ws, c, RenderOptions(deterministic_samples=True))
+        default = tiny.render(ws, c, RenderOptions(deterministic_samples=True))
+    for key in ("image", "image_raw", "image_depth", "image_mask"):
+        assert torch.equal(option[key], configured[key]), key
+    assert not torch.allclose(option["image_raw"], default["image_raw"])
+    assert tiny.config.rendering.depth_resolution != 6  # the generator's own config is untouched
+
 def test_gradients_reach_synthesis_and_sr(tiny):
     G = TriPlaneGenerator(get_preset("tiny"))
     G.set_trainable(["synthesis", "superresolution"])

@@ -107,6 +107,30 @@ def test_a_fit_is_reproducible_whatever_ran_before():
     assert torch.equal(a.planes, b.planes)
 
 
+
+def test_the_photometric_step_renders_with_the_configured_ray_samples(monkeypatch):
+    """The fit's photometric renders use ``photo_ray_samples`` (the cheaper render the fit's time budget
+    relies on) — and only those: what the fitted field is judged and meshed with stays the generator's own."""
+    from engine.generator.triplane import TriPlaneGenerator
+
+    seen = []
+    render = TriPlaneGenerator.render
+
+    def spy(self, ws, c, options, planes=None):
+        seen.append(options.ray_samples)
+        return render(self, ws, c, options, planes=planes)
+
+    monkeypatch.setattr(TriPlaneGenerator, "render", spy)
+    G = load_generator(pack_paths().generator).generator.eval()
+    config = MeshFieldConfig(steps=4, density_points=256, colour_points=128, photo_every=2, photo_views=2,
+                             photo_ray_samples=(6, 5))
+    field = fit_mesh_field(uv_sphere(), G, config)
+    assert seen == [(6, 5), (6, 5)]
+    assert field.generator.config.rendering.depth_resolution == G.config.rendering.depth_resolution
+    for bad in ((3, 8), (8, -1), (8,)):
+        with pytest.raises(Exception, match="photo_ray_samples"):
+            MeshFieldConfig(photo_ray_samples=bad).validate()
+
 def test_resampled_planes_describe_the_same_field_at_a_finer_grid():
     """Upsampling the mean head's planes for a finer fit keeps its density and colour (bilinear with the
     renderer's align_corners=False convention; with align_corners=True the field would shift by half a texel
@@ -249,3 +273,32 @@ def test_photometric_targets_are_the_meshs_bare_colours_from_around_the_head():
     red = torch.tensor(RED, dtype=torch.float32) / 127.5 - 1
     centre = views["image"][:, :, G.img_resolution // 2 - 14, G.img_resolution // 2]  # above the equator
     torch.testing.assert_close(centre, red.expand(4, 3), atol=0.02, rtol=0)  # unlit: exactly the vertex colour
+
+
+def test_prefetched_batches_come_in_order_raise_where_consumed_and_stop_when_closed():
+    """The fit builds step s+1's batch while step s trains: the batches must be exactly make(0), make(1), …
+    (a fit is reproducible only then), a failing batch must surface in the fit, and a cancelled fit must not
+    leave the worker building the rest."""
+    import threading
+
+    from engine.heads.mesh_field import prefetched
+
+    made, main = [], threading.get_ident()
+
+    def make(i):
+        made.append((i, threading.get_ident() != main))
+        if i == 3:
+            raise ValueError("batch 3 is bad")
+        return i * 10
+
+    stream = prefetched(make, 3)
+    assert list(stream) == [0, 10, 20]
+    assert [i for i, _ in made] == [0, 1, 2] and all(worker for _, worker in made)
+    with pytest.raises(ValueError, match="batch 3"):
+        list(prefetched(make, 5))
+    made.clear()
+    early = prefetched(make, 100)
+    assert next(early) == 0
+    early.close()
+    assert [i for i, _ in made] == [0, 1]  # the one batch in flight, nothing after
+    assert list(prefetched(make, 0)) == []
