@@ -4,7 +4,8 @@ For each of ``--heads`` world identities (``engine.world.scan.head_mesh``: verte
 brows and lips, normalised like any scan) it fits the mesh's own tri-grid with the embedded pack's generator
 (:func:`engine.heads.mesh_field.fit_mesh_field`) and reports
 
-* seconds per step, split into building the supervision (libigl queries on the mesh), the field losses'
+* seconds per step, split into building the supervision (libigl queries on the mesh; built in a worker thread
+  while the step before trains, so it overlaps the rest rather than adding to it), the field losses'
   forward + backward, and the photometric step (render + super-resolution, every ``photo_every`` steps);
 * the fitted field's PSNR against the scan's own bare-colour views (:func:`photo_targets`' cameras — the
   views the fit saw) and against 6 views it never saw (yaw 0, ±30, ±120, 180, pitch −0.2), raw 64² and
