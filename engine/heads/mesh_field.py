@@ -300,8 +300,7 @@ def hidden_feature_spread(G: TriPlaneGenerator, features: Tensor, ws: Tensor) ->
     if G.torgb is None:
         hidden = features[:, 3:]
     else:
-        styles = G.torgb.affine(ws[:1, -1]) * G.torgb.weight_gain  # (1, C)
-        matrix = (G.torgb.weight[:, :, 0, 0] * styles).detach()  # (3, C)
+        matrix = (G.torgb.weight[:, :, 0, 0] * G.torgb.styles(ws[:1, -1])).detach()  # (3, C)
         projector = torch.eye(matrix.shape[1]) - torch.linalg.pinv(matrix) @ matrix
         hidden = features @ projector.T
     return hidden.var(0).sum()
@@ -330,9 +329,7 @@ def photo_loss(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, views: dict[str
     from ..generator.triplane import RenderOptions
 
     c = views["c"][index : index + 1]
-    options = RenderOptions(background="white", generator=rng,
-                            ray_samples=None if ray_samples is None else tuple(ray_samples))
-    out = G.render(ws, c, options, planes=planes)
+    out = G.render(ws, c, RenderOptions(background="white", generator=rng, ray_samples=ray_samples), planes=planes)
     return F.l1_loss(out["image"], views["image"][index : index + 1]) + \
         F.l1_loss(out["image_raw"], views["image_raw"][index : index + 1])
 

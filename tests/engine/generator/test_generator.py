@@ -153,7 +153,6 @@ def test_render_is_deterministic_and_seeded(tiny):
     assert not torch.equal(a, d)
 
 
-
 def test_ray_samples_option_renders_as_a_generator_configured_with_them(tiny):
     """``RenderOptions.ray_samples`` must be exactly the generator's own (coarse, importance) settings for one
     call: the same weights configured with 6 + 4 samples render the same image, and it is not the default."""
@@ -171,6 +170,7 @@ def test_ray_samples_option_renders_as_a_generator_configured_with_them(tiny):
         assert torch.equal(option[key], configured[key]), key
     assert not torch.allclose(option["image_raw"], default["image_raw"])
     assert tiny.config.rendering.depth_resolution != 6  # the generator's own config is untouched
+
 
 def test_gradients_reach_synthesis_and_sr(tiny):
     G = TriPlaneGenerator(get_preset("tiny"))

@@ -38,7 +38,6 @@ def test_a_damaged_gallery_is_refused_naming_the_file(tmp_path):
         load_real_gallery(bad)
 
 
-
 class CountingBackend:
     """Stands in for dlib: an 'embedding' per image (its mean colour and contrast), counting its calls."""
 

@@ -107,7 +107,6 @@ def test_a_fit_is_reproducible_whatever_ran_before():
     assert torch.equal(a.planes, b.planes)
 
 
-
 def test_the_photometric_step_renders_with_the_configured_ray_samples(monkeypatch):
     """The fit's photometric renders use ``photo_ray_samples`` (the cheaper render the fit's time budget
     relies on) — and only those: what the fitted field is judged and meshed with stays the generator's own."""
