@@ -510,6 +510,9 @@ def instrument_common(clock: StageClock) -> None:
     wrap_method(UNet2DConditionModel, "forward", clock, "UNet + ControlNet")
     wrap_method(ControlNetModel, "forward", clock, "UNet + ControlNet")
     wrap_method(AutoencoderKL, "encode", clock, "VAE encode")
+    from diffusers.models.autoencoders.vae import Encoder
+
+    wrap_method(Encoder, "forward", clock, "VAE encode")  # ours encodes image by image through vae.encoder on CPU
     wrap_method(AutoencoderKL, "decode", clock, "VAE decode")
     wrap_method(CLIPTextModel, "forward", clock, "text encoder")
     original_backward = torch.autograd.backward

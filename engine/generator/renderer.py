@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, InputError
 from .config import RenderingConfig
+from .trilinear import Volumes
 
 # decoder(sampled_features (N, 3, M, C), directions (N, M, 3)) -> {"rgb": (N, M, C'), "sigma": (N, M, 1)}
 Decoder = Callable[[Tensor, Tensor], Mapping[str, Tensor]]
@@ -64,43 +65,59 @@ def project_onto_planes(plane_axes: Tensor, coordinates: Tensor) -> Tensor:
     return torch.einsum("nmi,pij->npmj", coordinates, inverse_frames)
 
 
-def sample_from_planes(
-    plane_axes: Tensor,
-    planes: Tensor,
-    coordinates: Tensor,
-    box_warp: float,
-    triplane_depth: int = 1,
-    mode: str = "bilinear",
-) -> Tensor:
-    """Trilinearly sample every tri-grid plane at world points; returns (N, P, M, C) features.
+class TriGrid(NamedTuple):
+    """B tri-grids of P planes, laid out for look-ups (:func:`prepare_tri_grid`); a render prepares its
+    tri-grid once for the coarse and the importance pass."""
 
-    ``planes`` is (N, P, C·D, H, W): each plane is a stack of D depth slices of C features, channel index
-    ``c·D + d`` (the layout the backbone's output is reshaped into). The plane is read as a C-channel volume
-    of size D×H×W, and the coordinate orthogonal to the plane picks (and blends) the slice. The cube of side
-    ``box_warp`` centred at the origin maps onto the grid with ``align_corners=False``; outside it the
-    features are zero.
+    batch: int
+    n_planes: int
+    volumes: Volumes  # B·P volumes of C channels × D×H×W
+
+
+def prepare_tri_grid(planes: Tensor, triplane_depth: int = 1) -> TriGrid:
+    """(B, P, C·D, H, W) planes → :class:`TriGrid`.
+
+    Each plane is a stack of D depth slices of C features, channel index ``c·D + d`` (the layout the
+    backbone's output is reshaped into), read as a C-channel volume of size D×H×W.
     """
     if planes.dim() != 5:
         raise InputError(f"planes must have shape (N, 3, C·D, H, W), got {tuple(planes.shape)}")
-    if coordinates.dim() != 3 or coordinates.shape[-1] != 3:
-        raise InputError(f"coordinates must have shape (N, M, 3), got {tuple(coordinates.shape)}")
     batch, n_planes, channels_by_depth, height, width = planes.shape
-    if coordinates.shape[0] != batch:
-        raise InputError(f"planes batch {batch} does not match coordinates batch {coordinates.shape[0]}")
-    if plane_axes.shape != (n_planes, 3, 3):
-        raise InputError(f"plane_axes must have shape ({n_planes}, 3, 3), got {tuple(plane_axes.shape)}")
     if triplane_depth < 1 or channels_by_depth % triplane_depth:
         raise InputError(
             f"planes carry {channels_by_depth} channels per plane, not a multiple of triplane_depth={triplane_depth}"
         )
-    channels = channels_by_depth // triplane_depth
+    volumes = planes.reshape(batch * n_planes, channels_by_depth // triplane_depth, triplane_depth, height, width)
+    return TriGrid(batch, n_planes, Volumes(volumes))
+
+
+def sample_from_planes(
+    plane_axes: Tensor,
+    planes: Tensor | TriGrid,
+    coordinates: Tensor,
+    box_warp: float,
+    triplane_depth: int = 1,
+) -> Tensor:
+    """Trilinearly sample every tri-grid plane at world points; returns (N, P, M, C) features.
+
+    ``planes`` is (N, P, C·D, H, W) (see :func:`prepare_tri_grid`, or a prepared :class:`TriGrid`). The
+    coordinate orthogonal to a plane picks (and blends) its depth slice. The cube of side ``box_warp``
+    centred at the origin maps onto the grid with ``align_corners=False``; outside it the features are zero.
+    """
+    tri_grid = planes if isinstance(planes, TriGrid) else prepare_tri_grid(planes, triplane_depth)
+    if coordinates.dim() != 3 or coordinates.shape[-1] != 3:
+        raise InputError(f"coordinates must have shape (N, M, 3), got {tuple(coordinates.shape)}")
+    batch, n_planes = tri_grid.batch, tri_grid.n_planes
+    if coordinates.shape[0] != batch:
+        raise InputError(f"planes batch {batch} does not match coordinates batch {coordinates.shape[0]}")
+    if plane_axes.shape != (n_planes, 3, 3):
+        raise InputError(f"plane_axes must have shape ({n_planes}, 3, 3), got {tuple(plane_axes.shape)}")
+    channels = tri_grid.volumes.shape[1]
     n_points = coordinates.shape[1]
 
-    volumes = planes.reshape(batch * n_planes, channels, triplane_depth, height, width)
-    normalised = coordinates.to(planes.dtype) * (2.0 / box_warp)
+    normalised = coordinates.to(tri_grid.volumes.dtype) * (2.0 / box_warp)
     grid = project_onto_planes(plane_axes, normalised).reshape(batch * n_planes, 1, 1, n_points, 3)
-    sampled = F.grid_sample(volumes, grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return sampled.reshape(batch, n_planes, channels, n_points).transpose(2, 3)
+    return tri_grid.volumes.sample(grid).reshape(batch, n_planes, n_points, channels)
 
 
 def triplane_crop_mask(coordinates: Tensor, crop: float, box_warp: float) -> Tensor:
@@ -399,7 +416,7 @@ class ImportanceRenderer(torch.nn.Module):
         generator: torch.Generator | None = None,
         deterministic: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Render (N, M) rays through (N, 3, 32·D, H, W) planes.
+        """Render (N, M) rays through (B, 3, 32·D, H, W) planes, N a multiple of B (see :meth:`run_model`).
 
         Returns composited features (N, M, C), depth (N, M, 1) and accumulated opacity (N, M, 1).
         ``generator`` drives the stratified jitter, importance draws and density noise; ``deterministic``
@@ -421,6 +438,7 @@ class ImportanceRenderer(torch.nn.Module):
             generator=generator,
             deterministic=deterministic,
         )
+        planes = prepare_tri_grid(planes, options.triplane_depth)  # laid out once for both passes
         samples = self._shade(planes, decoder, ray_origins, ray_directions, coarse_depths, options, generator)
 
         if options.depth_resolution_importance > 0:
@@ -440,7 +458,7 @@ class ImportanceRenderer(torch.nn.Module):
 
     def run_model(
         self,
-        planes: Tensor,
+        planes: Tensor | TriGrid,
         decoder: Decoder,
         coordinates: Tensor,
         directions: Tensor,
@@ -452,13 +470,26 @@ class ImportanceRenderer(torch.nn.Module):
 
         ``sigma`` is the raw density (before ``softplus(σ − 1)``), with ``options.density_noise`` added.
         No crop is applied here; mesh extraction and density queries see the whole box.
+
+        ``planes`` ((B, 3, C·D, H, W) or prepared, :func:`prepare_tri_grid`) may hold B tri-grids for N = B·V point sets: sets b·V … b·V + V − 1 are read from tri-grid
+        b, as one set of V·M points (several views of a head share its tri-grid instead of each reading, and
+        in training back-propagating into, a copy of it).
         """
+        if coordinates.dim() != 3 or coordinates.shape[-1] != 3:
+            raise InputError(f"coordinates must have shape (N, M, 3), got {tuple(coordinates.shape)}")
+        n, n_points = coordinates.shape[:2]
+        batch = planes.batch if isinstance(planes, TriGrid) else planes.shape[0]
+        if batch == 0 or n % batch:
+            raise InputError(f"{n} point sets are not a whole number of views of {batch} tri-grids")
         features = sample_from_planes(
-            self.plane_axes, planes, coordinates, box_warp=options.box_warp, triplane_depth=options.triplane_depth
+            self.plane_axes, planes, coordinates.reshape(batch, -1, 3), box_warp=options.box_warp,
+            triplane_depth=options.triplane_depth,
         )
-        out = dict(decoder(features, directions))
+        out = dict(decoder(features, directions.reshape(batch, -1, 3)))
         if "rgb" not in out or "sigma" not in out:
             raise InputError(f"decoder must return 'rgb' and 'sigma', got keys {sorted(out)}")
+        if batch != n:
+            out = {key: value.reshape(n, n_points, *value.shape[2:]) for key, value in out.items()}
         if options.density_noise > 0:
             sigma = out["sigma"]
             out["sigma"] = sigma + _standard_normal(sigma.shape, sigma, generator) * options.density_noise
@@ -466,7 +497,7 @@ class ImportanceRenderer(torch.nn.Module):
 
     def _shade(
         self,
-        planes: Tensor,
+        planes: TriGrid,
         decoder: Decoder,
         ray_origins: Tensor,
         ray_directions: Tensor,

@@ -197,7 +197,8 @@ class TriPlaneGenerator(nn.Module):
         Returns ``image`` (N, 3, R, R) in about [-1, 1] after super-resolution, ``image_raw`` (N, 3, r, r)
         the neural render, ``image_depth`` (N, 1, r, r) ray depth, ``image_mask`` (N, 1, r, r) accumulated
         opacity in [0, 1], ``features`` (N, 32, r, r) and, if asked, ``planes``.
-        ``planes`` may be passed in to reuse a tri-grid across several cameras of the same latent.
+        ``planes`` may be passed in to reuse a tri-grid across several cameras of the same latent: with B
+        tri-grids and N = B·V cameras, cameras b·V … b·V + V − 1 view tri-grid b (``ws`` still has N rows).
         """
         r = self.config.rendering
         if options.ray_samples is not None:
@@ -206,8 +207,11 @@ class TriPlaneGenerator(nn.Module):
         res = options.neural_resolution or r.neural_rendering_resolution
         if planes is None:
             planes = self.synthesize_planes(ws, noise_mode=options.noise_mode)
-        if planes.shape[0] != c.shape[0]:
-            raise ValueError(f"render: {planes.shape[0]} tri-grids but {c.shape[0]} cameras")
+        returned_planes = planes
+        if planes.shape[0] > 1 and planes.stride(0) == 0:  # one tri-grid expanded over the cameras: read it once
+            planes = planes[:1]
+        if planes.shape[0] == 0 or c.shape[0] % planes.shape[0]:
+            raise ValueError(f"render: {c.shape[0]} cameras are not a whole number of views of {planes.shape[0]} tri-grids")
         cam2world = c[:, :16].view(-1, 4, 4)
         intrinsics = c[:, 16:25].view(-1, 3, 3)
         origins, directions = self.ray_sampler(cam2world, intrinsics, res)
@@ -246,7 +250,7 @@ class TriPlaneGenerator(nn.Module):
         if options.run_superresolution:
             out["image"] = self.superresolution(rgb, feature_image, ws, noise_mode=r.superresolution_noise_mode)
         if options.return_planes:
-            out["planes"] = planes
+            out["planes"] = returned_planes
         return out
 
     def _background(self, ws: torch.Tensor, res: int, noise_mode: str) -> torch.Tensor:

@@ -220,6 +220,13 @@ def _resize(images: Tensor, size: int, align_corners: bool | None = None) -> Ten
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking)
 
 
+def _views_first(batch: Tensor, views: int) -> Tensor:
+    """(B·V, …) rows ordered head by head → ordered view by view (row v·B + b is view v of head b)."""
+    if views == 1 or batch.shape[0] == views:
+        return batch
+    return batch.unflatten(0, (-1, views)).transpose(0, 1).flatten(0, 1)
+
+
 def _alpha_bar(ctx: StylizeContext, out) -> Tensor:
     return alpha_bar_for(ctx.guidance.alphas_cumprod, out.t, out.step_index, ctx.config.distill.official_compat)
 
@@ -262,8 +269,11 @@ def single_view_loss(
         if ctx.use_edge:
             with torch.no_grad():
                 control = {"edge": canny_edges(_resize(source["image"], native), *d.canny_thresholds)}
-        cams = torch.cat([cameras, mirror_camera(cameras)]) if d.use_mirror else cameras
-        out = ctx.trainable.render(ws.repeat(views, 1, 1), cams, options, planes=planes.repeat(views, 1, 1, 1, 1))
+        # Each head's views share its tri-grid (rows 2b, 2b + 1: head b and its mirror); the outputs are then
+        # put view-major (all base views, then all mirrors), the order the rest of the stage indexes.
+        cams = torch.stack([cameras, mirror_camera(cameras)], dim=1).flatten(0, 1) if d.use_mirror else cameras
+        out = ctx.trainable.render(ws.repeat_interleave(views, dim=0), cams, options, planes=planes)
+        out = {key: _views_first(value, views) for key, value in out.items()}
         images = _resize(out["image"], native)
     with phases.phase("guidance"):
         latents = ctx.guidance.encode_images(images, generator=rng)
@@ -363,10 +373,9 @@ def grid_loss(
     )
     with phases.phase("render"):
         with torch.no_grad():
-            control, silhouettes = grid_depth_control(ctx, ws_views, cameras,
-                                                      frozen_planes.repeat_interleave(GRID_VIEWS, 0), options)
+            control, silhouettes = grid_depth_control(ctx, ws_views, cameras, frozen_planes, options)
             mask = tile_2x2(_resize(silhouettes, sizes.latent_tile, align_corners=True))
-        out = ctx.trainable.render(ws_views, cameras, options, planes=planes.repeat_interleave(GRID_VIEWS, 0))
+        out = ctx.trainable.render(ws_views, cameras, options, planes=planes)  # each head's 4 views share its tri-grid
         grid = tile_2x2(_resize(out["image_raw"], sizes.tile, align_corners=True))
     with phases.phase("guidance"):
         latents = ctx.guidance.encode_images(grid, generator=rng)

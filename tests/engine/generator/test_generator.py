@@ -172,6 +172,45 @@ def test_ray_samples_option_renders_as_a_generator_configured_with_them(tiny):
     assert tiny.config.rendering.depth_resolution != 6  # the generator's own config is untouched
 
 
+def test_views_share_their_heads_tri_grid_exactly_as_with_copies(tiny):
+    """B tri-grids with B·V cameras (views of head b at rows b·V …): the same images as rendering each view
+    from its own copy of the tri-grid, and the gradient of the copies summed back onto each tri-grid."""
+    ws = _ws(tiny, n=2, seed=3).detach()
+    planes = tiny.synthesize_planes(ws).detach()
+    cams = cameras_at(torch.tensor([0.0, 0.8, -1.5, 0.3, 2.9, -0.6]), torch.full((6,), 0.1)).c
+    ws_views = ws.repeat_interleave(3, dim=0)
+    weights = torch.randn(6, 3, *tiny.render(ws_views[:1], cams[:1], RenderOptions(run_superresolution=False))["image_raw"].shape[-2:])
+    results = {}
+    for name in ("shared", "copies"):
+        leaf = planes.clone().requires_grad_()
+        given = leaf if name == "shared" else leaf.repeat_interleave(3, dim=0)
+        out = tiny.render(ws_views, cams, RenderOptions(generator=torch.Generator().manual_seed(1)), planes=given)
+        ((out["image_raw"] * weights).sum() + out["image"].mean()).backward()
+        results[name] = (out, leaf.grad)
+    for key in ("image", "image_raw", "image_depth", "image_mask"):
+        torch.testing.assert_close(results["shared"][0][key], results["copies"][0][key], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results["shared"][1], results["copies"][1], atol=1e-5, rtol=1e-4)
+    # The head-0 views must come from tri-grid 0: swapping the tri-grids changes them.
+    with torch.no_grad():
+        swapped = tiny.render(ws_views, cams, RenderOptions(generator=torch.Generator().manual_seed(1)), planes=planes.flip(0))
+    assert not torch.allclose(swapped["image_raw"][:3], results["shared"][0]["image_raw"][:3])
+    with pytest.raises(ValueError, match="whole number of views"):
+        tiny.render(ws_views[:5], cams[:5], RenderOptions(), planes=planes)
+
+
+def test_an_expanded_tri_grid_is_read_once_with_the_same_result(tiny):
+    ws = _ws(tiny, seed=4)
+    planes = tiny.synthesize_planes(ws)
+    cams = cameras_at(torch.tensor([0.0, 1.0, -1.0]), torch.zeros(3)).c
+    with torch.no_grad():
+        expanded = tiny.render(ws.expand(3, -1, -1), cams, RenderOptions(deterministic_samples=True, return_planes=True),
+                               planes=planes.expand(3, -1, -1, -1, -1))
+        copied = tiny.render(ws.expand(3, -1, -1), cams, RenderOptions(deterministic_samples=True),
+                             planes=planes.expand(3, -1, -1, -1, -1).contiguous())
+    torch.testing.assert_close(expanded["image"], copied["image"], atol=1e-5, rtol=1e-5)
+    assert expanded["planes"].shape[0] == 3  # what the caller passed comes back
+
+
 def test_gradients_reach_synthesis_and_sr(tiny):
     G = TriPlaneGenerator(get_preset("tiny"))
     G.set_trainable(["synthesis", "superresolution"])

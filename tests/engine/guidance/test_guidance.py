@@ -475,3 +475,35 @@ def test_depth_control_near_is_bright_background_black():
     torch.testing.assert_close(depth_control(occluder, mask), out)
     with pytest.raises(InputError):
         depth_control(depth, mask[:1])
+
+
+def test_cpu_encode_with_gradients_runs_image_by_image_and_matches_the_batch(guidance):
+    """On CPU a batch with gradients is encoded one image at a time (faster there); the posterior sample and
+    the gradient must be those of encoding the batch at once, image order included."""
+    vae = guidance.models.vae
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    weights = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    calls = []
+    hook = vae.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        x = images.clone().requires_grad_()
+        latents = guidance.encode_images(x, torch.Generator().manual_seed(10), sample=True)
+        (latents * weights).sum().backward()
+    finally:
+        hook.remove()
+    assert calls == [1, 1, 1]
+
+    reference_x = images.clone().requires_grad_()
+    posterior = vae.encode(reference_x).latent_dist  # the whole batch in one call
+    reference = posterior.sample(generator=torch.Generator().manual_seed(10)) * guidance.models.vae_scaling_factor
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(latents.detach(), reference.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, reference_x.grad, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    hook = vae.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():  # no gradients: one batched call
+            guidance.encode_images(images, sample=False)
+    finally:
+        hook.remove()
+    assert calls == [3]

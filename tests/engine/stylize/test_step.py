@@ -85,9 +85,10 @@ def assert_same(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4)
     assert err <= rel * scale, f"max difference {err:.3g} vs largest entry {scale:.3g}"
 
 
-def make_run(tiny_diffusion, guidance, tmp_path, lr=1e-4, **distill):
+def make_run(tiny_diffusion, guidance, tmp_path, lr=1e-4, batch_size=1, **distill):
     config = StylizeConfig(prompt="a zombie head", generator="tiny", diffusion=str(tiny_diffusion.sd_folder),
-                           out_dir=str(tmp_path), steps=1, lr=lr, device="cpu", distill=DistillConfig(**distill))
+                           out_dir=str(tmp_path), steps=1, lr=lr, device="cpu", batch_size=batch_size,
+                           distill=DistillConfig(**distill))
     spy = SpyGuidance(guidance)
     run = _build_run(config.validate(), torch.device("cpu"), None, spy)
     return run, spy
@@ -126,7 +127,7 @@ def spy_trainable_renders(run, monkeypatch) -> list[dict]:
     def render(ws, c, options=None, **kwargs):
         out = inner(ws, c, options, **kwargs)
         records.append({"cameras": c.detach().clone(), "options": options,
-                        "mask": out["image_mask"].detach().clone()})
+                        "mask": out["image_mask"].detach().clone(), "planes": kwargs["planes"].shape[0]})
         return out
 
     monkeypatch.setattr(run.ctx.trainable, "render", render)
@@ -159,22 +160,27 @@ def test_one_optimizer_step_moves_the_rendered_latent_along_minus_the_gradient(t
 # --------------------------------------------------------------------------------------------------
 # Mirror wiring
 # --------------------------------------------------------------------------------------------------
-def test_mirror_view_uses_the_mirrored_camera_and_gets_a_quarter_of_the_flipped_gradient(tiny_diffusion, guidance, tmp_path, monkeypatch):
-    run, spy = make_run(tiny_diffusion, guidance, tmp_path, use_grid=False)
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_mirror_view_uses_the_mirrored_camera_and_gets_a_quarter_of_the_flipped_gradient(
+    tiny_diffusion, guidance, tmp_path, monkeypatch, batch_size
+):
+    run, spy = make_run(tiny_diffusion, guidance, tmp_path, use_grid=False, batch_size=batch_size)
     renders = spy_trainable_renders(run, monkeypatch)
     one_step(run, spy)
     (render,) = renders
     (call,) = spy.calls
     b = run.ctx.config.batch_size
     cams = render["cameras"]
-    assert cams.shape[0] == 2 * b
-    assert_same(cams[:b], single_cameras(run))  # the first half: the drawn cameras
-    assert_same(cams[b:], mirror_camera(cams[:b]))  # the second half: their mirror images
-    assert not torch.allclose(cams[b:], cams[:b])
+    # One render call, head by head (each head's two views read its one tri-grid): rows 2h, 2h + 1.
+    assert cams.shape[0] == 2 * b and render["planes"] == b
+    assert_same(cams[0::2], single_cameras(run))  # head h's first view: the drawn camera
+    assert_same(cams[1::2], mirror_camera(cams[0::2]))  # its second: the mirror image
+    assert not torch.allclose(cams[1::2], cams[0::2])
 
-    # The diffusion model scored the base view only; its gradient g feeds both latents.
+    # The diffusion model scored the base views only (all heads' base views first, then the mirrors); its
+    # gradient g feeds both latents.
     assert call["out"].eps_text.shape[0] == b and call["latents"].shape[0] == 2 * b
-    g = expected_gradient(run, call, mask=render["mask"][:b])
+    g = expected_gradient(run, call, mask=render["mask"][0::2])
     assert g.abs().sum() > 0 and not torch.allclose(g, torch.flip(g, dims=[-1]))  # a flip is visible
     grad = call["latent_grad"]
     assert_same(grad[:b], 0.75 * g)
