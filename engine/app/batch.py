@@ -59,6 +59,7 @@ import torch
 
 from ..errors import ConfigError, EngineError, InputError
 from ..heads.gltf import glb_bytes, with_asset_copyright
+from ..heads.head_input import DEFAULT_MAX_TRIANGLES, HeadInputConfig
 from ..heads.mesh_field import DEFAULT_FIELD_STEPS
 from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
 from ..heads.scans import VIEWS_MANIFEST, check_input_entry, input_kind, list_inputs
@@ -67,6 +68,7 @@ from ..io.untrusted import read_json
 from ..io.events import emit, log
 from ..mesh import Mesh
 from ..stylize.cancel import CancelToken
+from ..stylize.recipes import OURS, RECIPES
 from .batch_purge import purge_finished_item
 from .batch_report import item_thumbnails, write_batch_report_html
 from .consent import ConsentRecords, still_covers
@@ -464,6 +466,17 @@ class BatchSettings:
     # production: an approved style (engine/styles) instead of training one; its library folder (None: default)
     style_id: str | None = None
     style_library: str | None = None
+    # The training recipe ("ours" or "paper", engine.stylize.recipes) and the pull toward each source head
+    # (None: the default — 1, 1 in mesh mode, off for the generator), as ``engine head`` has them.
+    recipe: str = OURS
+    anchor_image: float | None = None
+    anchor_geometry: float | None = None
+    max_fit_triangles: int = DEFAULT_MAX_TRIANGLES  # mesh mode: denser scans are simplified to this before the fit
+
+    # Settings added after batches existed: left out of the fingerprint at their defaults, so that a batch
+    # started before them resumes instead of starting over.
+    _LATER_DEFAULTS = {"recipe": OURS, "anchor_image": None, "anchor_geometry": None,
+                       "max_fit_triangles": DEFAULT_MAX_TRIANGLES}
 
     def fingerprinted(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -476,6 +489,9 @@ class BatchSettings:
             d.pop("field_steps")
         if not self.game_asset:  # … and of vertex-coloured outputs what they were before game assets
             for key in ("game_asset", "texture_size", "life_size"):
+                d.pop(key)
+        for key, default in self._LATER_DEFAULTS.items():
+            if d[key] == default:
                 d.pop(key)
         return d
 
@@ -500,6 +516,13 @@ class BatchSettings:
             raise ConfigError(f"batch mode must be one of {BATCH_MODES}, got {self.mode!r}")
         if self.field_steps < 1:
             raise ConfigError(f"field steps must be ≥ 1, got {self.field_steps}")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for name in ("anchor_image", "anchor_geometry"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite weight ≥ 0, got {value}")
+        HeadInputConfig(max_triangles=self.max_fit_triangles).validate()
         if self.style_id is not None:
             from ..styles.library import parse_style_id
 
@@ -509,6 +532,9 @@ class BatchSettings:
                                   "approval covers; production with an approved style runs in generator mode")
             if self.steps is not None:
                 raise ConfigError("--steps with --style-id: production never trains; the approved style's weights are used as they are")
+            if self.recipe != OURS or self.anchor_image is not None or self.anchor_geometry is not None:
+                raise ConfigError("--preset/--anchor-* with --style-id: production never trains; the approved style "
+                                  "was trained with its own recipe")
         return self
 
 
@@ -569,12 +595,12 @@ def _front_render(G, ws: torch.Tensor) -> torch.Tensor:
     return _renders(G, ws, scan_cameras(G, (0.0,), (0.0,))[0])
 
 
-def resolve_batch_models(settings: BatchSettings, on_event: EventSink = emit):
-    """(head job, model sources, prompt, base generator) of a batch — what both batch modes load first."""
-    from ..generator.loading import load_generator
-    from .pipeline import HeadJob, resolve_models, resolve_prompt
+def batch_head_job(settings: BatchSettings):
+    """The :class:`engine.app.pipeline.HeadJob` whose stylization (recipe, steps, anchors, models) every item of
+    the batch shares."""
+    from .pipeline import HeadJob
 
-    job = HeadJob(
+    return HeadJob(
         out_dir=str(Path(settings.cache_dir or "out/batch-cache")),
         prompt=settings.prompt,
         style_preset=settings.style_preset,
@@ -587,7 +613,19 @@ def resolve_batch_models(settings: BatchSettings, on_event: EventSink = emit):
         mesh_resolution=settings.mesh_resolution,
         device=settings.device,
         cache_dir=settings.cache_dir,
+        recipe=settings.recipe,
+        anchor_image=settings.anchor_image,
+        anchor_geometry=settings.anchor_geometry,
+        max_fit_triangles=settings.max_fit_triangles,
     ).validate()
+
+
+def resolve_batch_models(settings: BatchSettings, on_event: EventSink = emit):
+    """(head job, model sources, prompt, base generator) of a batch — what both batch modes load first."""
+    from ..generator.loading import load_generator
+    from .pipeline import resolve_models, resolve_prompt
+
+    job = batch_head_job(settings)
     on_event("stage", stage="load", message="resolving models")
     sources = resolve_models(job)
     prompt, warning = resolve_prompt(job, sources)

@@ -72,7 +72,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
             raise InputError(f"{path}: mesh mode stylizes meshes; this input is a {kind} (run the batch without "
                              "--mode mesh to invert it into the generator instead)")
         field = fitted_head_field(path, sources.generator, fingerprint, job.cache_folder, fit_config, settings.device,
-                                  cancel, on_event, normalization)
+                                  cancel, on_event, normalization, job.head_input_config())
         if field is None:
             raise StylizationCancelled("cancelled while fitting the mesh's field; run the batch again to resume")
         item_sources = dataclasses.replace(sources, generator=str(field.path), field_of=sources.generator)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from ...heads.face_framing import FRAMINGS
+from ...heads.head_input import DEFAULT_MAX_TRIANGLES
 from ...heads.mesh_field import DEFAULT_FIELD_STEPS
 from ...io.events import emit
 from ...stylize.cancel import CancelToken
+from ...stylize.recipes import OURS, RECIPES
 from ..consent import read_consent_csv
 from ..batch import BatchSettings, ConsentRequired, collect_inputs, run_batch
 from ..batch_loading import load_batch_models
@@ -33,6 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=None, help="style prompt (or --style-preset)")
     p.add_argument("--style", "--style-preset", dest="style_preset", default=None, help="style preset name (photo, statue, zombie, cartoon, sketch, gold, Pixar, …)")
     p.add_argument("--method", choices=("ld", "sds"), default="ld")
+    p.add_argument("--preset", choices=RECIPES, default=OURS,
+                   help="training recipe: ours (default) or paper (every official default; see engine head --help)")
+    p.add_argument("--anchor-image", type=float, default=None, metavar="W",
+                   help="pull toward each source head's colours, blurred to 16² (default: 1 in mesh mode, 0 in generator "
+                        "mode; higher keeps more of the person, less of the style)")
+    p.add_argument("--anchor-geometry", type=float, default=None, metavar="W",
+                   help="pull toward each source head's silhouette and depth (default: 1 in mesh mode, 0 in generator mode)")
     p.add_argument("--steps", type=int, default=None, help="stylization steps (default: the pipeline's default for the models)")
     p.add_argument("--inversion-steps", type=int, default=None, help="W+ optimisation steps per input (default 25)")
     p.add_argument("--mesh-resolution", type=int, default=128)
@@ -53,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(head mode: its own fitted field; scans only)")
     p.add_argument("--field-steps", type=int, default=DEFAULT_FIELD_STEPS,
                    help=f"mesh mode: steps of each scan's field fit (default {DEFAULT_FIELD_STEPS})")
+    p.add_argument("--max-fit-triangles", type=int, default=DEFAULT_MAX_TRIANGLES, metavar="N",
+                   help=f"mesh mode: a denser scan is simplified to N triangles before its fit, with a warning "
+                        f"(default {DEFAULT_MAX_TRIANGLES:,})")
     p.add_argument("--vertex-colours", action="store_true",
                    help="write plain vertex-coloured glb heads in the engine's units (default: game-ready glb — life "
                         "size, UV texture baked from the field, LODs 100/30/10 %%)")
@@ -114,17 +126,9 @@ def farm_config_from_args(args: argparse.Namespace):
     ).validate()
 
 
-def run(args: argparse.Namespace) -> int:
-    if not args.i_have_consent and not args.consent_csv:
-        raise ConsentRequired(
-            "refusing to run: a batch needs the subjects' consent; pass --i-have-consent to confirm it "
-            "or --consent-csv FILE with each subject's consent id (recorded in every output's provenance)"
-        )
-    consent_records = read_consent_csv(args.consent_csv) if args.consent_csv else None
-    if args.style_id and (args.prompt or args.style_preset):
-        raise ConfigError("--style-id with --prompt/--style: an approved style brings its own prompt; give one or the other")
-    inputs = collect_inputs(args.in_dir, args.views_dir)
-    settings = BatchSettings(
+def settings_from_args(args: argparse.Namespace) -> BatchSettings:
+    """The validated :class:`BatchSettings` of a parsed ``engine batch`` command line."""
+    return BatchSettings(
         prompt=args.prompt or "",
         style_preset=args.style_preset,
         method=args.method,
@@ -151,7 +155,24 @@ def run(args: argparse.Namespace) -> int:
         life_size=not args.engine_units,
         style_id=args.style_id,
         style_library=args.style_library,
+        recipe=args.preset,
+        anchor_image=args.anchor_image,
+        anchor_geometry=args.anchor_geometry,
+        max_fit_triangles=args.max_fit_triangles,
     ).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.i_have_consent and not args.consent_csv:
+        raise ConsentRequired(
+            "refusing to run: a batch needs the subjects' consent; pass --i-have-consent to confirm it "
+            "or --consent-csv FILE with each subject's consent id (recorded in every output's provenance)"
+        )
+    consent_records = read_consent_csv(args.consent_csv) if args.consent_csv else None
+    if args.style_id and (args.prompt or args.style_preset):
+        raise ConfigError("--style-id with --prompt/--style: an approved style brings its own prompt; give one or the other")
+    inputs = collect_inputs(args.in_dir, args.views_dir)
+    settings = settings_from_args(args)
     farm = farm_config_from_args(args)
     if farm is not None:
         from ..farm import require_ray

@@ -262,7 +262,8 @@ def test_cli_mesh_mode_stylizes_each_scan_as_itself(tmp_path):
     cmd = [sys.executable, "-m", "engine", "batch", "--in", str(folder), "--out", str(out), "--style", "zombie",
            "--mode", "mesh", "--field-steps", "8", "--steps", "2", "--mesh-resolution", "48", "--device", "cpu",
            "--identity-backend", "embedded",  # a world scan: the pack's encoder knows these heads (dlib: mesh mode's default)
-           "--i-have-consent", "--cache", str(tmp_path / "cache"), "--engine-units", "--texture-size", "512"]
+           "--i-have-consent", "--cache", str(tmp_path / "cache"), "--engine-units", "--texture-size", "512",
+           "--max-fit-triangles", "250000"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
@@ -271,6 +272,7 @@ def test_cli_mesh_mode_stylizes_each_scan_as_itself(tmp_path):
     assert "mesh mode stylizes meshes" in portrait["error"]
     sidecar = json.loads((out / "s0.json").read_text())
     assert sidecar["inversion"]["mode"] == "mesh" and sidecar["inversion"]["fit"]["steps"] == 8
+    assert sidecar["inversion"]["fit"]["input"]["max_triangles"] == 250_000  # --max-fit-triangles reached the fit
     assert isinstance(sidecar["identity_similarity"], float) and sidecar["identity_scoring"]["backend"] == "embedded"
     assert sidecar["settings"]["mode"] == "mesh" and sidecar["settings"]["fit"]["steps"] == 8
     mesh, extras = read_gltf(out / "s0.glb")
@@ -485,3 +487,40 @@ def test_held_out_scorer_follows_the_identity_backend_choice():
     assert held_out_similarity("embedded", False, face, None) == (None, "embedded")
     with pytest.raises(ConfigError, match="needs dlib"):
         held_out_similarity("dlib-face", False, None, Encoder())
+
+
+def test_recipe_anchor_and_fit_size_options_reach_the_head_job_and_the_fingerprint(tmp_path):
+    """``--preset``, ``--anchor-image/-geometry`` and ``--max-fit-triangles`` as ``engine head`` has them: they
+    reach the stylization's head job and the resume fingerprint, and at their defaults leave the fingerprint of
+    a batch started before them as it was (so such a batch resumes instead of starting over)."""
+    from engine.app.batch import batch_head_job
+    from engine.app.cli import parse_command_line
+    from engine.errors import ConfigError
+
+    def settings(*extra):
+        _, module, args = parse_command_line(["batch", "--in", str(tmp_path), "--out", str(tmp_path / "out"),
+                                              "--style", "zombie", *extra])
+        return module.settings_from_args(args)
+
+    default = settings()
+    assert not {"recipe", "anchor_image", "anchor_geometry", "max_fit_triangles"} & set(default.fingerprinted())
+    job = batch_head_job(default)
+    assert (job.recipe, job.anchor_image, job.anchor_geometry) == ("ours", None, None)
+
+    chosen = settings("--mode", "mesh", "--preset", "paper", "--anchor-image", "0.5", "--anchor-geometry", "2",
+                      "--max-fit-triangles", "5000")
+    job = batch_head_job(chosen)
+    assert (job.recipe, job.anchor_image, job.anchor_geometry) == ("paper", 0.5, 2.0)
+    assert job.head_input_config().max_triangles == 5000
+    fingerprint = chosen.fingerprinted()
+    assert (fingerprint["recipe"], fingerprint["anchor_image"], fingerprint["anchor_geometry"],
+            fingerprint["max_fit_triangles"]) == ("paper", 0.5, 2.0, 5000)
+
+    with pytest.raises(ConfigError, match="anchor-image"):
+        settings("--anchor-image", "-1")
+    with pytest.raises(ConfigError, match="max"):
+        settings("--max-fit-triangles", "0")
+    with pytest.raises(ConfigError, match="production never trains"):
+        _, module, args = parse_command_line(["batch", "--in", str(tmp_path), "--out", str(tmp_path / "o"),
+                                              "--style-id", "zombie@1", "--anchor-image", "1"])
+        module.settings_from_args(args)
