@@ -84,7 +84,7 @@ class _CornerBags(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         index, weight = ctx.saved_tensors
         corners = index.reshape(-1)
-        order = torch.argsort(corners)
+        order = torch.argsort(corners, stable=True)  # stable: each voxel sums its points in one fixed order
         per_voxel = torch.bincount(corners, minlength=ctx.rows)
         starts = (torch.cumsum(per_voxel, 0) - per_voxel).to(corners.dtype)
         reading_point = (order // index.shape[1]).to(corners.dtype)
