@@ -273,7 +273,7 @@ def single_view_loss(
         # put view-major (all base views, then all mirrors), the order the rest of the stage indexes.
         cams = torch.stack([cameras, mirror_camera(cameras)], dim=1).flatten(0, 1) if d.use_mirror else cameras
         out = ctx.trainable.render(ws.repeat_interleave(views, dim=0), cams, options, planes=planes)
-        out = {key: _views_first(value, views) for key, value in out.items()}
+        out = {key: _views_first(value, views) if value.shape[0] == cams.shape[0] else value for key, value in out.items()}
         images = _resize(out["image"], native)
     with phases.phase("guidance"):
         latents = ctx.guidance.encode_images(images, generator=rng)
