@@ -471,9 +471,10 @@ class ImportanceRenderer(torch.nn.Module):
         ``sigma`` is the raw density (before ``softplus(σ − 1)``), with ``options.density_noise`` added.
         No crop is applied here; mesh extraction and density queries see the whole box.
 
-        ``planes`` ((B, 3, C·D, H, W) or prepared, :func:`prepare_tri_grid`) may hold B tri-grids for N = B·V point sets: sets b·V … b·V + V − 1 are read from tri-grid
-        b, as one set of V·M points (several views of a head share its tri-grid instead of each reading, and
-        in training back-propagating into, a copy of it).
+        ``planes`` ((B, 3, C·D, H, W), or prepared by :func:`prepare_tri_grid`) may hold B tri-grids for
+        N = B·V point sets: sets b·V … b·V + V − 1 are read from tri-grid b, as one set of V·M points (several
+        views of a head share its tri-grid instead of each reading, and in training back-propagating into, a
+        copy of it).
         """
         if coordinates.dim() != 3 or coordinates.shape[-1] != 3:
             raise InputError(f"coordinates must have shape (N, M, 3), got {tuple(coordinates.shape)}")
