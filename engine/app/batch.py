@@ -68,7 +68,7 @@ from ..io.untrusted import read_json
 from ..io.events import emit, log
 from ..mesh import Mesh
 from ..stylize.cancel import CancelToken
-from ..stylize.recipes import OURS, RECIPES
+from ..stylize.recipes import OURS
 from .batch_purge import purge_finished_item
 from .batch_report import item_thumbnails, write_batch_report_html
 from .consent import ConsentRecords, still_covers
@@ -516,12 +516,9 @@ class BatchSettings:
             raise ConfigError(f"batch mode must be one of {BATCH_MODES}, got {self.mode!r}")
         if self.field_steps < 1:
             raise ConfigError(f"field steps must be ≥ 1, got {self.field_steps}")
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        for name in ("anchor_image", "anchor_geometry"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite weight ≥ 0, got {value}")
+        from .pipeline import check_recipe_and_anchors
+
+        check_recipe_and_anchors(self.recipe, self.anchor_image, self.anchor_geometry)
         HeadInputConfig(max_triangles=self.max_fit_triangles).validate()
         if self.style_id is not None:
             from ..styles.library import parse_style_id

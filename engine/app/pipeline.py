@@ -192,14 +192,9 @@ class HeadJob(JsonConfig):
             raise ConfigError(f"identity backend must be one of {', '.join(IDENTITY_BACKEND_CHOICES)}, got {self.identity_backend!r}")
         if self.mesh and self.latent:
             raise ConfigError("give one head: --mesh FILE or --latent FILE, not both")
-        for name in ("anchor_image", "anchor_geometry"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1e4:
-                raise ConfigError(f"{name.replace('_', ' ')} weight must be in [0, 10000], got {value}")
         if not 1 <= self.field_steps <= 100_000:
             raise ConfigError(f"field steps must be in 1..100000, got {self.field_steps}")
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        check_recipe_and_anchors(self.recipe, self.anchor_image, self.anchor_geometry)
         return self
 
     @property
@@ -214,6 +209,17 @@ class HeadJob(JsonConfig):
         from ..styles.library import engine_data_dir
 
         return Path(self.cache_dir) if self.cache_dir else engine_data_dir() / "cache"
+
+
+def check_recipe_and_anchors(recipe: str, anchor_image: float | None, anchor_geometry: float | None) -> None:
+    """The stylization choices ``engine head`` and ``engine batch`` share: a known recipe, anchor weights in
+    [0, 10000] (None: the mode's default)."""
+    for name, value in (("anchor_image", anchor_image), ("anchor_geometry", anchor_geometry)):
+        if value is not None and not 0.0 <= value <= 1e4:
+            raise ConfigError(f"{name.replace('_', ' ')} weight (--{name.replace('_', '-')}) must be in [0, 10000], "
+                              f"got {value}")
+    if recipe not in RECIPES:
+        raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
-def grid_sample_volumes(volumes: Tensor, grid: Tensor, mode: str = "bilinear") -> Tensor:
+def grid_sample_volumes(volumes: Tensor, grid: Tensor) -> Tensor:
     """The reference look-up: ``F.grid_sample`` with the renderer's settings, as (N, P, C) features."""
     n, channels = volumes.shape[:2]
-    sampled = F.grid_sample(volumes, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(volumes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return sampled.reshape(n, channels, -1).transpose(1, 2)
 
 
@@ -130,8 +130,3 @@ class Volumes:
             sampled = F.embedding_bag(index, self._table, per_sample_weights=weight, mode="sum")
         return sampled.view(n, -1, channels)
 
-
-def sample_volumes(volumes: Tensor, grid: Tensor) -> Tensor:
-    """One trilinear look-up of (N, C, D, H, W) volumes at (N, 1, 1, P, 3) positions → (N, P, C) (see
-    :meth:`Volumes.sample`)."""
-    return Volumes(volumes).sample(grid)

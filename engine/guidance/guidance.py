@@ -332,12 +332,13 @@ class Guidance:
         """
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
+        return DiagonalGaussianDistribution(torch.cat([self._posterior_moments(image) for image in pixels.split(1)]))
+
+    def _posterior_moments(self, image: torch.Tensor) -> torch.Tensor:
+        """The posterior's parameters as ``vae.encode`` computes them: the encoder, then ``quant_conv``."""
         vae = self.models.vae
-        parts = []
-        for image in pixels.split(1):
-            h = vae.encoder(image)
-            parts.append(h if vae.quant_conv is None else vae.quant_conv(h))
-        return DiagonalGaussianDistribution(torch.cat(parts))
+        h = vae.encoder(image)
+        return h if vae.quant_conv is None else vae.quant_conv(h)
 
     def _encode_sliced_with_recompute(self, pixels: torch.Tensor):
         """VAE slicing on the gradient path: one image at a time, and none of the encoder's activations kept.
@@ -350,13 +351,7 @@ class Guidance:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
         from torch.utils.checkpoint import checkpoint
 
-        vae = self.models.vae
-
-        def moments(image: torch.Tensor) -> torch.Tensor:
-            h = vae.encoder(image)
-            return h if vae.quant_conv is None else vae.quant_conv(h)
-
-        parts = [checkpoint(moments, image, use_reentrant=False) for image in pixels.split(1)]
+        parts = [checkpoint(self._posterior_moments, image, use_reentrant=False) for image in pixels.split(1)]
         return DiagonalGaussianDistribution(torch.cat(parts))
 
     @torch.no_grad()

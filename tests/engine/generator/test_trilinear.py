@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.generator.trilinear import Volumes, corner_bags, grid_sample_volumes, sample_volumes
+from engine.generator.trilinear import Volumes, corner_bags, grid_sample_volumes
 
 F64 = torch.float64
 
@@ -30,10 +30,10 @@ def _positions(n: int, points: int, seed: int, spread: float = 1.3, dtype=torch.
 def test_values_equal_grid_sample_inside_outside_and_on_faces(depth):
     volumes = torch.randn(3, 6, depth, 8, 8, generator=torch.Generator().manual_seed(depth))
     grid = _positions(3, 500, seed=depth)
-    torch.testing.assert_close(sample_volumes(volumes, grid), _reference(volumes, grid), atol=1e-6, rtol=0)
+    torch.testing.assert_close(Volumes(volumes).sample(grid), _reference(volumes, grid), atol=1e-6, rtol=0)
     torch.testing.assert_close(grid_sample_volumes(volumes, grid), _reference(volumes, grid), atol=0, rtol=0)
     far = torch.full((3, 1, 1, 4, 3), 2.5)  # every corner outside: zero padding
-    assert torch.equal(sample_volumes(volumes, far), torch.zeros(3, 4, 6))
+    assert torch.equal(Volumes(volumes).sample(far), torch.zeros(3, 4, 6))
 
 
 def test_corner_bags_weights_sum_to_one_inside_and_index_every_volume_separately():
@@ -48,7 +48,7 @@ def test_volume_gradient_without_position_gradient_passes_gradcheck():
     """The custom backward (positions without a gradient: the renderer's case)."""
     volumes = torch.randn(2, 3, 3, 4, 4, dtype=F64, requires_grad=True)
     grid = _positions(2, 40, seed=1, dtype=F64)
-    assert torch.autograd.gradcheck(lambda v: sample_volumes(v, grid), (volumes,))
+    assert torch.autograd.gradcheck(lambda v: Volumes(v).sample(grid), (volumes,))
 
 
 def test_gradients_equal_grid_sample_with_many_points_per_voxel():
@@ -62,7 +62,7 @@ def test_gradients_equal_grid_sample_with_many_points_per_voxel():
     weights = torch.randn(3, grid.shape[3], 16, generator=g)
 
     ours = volumes.clone().requires_grad_()
-    (sample_volumes(ours, grid) * weights).sum().backward()
+    (Volumes(ours).sample(grid) * weights).sum().backward()
     reference = volumes.clone().requires_grad_()
     (_reference(reference, grid) * weights).sum().backward()
     torch.testing.assert_close(ours.grad, reference.grad, atol=2e-5, rtol=1e-5)
@@ -74,11 +74,11 @@ def test_position_gradient_flows_and_equals_grid_sample():
     ours_grid = grid.clone().requires_grad_()
     ref_grid = grid.clone().requires_grad_()
     weights = torch.randn(2, 30, 4, dtype=F64)
-    ours = torch.autograd.grad((sample_volumes(volumes, ours_grid) * weights).sum(), (volumes, ours_grid))
+    ours = torch.autograd.grad((Volumes(volumes).sample(ours_grid) * weights).sum(), (volumes, ours_grid))
     reference = torch.autograd.grad((_reference(volumes, ref_grid) * weights).sum(), (volumes, ref_grid))
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
-    assert torch.autograd.gradcheck(lambda v, x: sample_volumes(v, x), (volumes, ours_grid))
+    assert torch.autograd.gradcheck(lambda v, x: Volumes(v).sample(x), (volumes, ours_grid))
 
 
 def test_one_layout_serves_several_look_ups_and_sums_their_gradients():
