@@ -72,12 +72,13 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
         on_event("stage", stage="fit", status="reused", field=str(folder / FIELD_FILE))
         return HeadField(folder / FIELD_FILE, True, read_json_object(folder / FIT_FILE, "head field fit record"), scan)
     base = load_generator(base_generator, device=resolve_device(device)).generator
-    every = max(1, config.steps // 20)
+    total = config.steps + config.polish_steps()  # the fit's steps, then the super-resolution polish's
+    every = max(1, total // 20)
 
     def on_step(record: dict) -> None:
-        if record["step"] % every == 0 or record["step"] == config.steps:
-            on_event("progress", stage="fit", step=record["step"], total=config.steps,
-                     fraction=record["step"] / config.steps, losses={k: v for k, v in record.items() if k != "step"})
+        if record["step"] % every == 0 or record["step"] == total:
+            on_event("progress", stage="fit", step=record["step"], total=total,
+                     fraction=record["step"] / total, losses={k: v for k, v in record.items() if k != "step"})
 
     started = time.perf_counter()
     field = fit_mesh_field(scan.mesh, base, config, on_step, should_stop=lambda: cancel.cancelled)
@@ -89,6 +90,7 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
            "warnings": list(source.warnings), "input": dict(source.record),
            "seconds": round(time.perf_counter() - started, 1),
            "final_losses": {k: v for k, v in field.history[-1].items() if k != "step"},
+           "sr_polish": field.sr_polish,
            "normalization": {**normalization.to_dict(), "up_axis_used": scan.up_axis, "units_used": scan.units,
                              "scan_to_world": scan.scan_to_world.tolist(), "framing": scan.framing}}
     write_json(folder / FIT_FILE, fit)  # written last: a folder without it is refitted

@@ -13,7 +13,14 @@ import torch
 from engine.errors import InputError
 from engine.generator.loading import load_generator
 from engine.generator.inference import head_mesh
-from engine.heads.mesh_field import NEUTRAL_ALBEDO, MeshFieldConfig, MeshQuery, field_batch, fit_mesh_field
+from engine.heads.mesh_field import (
+    DEFAULT_FIELD_STEPS,
+    NEUTRAL_ALBEDO,
+    MeshFieldConfig,
+    MeshQuery,
+    field_batch,
+    fit_mesh_field,
+)
 from engine.mesh import Mesh, MeshConfig
 from engine.pack import pack_paths
 
@@ -105,11 +112,15 @@ def test_a_fit_is_reproducible_whatever_ran_before():
     b = fit_mesh_field(uv_sphere(), G, config)
     assert [r["photo"] for r in a.history if "photo" in r] == [r["photo"] for r in b.history if "photo" in r]
     assert torch.equal(a.planes, b.planes)
+    assert a.sr_polish["steps"] == 3 and a.sr_polish["last_mse"] == b.sr_polish["last_mse"]
+    sr_a, sr_b = a.generator.superresolution.state_dict(), b.generator.superresolution.state_dict()
+    assert all(torch.equal(v, sr_b[k]) for k, v in sr_a.items())
 
 
 def test_the_photometric_step_renders_with_the_configured_ray_samples(monkeypatch):
     """The fit's photometric renders use ``photo_ray_samples`` (the cheaper render the fit's time budget
-    relies on) — and only those: what the fitted field is judged and meshed with stays the generator's own."""
+    relies on) — and only those: what the fitted field is judged, polished and meshed with stays the generator's
+    own."""
     from engine.generator.triplane import TriPlaneGenerator
 
     seen = []
@@ -124,7 +135,7 @@ def test_the_photometric_step_renders_with_the_configured_ray_samples(monkeypatc
     config = MeshFieldConfig(steps=4, density_points=256, colour_points=128, photo_every=2, photo_views=2,
                              photo_ray_samples=(6, 5))
     field = fit_mesh_field(uv_sphere(), G, config)
-    assert seen == [(6, 5), (6, 5)]
+    assert seen == [(6, 5), (6, 5), None]  # the two photometric steps, then the polish's one render
     assert field.generator.config.rendering.depth_resolution == G.config.rendering.depth_resolution
     for bad in ((3, 8), (8, -1), (8,)):
         with pytest.raises(Exception, match="photo_ray_samples"):
@@ -217,7 +228,7 @@ def fitted():
     G = load_generator(pack_paths().generator).generator.eval()
     before = {k: v.clone() for k, v in G.state_dict().items()}
     config = MeshFieldConfig(steps=200, density_points=2048, colour_points=1024, lr_planes=0.1, lr_decoder=0.03,
-                             photo_every=10, photo_views=4)
+                             photo_every=10, photo_views=4, sr_polish_steps=20)
     return G, before, fit_mesh_field(uv_sphere(), G, config)
 
 
@@ -301,3 +312,60 @@ def test_prefetched_batches_come_in_order_raise_where_consumed_and_stop_when_clo
     early.close()
     assert [i for i, _ in made] == [0, 1]  # the one batch in flight, nothing after
     assert list(prefetched(make, 0)) == []
+
+
+def test_the_polish_trains_only_the_super_resolution_and_lowers_its_error():
+    """The polish lowers the super-resolved views' squared error against the mesh's and moves nothing but the
+    super-resolution head (its effect on the grey border is measured on real heads, not asserted on this
+    sphere: a 30-step fit leaves the prior's head at the image edges)."""
+    from engine.generator.triplane import RenderOptions
+    from engine.heads.mesh_field import photo_targets, polish_superresolution
+
+    G = load_generator(pack_paths().generator).generator.eval()
+    fitted = fit_mesh_field(uv_sphere(), G, MeshFieldConfig(steps=30, density_points=512, colour_points=256,
+                                                            photo_every=0, sr_polish_steps=0))
+    head, ws = fitted.generator, fitted.ws
+    assert fitted.sr_polish == {}
+    views = photo_targets(uv_sphere(), head, 4)
+
+    def rendered():
+        with torch.no_grad():
+            return head.render(ws.expand(4, -1, -1), views["c"],
+                               RenderOptions(background="white", deterministic_samples=True))
+
+    before_state = {k: v.clone() for k, v in head.state_dict().items()}
+    before = rendered()["image"]
+    config = MeshFieldConfig(steps=DEFAULT_FIELD_STEPS, sr_polish_steps=60, photo_views=4)
+    record = polish_superresolution(head, ws, views, config)
+    after = rendered()["image"]
+    changed = {k for k, v in head.state_dict().items() if not torch.equal(v, before_state[k])}
+    assert changed and all(k.startswith("superresolution.") for k in changed), changed
+    assert not any(p.requires_grad for p in head.parameters())
+    error = lambda images: float(((images - views["image"]) ** 2).mean())  # noqa: E731
+    assert error(after) < 0.8 * error(before), (error(before), error(after))
+    assert record["steps"] == 60 and record["last_mse"] < record["first_mse"]
+
+
+def test_the_polish_is_scaled_with_the_fit_reported_and_cancellable():
+    config = MeshFieldConfig(sr_polish_steps=200)
+    assert config.polish_steps() == 200
+    assert MeshFieldConfig(steps=DEFAULT_FIELD_STEPS // 2, sr_polish_steps=200).polish_steps() == 100
+    assert MeshFieldConfig(steps=3 * DEFAULT_FIELD_STEPS, sr_polish_steps=200).polish_steps() == 200
+    assert MeshFieldConfig(steps=1, sr_polish_steps=200).polish_steps() == 1
+    assert MeshFieldConfig(steps=1, sr_polish_steps=0).polish_steps() == 0
+    for bad in (dict(sr_polish_steps=-1), dict(sr_polish_batch=0), dict(sr_polish_lr=0.0)):
+        with pytest.raises(Exception, match="sr_polish"):
+            MeshFieldConfig(**bad).validate()
+
+    G = load_generator(pack_paths().generator).generator.eval()
+    small = dict(density_points=64, colour_points=32, photo_every=0, photo_views=2)
+    records = []
+    field = fit_mesh_field(uv_sphere(), G, MeshFieldConfig(steps=3, sr_polish_steps=DEFAULT_FIELD_STEPS, **small),
+                           on_step=records.append)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all("sr_polish" in r for r in records[3:]) and not any("sr_polish" in r for r in records[:3])
+    assert len(field.history) == 3 and field.sr_polish["steps"] == 3
+    asked = []
+    stop_in_polish = lambda: asked.append(1) or len(asked) > 4  # noqa: E731  (3 fit steps, then the polish)
+    assert fit_mesh_field(uv_sphere(), G, MeshFieldConfig(steps=3, sr_polish_steps=DEFAULT_FIELD_STEPS, **small),
+                          should_stop=stop_in_polish) is None
