@@ -24,6 +24,7 @@ from engine.app.pipeline import (
     view_settings,
 )
 from engine.errors import CheckpointError, ConfigError
+from engine.heads.mesh_field import MeshFieldConfig
 from engine.mesh import read_npz
 from engine.stylize.cancel import CancelToken
 
@@ -269,7 +270,10 @@ def test_head_mode_fits_once_stylizes_the_field_and_scores_against_generated_peo
                    iso_level=10.0, identity_backend="embedded")
     summary = run_head(job, on_event=rec).summary
     fit_progress = [f for e, f in rec.events if e == "progress" and f["stage"] == "fit"]
-    assert fit_progress and fit_progress[-1]["step"] == 12 and fit_progress[-1]["fraction"] == 1.0
+    # the fit's 12 steps, then its super-resolution polish (shortened in proportion to the short fit)
+    polish = MeshFieldConfig(steps=12).polish_steps()
+    assert polish > 0 and fit_progress and fit_progress[-1]["step"] == 12 + polish
+    assert fit_progress[-1]["fraction"] == 1.0 and "sr_polish" in fit_progress[-1]["losses"]
     assert summary["mesh"]["source"] == "sphere.ply" and summary["mesh"]["steps"] == 12
     assert summary["mesh"]["fit_reused"] is False and summary["seed"] is None
     assert summary["base_generator"] == job.generator  # the gallery's people come from the base generator
