@@ -158,8 +158,9 @@ class MeshFieldConfig(JsonConfig):
         if lo > hi:
             raise ConfigError(f"mesh field fit: shell_offset must be (low, high), got {self.shell_offset}")
         if self.sr_polish_steps < 0 or self.sr_polish_batch < 1 or not self.sr_polish_lr > 0:
-            raise ConfigError("mesh field fit: sr_polish_steps must be ≥ 0, sr_polish_batch ≥ 1 and sr_polish_lr > 0, "
-                              f"got {self.sr_polish_steps}, {self.sr_polish_batch}, {self.sr_polish_lr}")
+            raise ConfigError("mesh field fit: sr_polish_steps must be ≥ 0, sr_polish_batch ≥ 1 and "
+                              f"sr_polish_lr > 0, got {self.sr_polish_steps}, {self.sr_polish_batch}, "
+                              f"{self.sr_polish_lr}")
         return self
 
 
@@ -398,8 +399,8 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
 
     ``on_step`` receives each step's losses — the fit's steps 1 … ``steps``, then the polish's as steps
     ``steps`` + 1 … ``steps`` + :meth:`MeshFieldConfig.polish_steps` with an ``"sr_polish"`` loss
-    (``history`` keeps the fit's only); ``should_stop`` is asked before every step (None is returned when it says stop: a fit is cheap
-    enough to redo, so a cancelled one is not kept)."""
+    (``history`` keeps the fit's only); ``should_stop`` is asked before every step (None is returned when it
+    says stop: a fit is cheap enough to redo, so a cancelled one is not kept)."""
     config = config.validate()
     query = MeshQuery(mesh)
     head = copy.deepcopy(G).eval().requires_grad_(False)
