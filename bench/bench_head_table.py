@@ -8,7 +8,8 @@ once) and reports:
 
 * framing error (world scans only): mean vertex distance in % of the head height, and yaw error;
 * fitted-field PSNR on the scan's own bare-colour views (the fit's photometric cameras), super-resolved 128²
-  and raw 64² (white background included);
+  and raw 64² (white background included), and in brackets the mesh's own raw score when rasterised with one
+  sample per pixel (:func:`bench_head_mode.fitted_psnr`: the raw score of a field with the mesh's exact surface);
 * after stylization: style score (the pack's classifier), identity similarity before→after and its
   re-identification rank among the gallery ("before" is the fitted field; world scans are judged by the
   pack's identity encoder, which knows the world — dlib finds no face in its renders — and real heads by
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 field = MeshField(G, G.head_planes, G.head_ws)
                 seen = photo_targets(scan.mesh, G, 12)["c"]
                 psnr = fitted_psnr(field, scan.mesh, seen)
-                row.update(psnr_sr=psnr["sr"], psnr_raw=psnr["raw"], fit_seconds=summary["mesh"]["seconds"])
+                row.update(psnr_sr=psnr["sr"], psnr_raw=psnr["raw"], psnr_raw_one_ray=psnr["raw_one_ray"],
+                           fit_seconds=summary["mesh"]["seconds"])
             stylized = read_npz(out / summary["mesh_npz"])
             row[f"anchor {image_w:g},{geometry_w:g}"] = {
                 "style": summary["style_score"], "identity": summary["identity_similarity"],
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "head_table.json").write_text(json.dumps(rows, indent=1, default=float))
 
     settings = [f"anchor {i:g},{g:g}" for i, g in anchors]
-    print("\n| head | framing error | fit PSNR SR / raw (dB) | " + " | ".join(
+    print("\n| head | framing error | fit PSNR SR / raw (one-ray mesh) dB | " + " | ".join(
         f"{s}: style · identity (rank) · Chamfer" for s in settings) + " |")
     print("|---|---:|---:|" + "---:|" * len(settings))
     for row in rows:
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             identity = "—" if r["identity"] is None else f"{r['identity']:.2f} ({r['reid_rank']}/{r['candidates']})"
             style = "—" if r["style"] is None else f"{r['style']:.2f}"
             cells.append(f"{style} · {identity} · {r['chamfer_percent']:.1f} %")
-        print(f"| {row['head']} | {framing} | {row['psnr_sr']:.1f} / {row['psnr_raw']:.1f} | " + " | ".join(cells) + " |")
+        print(f"| {row['head']} | {framing} | {row['psnr_sr']:.1f} / {row['psnr_raw']:.1f} ({row['psnr_raw_one_ray']:.1f}) | " + " | ".join(cells) + " |")
     return 0
 
 
