@@ -42,6 +42,10 @@ RECIPE_ENGINE_NAME = {key: engine for key, _label, engine, _help in RECIPES}
 # The diffusion model's pull toward the text grows with G; s = 0.5 gives the paper's G = 7.5.
 GUIDANCE_MIN = 2.5
 GUIDANCE_MAX = 12.5
+# Head mode's pull toward the source head (Keep Colours → ``--anchor-image``, Keep Shape → ``--anchor-geometry``):
+# the engine's own defaults (``engine.app.pipeline.HEAD_MODE_ANCHOR``; a test keeps the two equal), which are not
+# sent, so a default press runs the same command as before these settings existed.
+HEAD_MODE_ANCHOR = (1.0, 1.0)
 METHODS = ("ld", "sds")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -89,6 +93,8 @@ class StylizeRequest:
     mesh_file: str = ""
     source_object: str = ""
     field_steps: int = 0  # 0 = the engine's default fit length
+    keep_colours: float = HEAD_MODE_ANCHOR[0]  # head mode: weight of the pull toward the source's colours
+    keep_shape: float = HEAD_MODE_ANCHOR[1]  # head mode: … toward its silhouette and depth
     strength: float = 0.5
     mesh_resolution: int = 128
     device: str = "auto"
@@ -148,6 +154,9 @@ def check_request(request: StylizeRequest) -> list[str]:
             problems.append(f"{label} must be a file: {value}")
     if request.mesh_file and not request.source_object:
         problems.append("Head mode needs the name of the selected mesh object it exports")
+    for label, value in (("Keep Colours", request.keep_colours), ("Keep Shape", request.keep_shape)):
+        if not value >= 0:  # also refuses NaN
+            problems.append(f"{label} must be ≥ 0 (0 = no pull toward the source), got {value}")
     if request.field_steps < 0:
         problems.append(f"Field fit steps must be ≥ 0 (0 = the engine's default), got {request.field_steps}")
     if request.latent_file and not request.mesh_file and not Path(_expand(request.latent_file)).is_file():
@@ -174,6 +183,16 @@ def check_request(request: StylizeRequest) -> list[str]:
     return problems
 
 
+def anchor_argv(keep_colours: float, keep_shape: float) -> list[str]:
+    """Head mode's anchor flags for the engine: each weight that differs from the engine's default."""
+    argv = []
+    for flag, value, default in (("--anchor-image", keep_colours, HEAD_MODE_ANCHOR[0]),
+                                 ("--anchor-geometry", keep_shape, HEAD_MODE_ANCHOR[1])):
+        if float(value) != default:
+            argv += [flag, f"{float(value):g}"]
+    return argv
+
+
 def engine_argv(request: StylizeRequest) -> list[str]:
     """The full command line: ``[python, -m, engine, head, --out, …]`` (paths made absolute)."""
     argv = [request.python, "-m", "engine", "head", "--json", "--out", _expand(request.out_dir)]
@@ -196,6 +215,7 @@ def engine_argv(request: StylizeRequest) -> list[str]:
         argv += ["--mesh", _expand(request.mesh_file)]
         if request.field_steps > 0:
             argv += ["--field-steps", str(int(request.field_steps))]
+        argv += anchor_argv(request.keep_colours, request.keep_shape)
     elif request.latent_file:
         argv += ["--latent", _expand(request.latent_file)]
     else:

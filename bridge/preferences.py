@@ -296,6 +296,8 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         mesh_file=str(root / run_name / f"{_slug(source)}.glb") if settings.head_source == "MESH" else "",
         source_object=source_object.name if source_object is not None else "",
         field_steps=settings.field_steps,
+        keep_colours=settings.keep_colours,
+        keep_shape=settings.keep_shape,
         strength=settings.strength,
         mesh_resolution=settings.mesh_resolution,
         device=prefs.device,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bpy
 
 from . import styles
-from .job import GUIDANCE_MAX, GUIDANCE_MIN, PRESETS, RECIPES
+from .job import GUIDANCE_MAX, GUIDANCE_MIN, HEAD_MODE_ANCHOR, PRESETS, RECIPES
 from .scores import NOT_MEASURED
 
 
@@ -59,6 +59,15 @@ class HeadStylizerSettings(bpy.types.PropertyGroup):
         name="Fit Steps", min=0, soft_max=5000, default=0,
         description="Selected mesh: steps fitting the mesh's own tri-grid field (once per mesh, then cached). "
                     "0: the engine's default")
+    keep_colours: bpy.props.FloatProperty(
+        name="Keep Colours", min=0.0, soft_max=5.0, default=HEAD_MODE_ANCHOR[0],
+        description="Selected mesh: how strongly the stylized head keeps the source's colour layout (skin, hair "
+                    "and features, blurred). 0: the style may recolour freely; higher keeps more of the person, "
+                    "less of the style")
+    keep_shape: bpy.props.FloatProperty(
+        name="Keep Shape", min=0.0, soft_max=5.0, default=HEAD_MODE_ANCHOR[1],
+        description="Selected mesh: how strongly the stylized head keeps the source's silhouette and depth. "
+                    "0: the style may reshape the head freely")
     latent_file: bpy.props.StringProperty(name="Latent", subtype="FILE_PATH",
                                           description="W+ latent .npz (key 'w') of the head to stylize")
     strength: bpy.props.FloatProperty(

@@ -28,7 +28,7 @@ from typing import Any
 import bpy
 
 from ..bridge import engine_process, scan_render, styles
-from ..bridge.job import engine_environment
+from ..bridge.job import HEAD_MODE_ANCHOR, RECIPE_ENGINE_NAME, RECIPES, anchor_argv, engine_environment
 
 _SESSION: "BatchSession | None" = None
 
@@ -62,6 +62,9 @@ class BatchPlan:
     ray: str | None = None  # None: on this machine; "": a local Ray instance; else a Ray cluster's address
     ray_cpus_per_item: float = 1.0
     ray_gpus_per_item: float = 0.0
+    recipe: str = "ours"  # engine --preset: "ours" or "paper" (ignored under an approved style, which brings its own)
+    keep_colours: float = HEAD_MODE_ANCHOR[0]  # mesh mode: --anchor-image
+    keep_shape: float = HEAD_MODE_ANCHOR[1]  # mesh mode: --anchor-geometry
 
     @property
     def handoff_dir(self) -> Path:
@@ -78,6 +81,10 @@ class BatchPlan:
             argv += styles.style_id_argv(self.style_id)  # production: the approved style brings its prompt
         else:
             argv += ["--prompt", self.prompt] if self.prompt else ["--style", self.style]
+            if self.recipe != "ours":
+                argv += ["--preset", self.recipe]
+        if self.mode == "mesh":
+            argv += anchor_argv(self.keep_colours, self.keep_shape)
         if self.inversion_steps:
             argv += ["--inversion-steps", str(self.inversion_steps)]
         for flag, path in sorted(self.models.items()):
@@ -205,6 +212,15 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
         name="Approved Style", items=styles.enum_items,
         description="Production: an approved style from the style library (engine style approve); used as approved, "
                     "never retrained. None: stylize from Style/Prompt")
+    recipe: bpy.props.EnumProperty(name="Recipe", items=[(key, label, help) for key, label, _engine, help in RECIPES],
+                                   default="FAST", description="Training recipe (an approved style brings its own)")
+    keep_colours: bpy.props.FloatProperty(
+        name="Keep Colours", min=0.0, soft_max=5.0, default=HEAD_MODE_ANCHOR[0],
+        description="Each Mesh: how strongly each stylized head keeps its scan's colour layout (skin, hair and "
+                    "features, blurred). 0: the style may recolour freely; higher keeps more of the person")
+    keep_shape: bpy.props.FloatProperty(
+        name="Keep Shape", min=0.0, soft_max=5.0, default=HEAD_MODE_ANCHOR[1],
+        description="Each Mesh: how strongly each stylized head keeps its scan's silhouette and depth")
     units: bpy.props.EnumProperty(name="Units", items=[(u, u, f"Scan units: {u}") for u in ("auto", "mm", "cm", "m", "world", "fit")], default="auto")
     mode: bpy.props.EnumProperty(
         name="Mode",
@@ -256,6 +272,8 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
                      consent=True, scans=scans, mode=settings.mode, style_id=approved,
                      ray=settings.ray_address.strip() if settings.use_ray else None,
                      ray_cpus_per_item=settings.ray_cpus_per_item, ray_gpus_per_item=settings.ray_gpus_per_item,
+                     recipe=RECIPE_ENGINE_NAME[settings.recipe], keep_colours=settings.keep_colours,
+                     keep_shape=settings.keep_shape,
                      models={"generator": _abspath(prefs.generator_path) if prefs.generator_path else "",
                              "diffusion": _abspath(prefs.diffusion_dir) if prefs.diffusion_dir else "",
                              "depth-controlnet": _abspath(prefs.depth_controlnet_dir) if prefs.depth_controlnet_dir else "",
@@ -350,7 +368,11 @@ def draw_batch_panel(layout, context) -> None:
     if settings.approved_style == styles.NO_STYLE:
         col.prop(settings, "style")
         col.prop(settings, "prompt")
+        col.prop(settings, "recipe")
     col.prop(settings, "mode")
+    if settings.mode == "mesh":
+        col.prop(settings, "keep_colours", slider=True)
+        col.prop(settings, "keep_shape", slider=True)
     col.prop(settings, "units")
     col.prop(settings, "mesh_resolution")
     col.prop(settings, "use_ray")

@@ -138,6 +138,8 @@ class HEADSTYLIZER_PT_options(_SidebarPanel, bpy.types.Panel):
         row.prop(s, "use_rank", toggle=True)
         training.prop(s, "steps")
         if s.head_source == "MESH":
+            training.prop(s, "keep_colours", slider=True)
+            training.prop(s, "keep_shape", slider=True)
             layout.prop(s, "field_steps")
         layout.prop(s, "mesh_resolution")
         layout.prop(s, "turntable")

@@ -213,3 +213,41 @@ result(off=off, local=local, cluster=cluster, done=session.items_done, progress=
     add_arguments(parser)
     args = parser.parse_args([a for a in r["cluster"][r["cluster"].index("batch") + 1:] if a != "--json"])
     assert farm_config_from_args(args) == FarmConfig(address="10.0.0.5:6379", cpus_per_item=4.0, gpus_per_item=0.5)
+
+
+@pytest.mark.skipif(not HAVE_BPY, reason="bpy module not installed (requirements-dev.txt)")
+def test_batch_panel_recipe_and_keep_settings_reach_the_engines_batch_parser(scan_folder, tmp_path):
+    """The Batch panel's Recipe and, in Each Mesh mode, Keep Colours / Keep Shape → ``engine batch --preset …
+    --anchor-image … --anchor-geometry …`` as the engine's own parser reads them; defaults send nothing, the keep
+    settings are drawn only in Each Mesh mode, and an approved style's recipe is its own."""
+    r = run_bpy(_batch_prologue(scan_folder, tmp_path) + """
+from bl_ext.hs_tests.head_stylizer.operators import batch as op
+s.consent = True
+default = op._plan_from(bpy.context, s)[0].engine_argv()
+layout = type("Layout", (), {"__getattr__": lambda self, name: lambda *a, **k: self})()
+drawn = []
+layout.prop = lambda owner, name, **k: drawn.append(name)
+op.draw_batch_panel(layout, bpy.context)
+generator_drawn = list(drawn)
+s.mode = "mesh"
+s.recipe = "PAPER"
+s.keep_colours = 0.0
+s.keep_shape = 2.5
+changed = op._plan_from(bpy.context, s)[0].engine_argv()
+drawn.clear()
+op.draw_batch_panel(layout, bpy.context)
+result(default=default, changed=changed, generator_drawn=generator_drawn, mesh_drawn=drawn)
+""")
+    for flag in ("--preset", "--anchor-image", "--anchor-geometry"):
+        assert flag not in r["default"]
+    assert "recipe" in r["generator_drawn"] and "keep_colours" not in r["generator_drawn"]
+    assert {"recipe", "keep_colours", "keep_shape"} <= set(r["mesh_drawn"])
+    import argparse
+
+    from engine.app.commands.batch import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([a for a in r["changed"][r["changed"].index("batch") + 1:] if a != "--json"])
+    settings = settings_from_args(args)
+    assert (settings.recipe, settings.mode, settings.anchor_image, settings.anchor_geometry) == ("paper", "mesh", 0.0, 2.5)

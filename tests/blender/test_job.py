@@ -112,6 +112,34 @@ def test_engine_argv_in_head_mode_sends_the_exported_mesh_and_parses_as_the_engi
     assert any("Field fit steps" in p for p in check_request(_request(tmp_path, field_steps=-1)))
 
 
+def test_keep_colours_and_shape_become_head_modes_anchor_weights_through_the_engines_parser(tmp_path):
+    """Keep Colours / Keep Shape → ``--anchor-image`` / ``--anchor-geometry`` of ``engine head --mesh``, parsed by
+    the engine's own parser into the job; at their defaults (the engine's) nothing is sent; negative is refused."""
+    import argparse
+
+    from bridge.job import HEAD_MODE_ANCHOR
+    from engine.app.cli import add_output_arguments
+    from engine.app.commands.head import add_arguments, job_from_args
+    from engine.app.pipeline import HEAD_MODE_ANCHOR as ENGINE_HEAD_MODE_ANCHOR
+
+    assert HEAD_MODE_ANCHOR == ENGINE_HEAD_MODE_ANCHOR  # the panel's defaults are the engine's
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    add_output_arguments(parser)
+    mesh = dict(mesh_file=str(tmp_path / "Bust.glb"), source_object="Bust")
+    argv = engine_argv(_request(tmp_path, **mesh, keep_colours=0.0, keep_shape=2.5))
+    job = job_from_args(parser.parse_args(argv[4:]))
+    assert (job.anchor_image, job.anchor_geometry) == (0.0, 2.5)
+    argv = engine_argv(_request(tmp_path, **mesh, keep_shape=0.0))
+    assert "--anchor-image" not in argv and argv[argv.index("--anchor-geometry") + 1] == "0"
+    default = engine_argv(_request(tmp_path, **mesh))
+    assert "--anchor-image" not in default and "--anchor-geometry" not in default
+    assert "--anchor-image" not in engine_argv(_request(tmp_path, keep_colours=0.0))  # generated heads: no anchor
+    assert check_request(_request(tmp_path, **mesh, keep_colours=-1.0)) == [
+        "Keep Colours must be ≥ 0 (0 = no pull toward the source), got -1.0"]
+    assert any("Keep Shape" in p for p in check_request(_request(tmp_path, **mesh, keep_shape=float("nan"))))
+
+
 def test_engine_environment_puts_engine_root_on_pythonpath_and_drops_pythonhome(tmp_path):
     env = engine_environment(str(tmp_path), {"PYTHONHOME": "/blender/python", "PYTHONPATH": "/x", "A": "1"})
     assert env["PYTHONPATH"] == str(tmp_path.resolve()) and "PYTHONHOME" not in env and env["A"] == "1"

@@ -67,7 +67,7 @@ def test_selected_mesh_comes_back_beside_its_source_at_its_scale(tmp_path):
 matrix_before = [list(row) for row in src.matrix_world]
 vertices_before = len(src.data.vertices)
 source_world = world_vertices(src)
-settings.head_source = "MESH"; settings.steps = 2; settings.field_steps = 40
+settings.head_source = "MESH"; settings.steps = 2; settings.field_steps = 40; settings.keep_colours = 0.5
 assert bpy.ops.headstylizer.stylize_head() == {"FINISHED"}, settings.status
 obj = bpy.data.objects[settings.object_name]
 lo, hi = source_world.min(0), source_world.max(0)
@@ -94,6 +94,7 @@ result(name=obj.name, gap=max(gaps), placed_count=len(placed), source_count=vert
     mesh_file = Path(argv[argv.index("--mesh") + 1])
     assert mesh_file.suffix == ".glb" and mesh_file.parent == Path(r["result_path"]).parent
     assert argv[argv.index("--field-steps") + 1] == "40" and "--seed" not in argv and "--latent" not in argv
+    assert argv[argv.index("--anchor-image") + 1] == "0.5" and "--anchor-geometry" not in argv  # Keep Colours only
     record = json.loads(Path(r["result_path"]).read_text())["mesh"]
     assert record["normalization"]["textured"] is True  # the base-colour image went along
     assert record["normalization"]["up_axis_used"] == "y"
