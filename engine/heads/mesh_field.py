@@ -24,7 +24,8 @@ the generator's tri-grid tensor, decoder, ToRGB, renderer and mesh extraction, s
 
 Then, with the field fixed, the **super-resolution head is polished** on the photometric views
 (:func:`polish_superresolution`): their raw renders are made once, so each step is only the super-resolution's
-forward and backward pass.
+forward and backward pass. The weights from before the polish are kept too
+(:attr:`MeshField.fitted_superresolution`): a stylization of the field starts from them.
 
 The tri-grid starts from the generator's mean head and the decoder from the generator's own (a head prior)
 with its density step made steeper about the iso level (:func:`sharpen_density`); Adam moves both. The mesh
@@ -121,11 +122,15 @@ class MeshFieldConfig(JsonConfig):
     # steps while the field moves under it, and never learns what its ×2 upsampling does at the image border
     # (it pads with zeros: a white background comes out at 0.75 in the outermost rows and columns). On the
     # young woman's real head (300-step fit; super-resolved PSNR seen / held-out): 27.5 / 26.6 dB without,
-    # 100 steps at 1e-3 28.1 / 27.2, 100 at 3e-3 29.0 / 27.9, 200 at 3e-3 29.7 / 28.6 (about 20 s); the old
-    # man's, 100 at 3e-3: 21.3 / 20.5 → 22.6 / 22.1. 0 turns it off. A fit shorter than the default
+    # 100 steps at 1e-3 28.1 / 27.2, 100 at 3e-3 29.0 / 27.9, 200 at 3e-3 29.7 / 28.6 (about 20 s). Longer and
+    # faster helps both scores, the held-out ones too, so it is not only memorising the 12 views (probe of
+    # 2026-12-02 on cached 300-step fits, old man · young woman): 400 steps at 3e-3 26.0 / 24.9 · 31.4 / 29.9,
+    # 1,200 at 3e-3 29.0 / 25.5 · 34.2 / 31.2, 400 at 1e-2 27.4 / 25.2, **400 at 2e-2 28.4 / 25.8 · 33.7 /
+    # 31.2** (about 38 s), 400 at 4e-2 27.5 / 25.5; a cosine decay scored lower at each rate (400 at 2e-2: 27.3 /
+    # 25.3). 0 turns it off. A fit shorter than the default
     # ``DEFAULT_FIELD_STEPS`` gets a polish shortened in proportion (:meth:`polish_steps`): a quick look stays quick.
-    sr_polish_steps: int = 200
-    sr_polish_lr: float = 3e-3
+    sr_polish_steps: int = 400
+    sr_polish_lr: float = 2e-2
     sr_polish_batch: int = 4
 
     def polish_steps(self) -> int:
@@ -319,6 +324,10 @@ class MeshField:
     seconds: float = 0.0
     # :func:`polish_superresolution`'s record (steps, first and last squared error, seconds); empty if it did not run
     sr_polish: dict = field(default_factory=dict)
+    # The super-resolution's weights as the fit left them, before the polish (empty if it did not run). The
+    # polished head is what the field's views are rendered with; a stylization starts from these instead,
+    # because the polish — training it to reproduce this one head's views — holds the style back on real heads.
+    fitted_superresolution: dict[str, Tensor] = field(default_factory=dict)
 
 
 def hidden_feature_spread(G: TriPlaneGenerator, features: Tensor, ws: Tensor) -> Tensor:
@@ -430,12 +439,13 @@ def fit_mesh_field(mesh: Mesh, G: TriPlaneGenerator, config: MeshFieldConfig = M
                       history, on_step)
     head.requires_grad_(False)
     head.make_single_head(planes.detach(), ws)
-    polish = {}
+    polish, fitted_sr = {}, {}
     if config.polish_steps():
+        fitted_sr = {name: value.detach().clone() for name, value in head.superresolution.state_dict().items()}
         polish = polish_superresolution(head, ws, views, config, on_step, should_stop)
         if polish is None:
             return None
-    return MeshField(head, head.head_planes.detach(), ws, history, time.perf_counter() - started, polish)
+    return MeshField(head, head.head_planes.detach(), ws, history, time.perf_counter() - started, polish, fitted_sr)
 
 
 def polish_superresolution(head: TriPlaneGenerator, ws: Tensor, views: dict[str, Tensor], config: MeshFieldConfig,

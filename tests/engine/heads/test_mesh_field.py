@@ -3,6 +3,7 @@ whose density, colours and extracted mesh match the sphere."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 
@@ -112,9 +113,16 @@ def test_a_fit_is_reproducible_whatever_ran_before():
     b = fit_mesh_field(uv_sphere(), G, config)
     assert [r["photo"] for r in a.history if "photo" in r] == [r["photo"] for r in b.history if "photo" in r]
     assert torch.equal(a.planes, b.planes)
-    assert a.sr_polish["steps"] == 3 and a.sr_polish["last_mse"] == b.sr_polish["last_mse"]
+    assert a.sr_polish["steps"] == config.polish_steps() == 5 and a.sr_polish["last_mse"] == b.sr_polish["last_mse"]
     sr_a, sr_b = a.generator.superresolution.state_dict(), b.generator.superresolution.state_dict()
     assert all(torch.equal(v, sr_b[k]) for k, v in sr_a.items())
+    # the weights from before the polish (where a stylization starts) are the fit's: those of the same fit
+    # with the polish off, not the polished ones
+    unpolished = fit_mesh_field(uv_sphere(), G, dataclasses.replace(config, sr_polish_steps=0))
+    assert unpolished.fitted_superresolution == {}
+    kept, fitted = a.fitted_superresolution, unpolished.generator.superresolution.state_dict()
+    assert kept.keys() == fitted.keys() and all(torch.equal(kept[k], fitted[k]) for k in fitted)
+    assert not all(torch.equal(kept[k], sr_a[k]) for k in sr_a)
 
 
 def test_the_photometric_step_renders_with_the_configured_ray_samples(monkeypatch):
