@@ -22,7 +22,6 @@ reuses both caches and only meshes again.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
     from ..heads.scan_views import ScanViewConfig
     from ..heads.scans import ScanNormalization
     from .head_mode import fitted_head_field
-    from .pipeline import _path_fingerprint, extract_head, stylized_generator
+    from .pipeline import _path_fingerprint, extract_head, head_field_sources, stylized_generator
 
     cancel = cancel or CancelToken()
     job, sources, prompt, base = resolve_batch_models(settings, on_event)
@@ -75,7 +74,7 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
                                   cancel, on_event, normalization, job.head_input_config())
         if field is None:
             raise StylizationCancelled("cancelled while fitting the mesh's field; run the batch again to resume")
-        item_sources = dataclasses.replace(sources, generator=str(field.path), field_of=sources.generator)
+        item_sources = head_field_sources(sources, field)
         stylized = stylized_generator(job, item_sources, prompt, cancel, on_event)
         if stylized.cancelled or stylized.path is None:
             raise StylizationCancelled("cancelled while stylizing the mesh's field; run the batch again to resume")

@@ -8,7 +8,9 @@ is loaded, so a bad file fails in seconds), brings it into the generator's frame
 decoder with :func:`engine.heads.mesh_field.fit_mesh_field` starting from the base generator, and saves the
 result as a generator checkpoint (:meth:`TriPlaneGenerator.make_single_head`). From there the head goes
 through exactly the generated-head path — stylization, views, marching cubes, scores — with the field as
-its generator. The fit is cached by the mesh file's SHA-256, what reading changed in it (when it changed
+its generator — except that the stylization's trainable copy starts from the super-resolution weights of
+before the fit's polish (``stylize_superresolution.safetensors`` beside the field; see
+:func:`engine.heads.mesh_field.fit_mesh_field`). The fit is cached by the mesh file's SHA-256, what reading changed in it (when it changed
 anything), the normalisation and fit settings and the base generator's fingerprint, so stylizing the same mesh
 in another style does not fit it again. The fit record (``fit.json``, also in head.json's ``mesh``) keeps the
 reader's warnings and its ``input`` record: triangles read and fitted, dropped, flipped, simplified.
@@ -23,17 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import safetensors.torch
+
 from ..generator.loading import load_generator, resolve_device, save_generator
 from ..heads.head_input import HeadInputConfig, HeadMesh, read_head_mesh
 from ..heads.mesh_field import MeshFieldConfig, fit_mesh_field
 from ..heads.scans import NormalizedScan, ScanNormalization, normalize_scan, up_axis_hint
-from ..io.atomic import write_json
+from ..io.atomic import write_bytes, write_json
 from ..io.checkpoint import read_json_object
 from ..pack import sha256_file
 from ..stylize.cancel import CancelToken
 
 FIELD_FILE = "head.safetensors"
 FIT_FILE = "fit.json"
+# The field's super-resolution weights from before the polish: where a stylization of the field starts
+# (:attr:`engine.heads.mesh_field.MeshField.fitted_superresolution`); absent when the polish is off.
+STYLIZE_SR_FILE = "stylize_superresolution.safetensors"
 
 
 @dataclass
@@ -44,6 +51,7 @@ class HeadField:
     reused: bool
     fit: dict[str, Any]  # steps, seconds, final losses, scan normalisation
     scan: NormalizedScan  # the mesh as read and normalised (callers need not read it again)
+    stylize_superresolution: Path | None = None  # STYLIZE_SR_FILE, when the fit polished its super-resolution
 
 
 def _fit_key(mesh_sha256: str, normalization: ScanNormalization, config: MeshFieldConfig, base_fingerprint: str | None,
@@ -70,7 +78,9 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
     folder = cache_folder / "fields" / key
     if (folder / FIELD_FILE).is_file() and (folder / FIT_FILE).is_file():
         on_event("stage", stage="fit", status="reused", field=str(folder / FIELD_FILE))
-        return HeadField(folder / FIELD_FILE, True, read_json_object(folder / FIT_FILE, "head field fit record"), scan)
+        start = folder / STYLIZE_SR_FILE
+        return HeadField(folder / FIELD_FILE, True, read_json_object(folder / FIT_FILE, "head field fit record"), scan,
+                         start if start.is_file() else None)
     base = load_generator(base_generator, device=resolve_device(device)).generator
     total = config.steps + config.polish_steps()  # the fit's steps, then the super-resolution polish's
     every = max(1, total // 20)
@@ -86,6 +96,10 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
         return None
     path = save_generator(field.generator, folder / FIELD_FILE,
                           extra={"single_head": True, "mesh": mesh_path.name, "fit": config.to_dict()})
+    start = None
+    if field.fitted_superresolution:
+        start = write_bytes(folder / STYLIZE_SR_FILE, safetensors.torch.save(
+            {name: value.contiguous() for name, value in field.fitted_superresolution.items()}))
     fit = {"mesh": mesh_path.name, "steps": config.steps, "textured": scan.mesh.texture is not None,
            "warnings": list(source.warnings), "input": dict(source.record),
            "seconds": round(time.perf_counter() - started, 1),
@@ -94,4 +108,4 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
            "normalization": {**normalization.to_dict(), "up_axis_used": scan.up_axis, "units_used": scan.units,
                              "scan_to_world": scan.scan_to_world.tolist(), "framing": scan.framing}}
     write_json(folder / FIT_FILE, fit)  # written last: a folder without it is refitted
-    return HeadField(path, False, fit, scan)
+    return HeadField(path, False, fit, scan, start)

@@ -87,8 +87,8 @@ _NOT_IN_CACHE_KEY = ("out_dir", "device", "precision", "checkpoint_every", "prev
 # Fields that came after caches existed, with their defaults: left out of the key while at them, so runs made
 # before them (and every run that does not use them) keep their cache. Model paths among them are keyed by
 # their files' fingerprints, not their paths.
-_LATER_FIELDS = {"noise_mode": "const", "depth_model": None, "depth_resolution": None}
-_MODEL_PATH_FIELDS = ("lpips_path", "depth_model")
+_LATER_FIELDS = {"noise_mode": "const", "depth_model": None, "depth_resolution": None, "superresolution_start": None}
+_MODEL_PATH_FIELDS = ("lpips_path", "depth_model", "superresolution_start")
 
 
 @dataclass
@@ -234,6 +234,8 @@ class ModelSources:
     field_of: str | None = None  # head mode: ``generator`` is a single-head field fitted from this generator
     lpips: str | None = None
     depth_model: str | None = None
+    # head mode: the super-resolution weights a stylization of the field starts from (the fit's, before its polish)
+    superresolution_start: str | None = None
 
     @property
     def base_generator(self) -> str:
@@ -243,6 +245,14 @@ class ModelSources:
     @property
     def embedded_diffusion(self) -> bool:
         return self.pack is not None and Path(self.diffusion) == self.pack.diffusion
+
+
+def head_field_sources(sources: ModelSources, head_field) -> ModelSources:
+    """``sources`` with a mesh's fitted field (:class:`engine.app.head_mode.HeadField`) as the generator to
+    stylize, and the fit's own super-resolution as where the stylization's trainable copy starts."""
+    start = head_field.stylize_superresolution
+    return dataclasses.replace(sources, generator=str(head_field.path), field_of=sources.generator,
+                               superresolution_start=None if start is None else str(start))
 
 
 def resolve_models(job: HeadJob) -> ModelSources:
@@ -312,6 +322,7 @@ def stylize_config_for(job: HeadJob, sources: ModelSources, prompt: str) -> Styl
         edge_controlnet=sources.edge_controlnet,
         lpips_path=sources.lpips,
         depth_model=sources.depth_model,
+        superresolution_start=sources.superresolution_start,
         steps=steps,
         lr=lr,
         seed=job.train_seed,
@@ -716,7 +727,7 @@ def run_head(job: HeadJob, cancel: CancelToken | None = None, on_event: EventSin
         if head_field is None:
             on_event("cancelled", stage="fit")
             return HeadResult(out, cancelled=True)
-        sources = dataclasses.replace(sources, generator=str(head_field.path), field_of=sources.generator)
+        sources = head_field_sources(sources, head_field)
 
     on_event("stage", stage="stylize", message=f"stylizing toward {prompt!r} ({job.method.upper()})")
     if style is not None:  # the approved weights as they are: never trained

@@ -82,6 +82,11 @@ class StylizeConfig(JsonConfig):
     edge_controlnet: str | None = None
     depth_controlnet: str | None = None
     lpips_path: str | None = None
+    # Super-resolution weights (safetensors, the generator's ``superresolution`` state) the trainable copy
+    # starts from instead of the generator's own; the frozen copy keeps its own. Head mode sets it to the fit's
+    # weights from before their polish (engine.heads.mesh_field): the polished head renders the source's views,
+    # and a stylization starting from it held the style back on real heads.
+    superresolution_start: str | None = None
     out_dir: str = "stylize_out"
 
     steps: int = 10_000

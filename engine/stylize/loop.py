@@ -40,6 +40,8 @@ from ..errors import CheckpointError, ConfigError
 from ..generator.camera import cameras_at
 from ..generator.inference import camera_config_for, render_images
 from ..generator.loading import load_generator, resolve_device
+from ..generator.triplane import TriPlaneGenerator
+from ..io.checkpoint import load_state_into
 from ..io.events import emit, log
 from ..io.images import image_grid, save_png, to_uint8
 from .cancel import CancelToken
@@ -100,6 +102,12 @@ def _controlnet_folder(config: StylizeConfig, kind: str) -> Path | None:
         return Path(given)
     candidate = Path(config.diffusion) / f"controlnet_{kind}"
     return candidate if (candidate / "config.json").is_file() else None
+
+
+def start_superresolution(trainable: TriPlaneGenerator, path: Path) -> None:
+    """Load ``path`` (``StylizeConfig.superresolution_start``) into ``trainable``'s super-resolution; a file
+    that is missing, corrupt or made for another architecture raises CheckpointError naming it."""
+    load_state_into(trainable.superresolution, load_tensors(path), f"{path} (superresolution_start)")
 
 
 def _load_guidance(config: StylizeConfig, device: torch.device):
@@ -205,6 +213,8 @@ def _build_run(config: StylizeConfig, device: torch.device, state: TrainingState
         )
     if state is None:
         trainable = copy.deepcopy(frozen)
+        if config.superresolution_start:
+            start_superresolution(trainable, Path(config.superresolution_start))
     else:
         trainable = load_generator(state.generator_path, device).generator
         if trainable.config != frozen.config:

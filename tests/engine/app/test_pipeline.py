@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.app.head_mode import STYLIZE_SR_FILE
 from engine.app.pipeline import (
     GALLERY_FIRST_SEED,
     HeadJob,
@@ -281,6 +282,10 @@ def test_head_mode_fits_once_stylizes_the_field_and_scores_against_generated_peo
 
     field = load_generator(summary["mesh"]["field"]).generator
     assert field.is_single_head and load_generator(summary["generator"]).generator.is_single_head
+    # the stylization started from the fit's super-resolution from before its polish, kept beside the field
+    start = Path(summary["mesh"]["field"]).parent / STYLIZE_SR_FILE
+    state = json.loads((Path(summary["generator"]).parent / "state.json").read_text())
+    assert start.is_file() and state["config"]["superresolution_start"] == str(start)
     # "before" is the fitted field's head, not a generated one
     out = Path(job.out_dir)
     settings = view_settings(stylize_config_for(job, resolve_models(job), job.prompt))

@@ -436,3 +436,32 @@ def test_a_single_head_field_stylizes_its_own_tri_grid_and_decoder(tiny, tmp_pat
     assert "head_planes" in changed and any(n.startswith("decoder.") for n in changed)
     assert any(n.startswith("superresolution.") for n in changed)
     assert not any(n.startswith(("backbone.", "torgb.", "head_ws")) for n in changed), sorted(changed)
+
+
+def test_the_trainable_copy_starts_from_superresolution_start_and_the_frozen_keeps_its_own(tiny, tmp_path):
+    """Head mode's stylization starts from the fit's super-resolution (before its polish): the trainable
+    copy gets the file's weights, the frozen copy — the source's renders — keeps the generator's."""
+    import safetensors.torch
+
+    from engine.errors import CheckpointError
+    from engine.stylize.loop import _build_run
+
+    G = load_generator("tiny").generator
+    own = {name: value.clone() for name, value in G.superresolution.state_dict().items()}
+    start = {name: value + 0.25 * torch.randn(value.shape, generator=torch.Generator().manual_seed(len(name)))
+             if value.is_floating_point() else value for name, value in own.items()}
+    path = tmp_path / "start.safetensors"
+    safetensors.torch.save_file({n: v.contiguous() for n, v in start.items()}, str(path))
+    ctx = _build_run(make_config(tiny, tmp_path / "run", superresolution_start=str(path)), torch.device("cpu"), None).ctx
+    trained, frozen = ctx.trainable.superresolution.state_dict(), ctx.frozen.superresolution.state_dict()
+    assert all(torch.equal(trained[n], start[n]) for n in start)
+    assert all(torch.equal(frozen[n], own[n]) for n in own)
+    assert any(not torch.equal(start[n], own[n]) for n in own)  # the check above can tell them apart
+    # without it both start alike
+    plain = _build_run(make_config(tiny, tmp_path / "plain"), torch.device("cpu"), None).ctx
+    assert all(torch.equal(plain.trainable.superresolution.state_dict()[n], own[n]) for n in own)
+    # a file for another architecture is refused by name, before any training
+    safetensors.torch.save_file({"weight": torch.zeros(3)}, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(CheckpointError, match="wrong.safetensors"):
+        _build_run(make_config(tiny, tmp_path / "bad", superresolution_start=str(tmp_path / "wrong.safetensors")),
+                   torch.device("cpu"), None)
