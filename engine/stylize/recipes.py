@@ -132,6 +132,7 @@ OFFICIAL_SETTINGS: tuple[OfficialSetting, ...] = (
 # added either here or to OFFICIAL_SETTINGS (a test checks every field is classified).
 NOT_OFFICIAL_SETTINGS = frozenset({
     "prompt", "generator", "diffusion", "edge_controlnet", "depth_controlnet", "lpips_path", "depth_model",
+    "superresolution_start",
     "depth_resolution", "out_dir", "keep_checkpoints", "device", "precision", "attention_slicing", "vae_slicing",
     "distill.sds_variant", "distill.anchor_resolution",
 })
