@@ -10,9 +10,9 @@ result as a generator checkpoint (:meth:`TriPlaneGenerator.make_single_head`). F
 through exactly the generated-head path — stylization, views, marching cubes, scores — with the field as
 its generator — except that the stylization's trainable copy starts from the super-resolution weights of
 before the fit's polish (``stylize_superresolution.safetensors`` beside the field; see
-:func:`engine.heads.mesh_field.fit_mesh_field`). The fit is cached by the mesh file's SHA-256, what reading changed in it (when it changed
-anything), the normalisation and fit settings and the base generator's fingerprint, so stylizing the same mesh
-in another style does not fit it again. The fit record (``fit.json``, also in head.json's ``mesh``) keeps the
+:func:`engine.heads.mesh_field.fit_mesh_field`). The fit is cached by the mesh file's SHA-256, what reading
+changed in it (when it changed anything), the normalisation and fit settings and the base generator's
+fingerprint, so stylizing the same mesh in another style does not fit it again. The fit record (``fit.json``, also in head.json's ``mesh``) keeps the
 reader's warnings and its ``input`` record: triangles read and fitted, dropped, flipped, simplified.
 """
 
@@ -25,16 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import safetensors.torch
-
 from ..generator.loading import load_generator, resolve_device, save_generator
 from ..heads.head_input import HeadInputConfig, HeadMesh, read_head_mesh
 from ..heads.mesh_field import MeshFieldConfig, fit_mesh_field
 from ..heads.scans import NormalizedScan, ScanNormalization, normalize_scan, up_axis_hint
-from ..io.atomic import write_bytes, write_json
+from ..io.atomic import write_json
 from ..io.checkpoint import read_json_object
 from ..pack import sha256_file
 from ..stylize.cancel import CancelToken
+from ..stylize.training_state import save_tensors
 
 FIELD_FILE = "head.safetensors"
 FIT_FILE = "fit.json"
@@ -98,8 +97,8 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
                           extra={"single_head": True, "mesh": mesh_path.name, "fit": config.to_dict()})
     start = None
     if field.fitted_superresolution:
-        start = write_bytes(folder / STYLIZE_SR_FILE, safetensors.torch.save(
-            {name: value.contiguous() for name, value in field.fitted_superresolution.items()}))
+        start = folder / STYLIZE_SR_FILE
+        save_tensors(start, field.fitted_superresolution)
     fit = {"mesh": mesh_path.name, "steps": config.steps, "textured": scan.mesh.texture is not None,
            "warnings": list(source.warnings), "input": dict(source.record),
            "seconds": round(time.perf_counter() - started, 1),

@@ -127,8 +127,8 @@ class MeshFieldConfig(JsonConfig):
     # 2026-12-02 on cached 300-step fits, old man · young woman): 400 steps at 3e-3 26.0 / 24.9 · 31.4 / 29.9,
     # 1,200 at 3e-3 29.0 / 25.5 · 34.2 / 31.2, 400 at 1e-2 27.4 / 25.2, **400 at 2e-2 28.4 / 25.8 · 33.7 /
     # 31.2** (about 38 s), 400 at 4e-2 27.5 / 25.5; a cosine decay scored lower at each rate (400 at 2e-2: 27.3 /
-    # 25.3). 0 turns it off. A fit shorter than the default
-    # ``DEFAULT_FIELD_STEPS`` gets a polish shortened in proportion (:meth:`polish_steps`): a quick look stays quick.
+    # 25.3). 0 turns it off. A fit shorter than the default ``DEFAULT_FIELD_STEPS`` gets a polish shortened in
+    # proportion (:meth:`polish_steps`): a quick look stays quick.
     sr_polish_steps: int = 400
     sr_polish_lr: float = 2e-2
     sr_polish_batch: int = 4

@@ -128,7 +128,8 @@ def restore_optimizer(
         }
 
 
-def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Write ``tensors`` (moved to the CPU) as one safetensors file, atomically; :func:`load_tensors` reads it."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     write_bytes(path, safetensors.torch.save(cpu, metadata={"format": STATE_FORMAT}))
 
@@ -174,8 +175,8 @@ def save_training_state(
     }
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     save_checkpoint(folder / GENERATOR_STEM, state, generator.config, extra)
-    _save_tensors(folder / OPTIMIZER_FILE, optimizer_tensors(optimizer, named_params))
-    _save_tensors(folder / LOOP_FILE, loop_tensors)
+    save_tensors(folder / OPTIMIZER_FILE, optimizer_tensors(optimizer, named_params))
+    save_tensors(folder / LOOP_FILE, loop_tensors)
     write_json(
         folder / STATE_FILE,
         {
