@@ -221,8 +221,33 @@ def render_images(
         cams = c[start : start + chunk].to(device)
         n = cams.shape[0]
         result = G.render(ws.expand(n, -1, -1), cams, options, planes=planes.expand(n, *planes.shape[1:]))
-        out.append(result["image"].float().clamp(-1, 1).cpu())
+        image = result["image"].float()
+        if background == "white":
+            image = whiten_padded_border(image, result["image_mask"].float(), G.superresolution.padded_border())
+        out.append(image.clamp(-1, 1).cpu())
     return torch.cat(out)
+
+
+def whiten_padded_border(image: torch.Tensor, opacity: torch.Tensor, border: int) -> torch.Tensor:
+    """``image`` (N, 3, R, R) in [−1, 1] with its outer ``border`` rows and columns composited over white by the
+    raw render's ``opacity`` (N, 1, r, r), resized to R; the inside is returned unchanged.
+
+    Those rows are the ones the super-resolution's zero-padded upsampling darkens
+    (:meth:`SuperResolution.padded_border`): a white background comes out grey there, a frame around every
+    view. Where the field is empty the background is known, so it is put back; where the head reaches the
+    edge (opacity 1) the pixels are left as rendered. Only views shown or scored get this, never a training
+    render or a fit's score.
+    """
+    if border <= 0:
+        return image
+    height, width = image.shape[-2:]
+    alpha = torch.nn.functional.interpolate(opacity, size=(height, width), mode="bilinear", align_corners=False)
+    alpha = alpha.clamp(0, 1).to(image.dtype)
+    rows, cols = (torch.arange(n, device=image.device) for n in (height, width))
+    inside_rows = (rows >= border) & (rows < height - border)
+    inside_cols = (cols >= border) & (cols < width - border)
+    frame = ~(inside_rows[:, None] & inside_cols[None, :])
+    return torch.where(frame, image * alpha + (1 - alpha), image)
 
 
 def _save_gif(frames: list[np.ndarray], path: Path, frame_ms: int) -> Path:

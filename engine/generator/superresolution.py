@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from .config import PLANE_FEATURES, SR_FACTORS, GeneratorConfig
-from .ops import setup_filter
+from .ops import setup_filter, upsample2d
 from .stylegan2 import FUSED_MODCONV_DEFAULT, SynthesisBlock
 
 # fp16 SR blocks clamp conv outputs to ±256 (as PanoHead does whenever sr_num_fp16_res > 0).
@@ -90,6 +90,27 @@ class SuperResolution(nn.Module):
         x, img = self.block0(self._resize(features), self._resize(rgb), ws, noise_mode=noise_mode, **block_kwargs)
         x, img = self.block1(x, img, ws, noise_mode=noise_mode, **block_kwargs)
         return img
+
+    @torch.no_grad()
+    def padded_border(self) -> int:
+        """How many outermost rows and columns of the output the RGB skip path darkens at the image border.
+
+        The blocks that upsample pass the skip image through StyleGAN2's upsampling filter, which pads with
+        zeros: a constant image comes out at 0.75 of its value in the outer row (pack, 64→128), and over
+        PanoHead's two upsamplings the loss reaches three rows deep at 512². On a white background that is
+        a grey frame no learned layer was trained to cancel. Measured here by pushing a constant image
+        through the skip path alone (the filters are fixed, so this is exact and costs one tiny pass).
+        """
+        if self.kind == "none":
+            return 0
+        device = self.block1.resample_filter.device
+        img = torch.ones(1, 1, self.input_resolution, self.input_resolution, device=device)
+        for block in (self.block0, self.block1):
+            if block.upsample:
+                img = upsample2d(img, block.resample_filter)
+        column = img[0, 0, :, img.shape[-1] // 2] < 1 - 1e-6  # the middle column: rows hit from top / bottom
+        half = column.shape[0] // 2
+        return int(max(column[:half].sum(), column[half:].sum()))
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, input_resolution={self.input_resolution}, img_resolution={self.img_resolution}"

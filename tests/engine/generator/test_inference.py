@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -22,8 +23,12 @@ from engine.generator.inference import (
     render_images,
     render_subjects,
     seed_latent,
+    whiten_padded_border,
 )
+from engine.generator.config import get_preset
 from engine.generator.loading import load_generator, save_generator
+from engine.generator.superresolution import build_superresolution
+from engine.generator.triplane import RenderOptions
 
 VIEW_NAMES = [name for name, _ in NAMED_VIEW_YAWS_DEG]
 
@@ -76,6 +81,42 @@ def test_batched_views_match_one_by_one(base):
     assert together.shape == (4, 3, base.img_resolution, base.img_resolution)
     assert torch.allclose(together, apart, atol=1e-5)
     assert not torch.allclose(together[0], together[3], atol=1e-3)  # front and back differ
+
+
+def test_padded_border_is_the_rows_the_zero_padded_upsampling_darkens():
+    # By hand, [1, 3, 3, 1] upsampling of a constant 1 padded with zeros: the outer output row gets 3/4.
+    # The pack's 2X SR upsamples once → 1 row; PanoHead's 8XDC twice: 256² row 0 at 0.75, then at 512²
+    # (3·0.75 + 0)/4, (3·0.75 + 1)/4, (3 + 0.75)/4 = 0.5625, 0.8125, 0.9375 and 1 from row 3 → 3 rows.
+    assert {name: build_superresolution(get_preset(name)).padded_border() for name in ("pack", "panohead")} == {
+        "pack": 1, "panohead": 3}
+    assert build_superresolution(dataclasses.replace(get_preset("tiny"), superresolution="none")).padded_border() == 0
+
+
+def test_whiten_padded_border_puts_white_back_only_where_the_frame_is_empty():
+    image = torch.full((1, 3, 8, 8), -0.5)
+    opacity = torch.zeros(1, 1, 4, 4)
+    opacity[..., 2:] = 1.0  # right half opaque (after the ×2 resize, columns 5-7 exactly 1, 0-2 exactly 0)
+    out = whiten_padded_border(image, opacity, border=1)
+    assert torch.equal(out[..., 1:7, 1:7], image[..., 1:7, 1:7])  # the inside is never touched
+    assert torch.equal(out[..., 0, :3], torch.ones(1, 3, 3)) and torch.equal(out[..., :3, 0], torch.ones(1, 3, 3))
+    assert torch.equal(out[..., 0, 5:], image[..., 0, 5:]) and torch.equal(out[..., :, 7], image[..., :, 7])
+    assert torch.equal(whiten_padded_border(image, opacity, border=0), image)
+
+
+def test_white_views_have_no_grey_frame_where_the_head_does_not_reach():
+    """The pack generator's super-resolution greys the outer row of a white view (0.75 instead of 1); the views
+    users see come back white there, and identical to the generator's render inside."""
+    from engine.pack import pack_paths
+
+    G = load_generator(pack_paths().generator).generator
+    ws = seed_latent(G, 0, ViewSettings())
+    cams = cameras_at(torch.tensor([0.0]), 0.17, camera_config_for(G, (0, 0, 0))).c
+    raw = G.render(ws, cams, RenderOptions(background="white", deterministic_samples=True))
+    shown = render_images(G, ws, cams, background="white")
+    top = raw["image"][0, :, 0]
+    assert top.mean() < 0.8  # the frame the fix is for: ≈ 0.5 in [−1, 1]
+    assert shown[0, :, 0].min() > 0.98 and shown[0, :, :, 0].min() > 0.98
+    assert torch.equal(shown[0, :, 1:-1, 1:-1], raw["image"][0, :, 1:-1, 1:-1].clamp(-1, 1))
 
 
 def test_w_plus_files(base, tmp_path):
