@@ -75,9 +75,13 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
     scan = normalize_scan(source.mesh, normalization, up_axis_hint(mesh_path), name=mesh_path.name)
     key = _fit_key(sha256_file(mesh_path), normalization, config, base_fingerprint, source)
     folder = cache_folder / "fields" / key
-    if (folder / FIELD_FILE).is_file() and (folder / FIT_FILE).is_file():
+    start = folder / STYLIZE_SR_FILE
+    # A polished fit is only complete with its unpolished super-resolution beside it: an entry without one was
+    # cached before that file existed, and its stylization would start from the polished weights. Refit it.
+    complete = (folder / FIELD_FILE).is_file() and (folder / FIT_FILE).is_file() and (
+        start.is_file() or not config.polish_steps())
+    if complete:
         on_event("stage", stage="fit", status="reused", field=str(folder / FIELD_FILE))
-        start = folder / STYLIZE_SR_FILE
         return HeadField(folder / FIELD_FILE, True, read_json_object(folder / FIT_FILE, "head field fit record"), scan,
                          start if start.is_file() else None)
     base = load_generator(base_generator, device=resolve_device(device)).generator
@@ -95,10 +99,10 @@ def fitted_head_field(mesh: str | Path | HeadMesh, base_generator: str, base_fin
         return None
     path = save_generator(field.generator, folder / FIELD_FILE,
                           extra={"single_head": True, "mesh": mesh_path.name, "fit": config.to_dict()})
-    start = None
     if field.fitted_superresolution:
-        start = folder / STYLIZE_SR_FILE
         save_tensors(start, field.fitted_superresolution)
+    else:
+        start = None
     fit = {"mesh": mesh_path.name, "steps": config.steps, "textured": scan.mesh.texture is not None,
            "warnings": list(source.warnings), "input": dict(source.record),
            "seconds": round(time.perf_counter() - started, 1),

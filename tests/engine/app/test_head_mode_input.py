@@ -147,3 +147,29 @@ def test_five_million_triangles_are_simplified_to_the_budget_with_a_warning_and_
     assert 0.45 < record["input"]["enclosed_fraction"] < 0.6  # still the ellipsoid (π/6 of its box)
     extent = field.scan.mesh.vertices.max(axis=0) - field.scan.mesh.vertices.min(axis=0)
     np.testing.assert_allclose(extent / extent[1], np.array([0.15, 0.22, 0.18]) / 0.22, atol=0.01)  # its shape kept
+
+
+def test_a_cached_polished_fit_without_its_unpolished_super_resolution_is_fitted_again(tmp_path):
+    """A field cached before head mode kept the fit's unpolished super-resolution beside it would start the
+    stylization from the polished one (which holds the style back): such an entry is refitted, not reused."""
+    from engine.app.head_mode import STYLIZE_SR_FILE, fitted_head_field
+    from engine.heads.mesh_field import MeshFieldConfig
+    from engine.heads.scans import ScanNormalization
+    from engine.pack import pack_paths
+    from engine.stylize.cancel import CancelToken
+
+    path = write_binary_ply(tmp_path / "bust.ply", *ellipsoid(12, 16))
+    config = MeshFieldConfig(steps=2, photo_every=1, photo_views=2, density_points=64, colour_points=16)
+    assert config.polish_steps() > 0
+
+    def fit():
+        return fitted_head_field(path, str(pack_paths().generator), None, tmp_path / "cache", config, "cpu",
+                                 CancelToken(), lambda event, **fields: None, ScanNormalization(units="m", framing="heuristic"))
+
+    first = fit()
+    start = first.path.parent / STYLIZE_SR_FILE
+    assert not first.reused and first.stylize_superresolution == start and start.is_file()
+    assert fit().reused
+    start.unlink()  # as an entry cached before the file existed
+    again = fit()
+    assert not again.reused and again.stylize_superresolution == start and start.is_file()
