@@ -7,7 +7,8 @@ the real meshes in ``tests/data/real_heads`` (``--real``) — this runs ``engine
 once) and reports:
 
 * framing error (world scans only): mean vertex distance in % of the head height, and yaw error;
-* fitted-field PSNR on the scan's own bare-colour views (the fit's photometric cameras), super-resolved 128²
+* fitted-field PSNR on the scan's own bare-colour views (the fit's photometric cameras; the field rendered as
+  head mode renders its views, with deterministic ray samples), super-resolved 128²
   and raw 64² (white background included), and in brackets the mesh's own raw score when rasterised with one
   sample per pixel (:func:`bench_head_mode.fitted_psnr`: the raw score of a field with the mesh's exact surface);
 * after stylization: style score (the pack's classifier), identity similarity before→after and its
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 seen = photo_targets(scan.mesh, G, 12)["c"]
                 psnr = fitted_psnr(field, scan.mesh, seen)
                 row.update(psnr_sr=psnr["sr"], psnr_raw=psnr["raw"], psnr_raw_one_ray=psnr["raw_one_ray"],
+                           psnr_sr_jittered=psnr["sr_jittered"],
                            fit_seconds=summary["mesh"]["seconds"])
             stylized = read_npz(out / summary["mesh_npz"])
             row[f"anchor {image_w:g},{geometry_w:g}"] = {
