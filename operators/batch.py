@@ -277,7 +277,9 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
                      models={"generator": _abspath(prefs.generator_path) if prefs.generator_path else "",
                              "diffusion": _abspath(prefs.diffusion_dir) if prefs.diffusion_dir else "",
                              "depth-controlnet": _abspath(prefs.depth_controlnet_dir) if prefs.depth_controlnet_dir else "",
-                             "edge-controlnet": _abspath(prefs.edge_controlnet_dir) if prefs.edge_controlnet_dir else ""}), None
+                             "edge-controlnet": _abspath(prefs.edge_controlnet_dir) if prefs.edge_controlnet_dir else "",
+                             "lpips": _abspath(prefs.lpips_dir) if prefs.lpips_dir else "",
+                             "depth-model": _abspath(prefs.depth_model_dir) if prefs.depth_model_dir else ""}), None
 
 
 class HEADSTYLIZER_OT_batch(bpy.types.Operator):

@@ -472,11 +472,15 @@ class BatchSettings:
     anchor_image: float | None = None
     anchor_geometry: float | None = None
     max_fit_triangles: int = DEFAULT_MAX_TRIANGLES  # mesh mode: denser scans are simplified to this before the fit
+    # The paper recipe's two extra models, as ``engine head`` takes them (None: the LPIPS term is off and the
+    # grid's depth comes from the generator, and the run says so)
+    lpips: str | None = None
+    depth_model: str | None = None
 
     # Settings added after batches existed: left out of the fingerprint at their defaults, so that a batch
     # started before them resumes instead of starting over.
     _LATER_DEFAULTS = {"recipe": OURS, "anchor_image": None, "anchor_geometry": None,
-                       "max_fit_triangles": DEFAULT_MAX_TRIANGLES}
+                       "max_fit_triangles": DEFAULT_MAX_TRIANGLES, "lpips": None, "depth_model": None}
 
     def fingerprinted(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -614,6 +618,8 @@ def batch_head_job(settings: BatchSettings):
         anchor_image=settings.anchor_image,
         anchor_geometry=settings.anchor_geometry,
         max_fit_triangles=settings.max_fit_triangles,
+        lpips=settings.lpips,
+        depth_model=settings.depth_model,
     ).validate()
 
 
@@ -742,7 +748,7 @@ def load_engine_models(settings: BatchSettings, cancel: CancelToken | None = Non
 
     models = {"generator": sources.generator, "diffusion": sources.diffusion,
               "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet,
-              "stylized_generator": str(stylized_path)}
+              **training_extras(sources), "stylized_generator": str(stylized_path)}
     if encoder is not None:
         models["identity_encoder"] = str(encoder_path)
     pack_root = sources.pack.root if sources.pack is not None else None
@@ -780,6 +786,12 @@ def approved_style_for(settings: BatchSettings):
                                      depth_controlnet=settings.depth_controlnet, edge_controlnet=settings.edge_controlnet))
     return production_style(settings.style_id, settings.style_library, sources.generator,
                             sources.pack.root if sources.pack is not None else None)
+
+
+def training_extras(sources) -> dict[str, str]:
+    """The models only a stylization uses, for provenance (hashes, licences): LPIPS and the depth network, when
+    the batch was given them."""
+    return {name: path for name, path in (("lpips", sources.lpips), ("depth_model", sources.depth_model)) if path}
 
 
 def batch_licences(models: Mapping[str, str | None], pack_root, style=None) -> list[dict[str, str]]:

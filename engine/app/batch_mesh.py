@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..io.events import emit
 from ..stylize.cancel import CancelToken
 from .batch import (BatchModels, BatchSettings, EventSink, HeadOutput, Inverted, StylizationCancelled, _renders,
-                    _face_similarity, batch_identity_encoder, batch_licences, held_out_similarity,
+                    _face_similarity, batch_identity_encoder, batch_licences, held_out_similarity, training_extras,
                     resolve_batch_models)
 
 
@@ -99,7 +99,8 @@ def load_mesh_mode_models(settings: BatchSettings, cancel: CancelToken | None = 
         return HeadOutput(mesh, renders, settings.game_glb_for(styled, ws.to(device), mesh))
 
     models = {"generator": sources.generator, "diffusion": sources.diffusion,
-              "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet}
+              "depth_controlnet": sources.depth_controlnet, "edge_controlnet": sources.edge_controlnet,
+              **training_extras(sources)}
     if encoder is not None:
         models["identity_encoder"] = str(encoder_path)
     return BatchModels(

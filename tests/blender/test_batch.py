@@ -219,12 +219,15 @@ result(off=off, local=local, cluster=cluster, done=session.items_done, progress=
 def test_batch_panel_recipe_and_keep_settings_reach_the_engines_batch_parser(scan_folder, tmp_path):
     """The Batch panel's Recipe and, in Each Mesh mode, Keep Colours / Keep Shape → ``engine batch --preset …
     --anchor-image … --anchor-geometry …`` as the engine's own parser reads them; defaults send nothing, the keep
-    settings are drawn only in Each Mesh mode, and an approved style's recipe is its own."""
+    settings are drawn only in Each Mesh mode, and an approved style's recipe is its own. The preferences' LPIPS
+    and depth-model folders (the Paper recipe's extra models) reach the batch as ``--lpips`` / ``--depth-model``."""
+    lpips, depth = tmp_path / "lpips-alex", tmp_path / "depth-anything"
+    lpips.mkdir(), depth.mkdir()
     r = run_bpy(_batch_prologue(scan_folder, tmp_path) + """
 from bl_ext.hs_tests.head_stylizer.operators import batch as op
 s.consent = True
 default = op._plan_from(bpy.context, s)[0].engine_argv()
-layout = type("Layout", (), {"__getattr__": lambda self, name: lambda *a, **k: self})()
+layout = type("Layout", (), {{"__getattr__": lambda self, name: lambda *a, **k: self}})()
 drawn = []
 layout.prop = lambda owner, name, **k: drawn.append(name)
 op.draw_batch_panel(layout, bpy.context)
@@ -233,12 +236,14 @@ s.mode = "mesh"
 s.recipe = "PAPER"
 s.keep_colours = 0.0
 s.keep_shape = 2.5
+p.lpips_dir = {lpips!r}
+p.depth_model_dir = {depth!r}
 changed = op._plan_from(bpy.context, s)[0].engine_argv()
 drawn.clear()
 op.draw_batch_panel(layout, bpy.context)
 result(default=default, changed=changed, generator_drawn=generator_drawn, mesh_drawn=drawn)
-""")
-    for flag in ("--preset", "--anchor-image", "--anchor-geometry"):
+""".format(lpips=str(lpips), depth=str(depth)))
+    for flag in ("--preset", "--anchor-image", "--anchor-geometry", "--lpips", "--depth-model"):
         assert flag not in r["default"]
     assert "recipe" in r["generator_drawn"] and "keep_colours" not in r["generator_drawn"]
     assert {"recipe", "keep_colours", "keep_shape"} <= set(r["mesh_drawn"])
@@ -251,3 +256,4 @@ result(default=default, changed=changed, generator_drawn=generator_drawn, mesh_d
     args = parser.parse_args([a for a in r["changed"][r["changed"].index("batch") + 1:] if a != "--json"])
     settings = settings_from_args(args)
     assert (settings.recipe, settings.mode, settings.anchor_image, settings.anchor_geometry) == ("paper", "mesh", 0.0, 2.5)
+    assert (settings.lpips, settings.depth_model) == (str(lpips), str(depth))

@@ -75,6 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffusion", default=None)
     p.add_argument("--depth-controlnet", default=None)
     p.add_argument("--edge-controlnet", default=None)
+    p.add_argument("--lpips", default=None, help="LPIPS network: the model manager's lpips-alex folder (or an exported "
+                                                 ".pt2); without it the LPIPS term is off (the paper recipe weights it 0.05)")
+    p.add_argument("--depth-model", default=None, help="transformers depth-estimation folder (e.g. Depth Anything V2): "
+                                                       "the grid's depth control the official way")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="farm the items out on Ray, one task per item (engine/app/farm.py): alone, a local Ray instance; "
@@ -159,6 +163,8 @@ def settings_from_args(args: argparse.Namespace) -> BatchSettings:
         anchor_image=args.anchor_image,
         anchor_geometry=args.anchor_geometry,
         max_fit_triangles=args.max_fit_triangles,
+        lpips=args.lpips,
+        depth_model=args.depth_model,
     ).validate()
 
 

@@ -489,6 +489,38 @@ def test_held_out_scorer_follows_the_identity_backend_choice():
         held_out_similarity("dlib-face", False, None, Encoder())
 
 
+def test_lpips_and_depth_model_reach_the_stylization_the_fingerprint_and_the_provenance(tmp_path):
+    """``engine batch --lpips DIR --depth-model DIR`` as ``engine head`` has them (the paper recipe's two extra
+    models): the shared stylization's config gets them, the resume fingerprint keys them (and leaves a batch
+    started before them as it was), provenance hashes them, and a folder that is not there is named."""
+    from engine.app.batch import batch_head_job, training_extras
+    from engine.app.cli import parse_command_line
+    from engine.app.pipeline import resolve_models, stylize_config_for
+    from engine.errors import ConfigError
+
+    lpips, depth = tmp_path / "lpips-alex", tmp_path / "depth-anything"
+    lpips.mkdir(), depth.mkdir()
+
+    def settings(*extra):
+        _, module, args = parse_command_line(["batch", "--in", str(tmp_path), "--out", str(tmp_path / "out"),
+                                              "--style", "zombie", "--preset", "paper", *extra])
+        return module.settings_from_args(args)
+
+    plain = settings()
+    assert not {"lpips", "depth_model"} & set(plain.fingerprinted())
+    assert training_extras(resolve_models(batch_head_job(plain))) == {}
+    given = settings("--lpips", str(lpips), "--depth-model", str(depth))
+    fingerprint = given.fingerprinted()
+    assert (fingerprint["lpips"], fingerprint["depth_model"]) == (str(lpips), str(depth))
+    job = batch_head_job(given)
+    sources = resolve_models(job)
+    config = stylize_config_for(job, sources, "a zombie head")
+    assert (config.lpips_path, config.depth_model) == (str(lpips), str(depth))
+    assert training_extras(sources) == {"lpips": str(lpips), "depth_model": str(depth)}
+    with pytest.raises(ConfigError, match="nowhere"):
+        resolve_models(batch_head_job(settings("--lpips", str(tmp_path / "nowhere"))))
+
+
 def test_recipe_anchor_and_fit_size_options_reach_the_head_job_and_the_fingerprint(tmp_path):
     """``--preset``, ``--anchor-image/-geometry`` and ``--max-fit-triangles`` as ``engine head`` has them: they
     reach the stylization's head job and the resume fingerprint, and at their defaults leave the fingerprint of
