@@ -67,6 +67,12 @@ class ModelPaths:
     lpips: str = ""  # the model manager's lpips-alex folder; empty = no LPIPS term
     depth_model: str = ""  # a transformers depth-estimation folder; empty = the generator's own depth
 
+    def engine_flags(self) -> dict[str, str]:
+        """Engine flag (without ``--``) → path for every model that is set; the others come from the pack."""
+        named = {"generator": self.generator, "diffusion": self.diffusion, "depth-controlnet": self.depth_controlnet,
+                 "edge-controlnet": self.edge_controlnet, "lpips": self.lpips, "depth-model": self.depth_model}
+        return {flag: path for flag, path in named.items() if path}
+
 
 @dataclass
 class StylizeRequest:
@@ -223,12 +229,8 @@ def engine_argv(request: StylizeRequest) -> list[str]:
     if not approved:
         argv += ["--guidance-scale", f"{strength_to_guidance_scale(request.strength):.4g}"]
     argv += ["--mesh-resolution", str(int(request.mesh_resolution)), "--device", request.device]
-    m = request.models
-    for flag, value in (("--generator", m.generator), ("--diffusion", m.diffusion),
-                        ("--depth-controlnet", m.depth_controlnet), ("--edge-controlnet", m.edge_controlnet),
-                        ("--lpips", m.lpips), ("--depth-model", m.depth_model)):
-        if value:
-            argv += [flag, _expand(value)]
+    for flag, value in request.models.engine_flags().items():
+        argv += [f"--{flag}", _expand(value)]
     if request.attention_slicing:
         argv.append("--attention-slicing")
     if request.vae_slicing:

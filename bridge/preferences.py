@@ -149,6 +149,18 @@ def _abspath(path: str) -> str:
     return os.path.abspath(bpy.path.abspath(path)) if path else ""
 
 
+def model_paths(prefs) -> ModelPaths:
+    """The preferences' model locations, absolute (empty: the embedded pack's, or the term off)."""
+    return ModelPaths(
+        generator=_abspath(prefs.generator_path),
+        diffusion=_abspath(prefs.diffusion_dir),
+        depth_controlnet=_abspath(prefs.depth_controlnet_dir),
+        edge_controlnet=_abspath(prefs.edge_controlnet_dir),
+        lpips=_abspath(prefs.lpips_dir),
+        depth_model=_abspath(prefs.depth_model_dir),
+    )
+
+
 def _user_folder(preference: str, name: str) -> Path:
     """``preference`` when set, else ``name`` in the extension's user folder (the scripts folder when it is
     not installed as an extension: legacy add-on, tests)."""
@@ -305,14 +317,7 @@ def build_request(context, settings) -> tuple[StylizeRequest, list[str]]:
         vae_slicing=prefs.vae_slicing,
         cache_dir=str(root / "cache"),
         cancel_file=str(root / run_name / "cancel"),
-        models=ModelPaths(
-            generator=_abspath(prefs.generator_path),
-            diffusion=_abspath(prefs.diffusion_dir),
-            depth_controlnet=_abspath(prefs.depth_controlnet_dir),
-            edge_controlnet=_abspath(prefs.edge_controlnet_dir),
-            lpips=_abspath(prefs.lpips_dir),
-            depth_model=_abspath(prefs.depth_model_dir),
-        ),
+        models=model_paths(prefs),
     )
     problems = ([python_problem] if python_problem else []) + check_request(request)
     if settings.head_source == "LATENT" and not settings.latent_file:

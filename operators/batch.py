@@ -248,7 +248,7 @@ class HeadStylizerBatchSettings(bpy.types.PropertyGroup):
 
 
 def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
-    from ..bridge.preferences import _abspath, engine_root, get_preferences, resolve_python
+    from ..bridge.preferences import engine_root, get_preferences, model_paths, resolve_python
 
     if not settings.consent:
         return None, "Tick \"I have the subjects' consent\" before running a batch"
@@ -274,12 +274,7 @@ def _plan_from(context, settings) -> tuple[BatchPlan | None, str | None]:
                      ray_cpus_per_item=settings.ray_cpus_per_item, ray_gpus_per_item=settings.ray_gpus_per_item,
                      recipe=RECIPE_ENGINE_NAME[settings.recipe], keep_colours=settings.keep_colours,
                      keep_shape=settings.keep_shape,
-                     models={"generator": _abspath(prefs.generator_path) if prefs.generator_path else "",
-                             "diffusion": _abspath(prefs.diffusion_dir) if prefs.diffusion_dir else "",
-                             "depth-controlnet": _abspath(prefs.depth_controlnet_dir) if prefs.depth_controlnet_dir else "",
-                             "edge-controlnet": _abspath(prefs.edge_controlnet_dir) if prefs.edge_controlnet_dir else "",
-                             "lpips": _abspath(prefs.lpips_dir) if prefs.lpips_dir else "",
-                             "depth-model": _abspath(prefs.depth_model_dir) if prefs.depth_model_dir else ""}), None
+                     models=model_paths(prefs).engine_flags()), None
 
 
 class HEADSTYLIZER_OT_batch(bpy.types.Operator):

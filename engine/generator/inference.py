@@ -216,14 +216,13 @@ def render_images(
     with seeded_noise(noise_seed if noise_mode == "random" else None, device):
         planes = G.synthesize_planes(ws, noise_mode=noise_mode)
     options = RenderOptions(background=background, deterministic_samples=True)
+    border = G.superresolution.padded_border() if background == "white" else 0
     out = []
     for start in range(0, c.shape[0], chunk):
         cams = c[start : start + chunk].to(device)
         n = cams.shape[0]
         result = G.render(ws.expand(n, -1, -1), cams, options, planes=planes.expand(n, *planes.shape[1:]))
-        image = result["image"].float()
-        if background == "white":
-            image = whiten_padded_border(image, result["image_mask"].float(), G.superresolution.padded_border())
+        image = whiten_padded_border(result["image"].float(), result["image_mask"].float(), border)
         out.append(image.clamp(-1, 1).cpu())
     return torch.cat(out)
 
