@@ -53,6 +53,15 @@ def add_input_limit_arguments(p: argparse.ArgumentParser) -> None:
                             f"{d.max_image_pixels:,} image pixels, JSON size, model size)")
 
 
+def add_recipe_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--lpips`` and ``--depth-model``: the paper recipe's two models beyond the generator, diffusion model and
+    ControlNets (``engine head``, ``engine batch`` and ``engine stylize`` take them alike)."""
+    p.add_argument("--lpips", help="LPIPS network: the model manager's lpips-alex folder (or an exported .pt2); "
+                                   "without it the LPIPS term is off, and the run says so")
+    p.add_argument("--depth-model", help="transformers depth-estimation folder (e.g. Depth Anything V2): the grid's "
+                                         "depth control the official way")
+
+
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("progress output")
     group.add_argument("--json", action="store_true",

@@ -26,6 +26,7 @@ from ...stylize.recipes import OURS, RECIPES
 from ..consent import read_consent_csv
 from ..batch import BatchSettings, ConsentRequired, collect_inputs, run_batch
 from ..batch_loading import load_batch_models
+from ..cli import add_recipe_model_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,10 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffusion", default=None)
     p.add_argument("--depth-controlnet", default=None)
     p.add_argument("--edge-controlnet", default=None)
-    p.add_argument("--lpips", default=None, help="LPIPS network: the model manager's lpips-alex folder (or an exported "
-                                                 ".pt2); without it the LPIPS term is off (the paper recipe weights it 0.05)")
-    p.add_argument("--depth-model", default=None, help="transformers depth-estimation folder (e.g. Depth Anything V2): "
-                                                       "the grid's depth control the official way")
+    add_recipe_model_arguments(p)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="farm the items out on Ray, one task per item (engine/app/farm.py): alone, a local Ray instance; "

@@ -21,6 +21,7 @@ from ...heads.mesh_field import DEFAULT_FIELD_STEPS
 from ...stylize.cancel import CancelToken
 from ...stylize.presets import STYLE_PRESETS
 from ...stylize.recipes import OURS, RECIPES
+from ..cli import add_recipe_model_arguments
 from ..pipeline import GALLERY_FIRST_SEED, GALLERY_HEADS, IDENTITY_BACKEND_CHOICES, METHODS, HeadJob, run_head
 
 
@@ -61,10 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffusion", help="Stable Diffusion 1.5-layout folder (default: embedded pack)")
     p.add_argument("--depth-controlnet", help="depth ControlNet folder")
     p.add_argument("--edge-controlnet", help="Canny ControlNet folder")
-    p.add_argument("--lpips", help="LPIPS network: the model manager's lpips-alex folder (or an exported .pt2); "
-                                   "without it the LPIPS term is off, and the run says so")
-    p.add_argument("--depth-model", help="transformers depth-estimation folder (e.g. Depth Anything V2): the grid's "
-                                         "depth control the official way")
+    add_recipe_model_arguments(p)
     p.add_argument("--pack", help="embedded model pack folder (default: the one shipped with the engine)")
     p.add_argument("--mesh-resolution", type=int, default=128, help="marching-cubes grid size N (N³ samples)")
     p.add_argument("--iso-level", type=float, default=10.0, help="density of the mesh surface (PanoHead: 10)")

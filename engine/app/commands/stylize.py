@@ -21,6 +21,7 @@ from typing import Any
 from ...errors import ConfigError, InputError
 from ...generator.config import PRESETS
 from ...stylize.recipes import PAPER, RECIPES, apply_recipe
+from ..cli import add_recipe_model_arguments
 
 # CLI flag → top-level StylizeConfig field (flags default to None: "not given").
 _TOP_LEVEL = {
@@ -52,10 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diffusion", help="Stable Diffusion 1.5-layout folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
     parser.add_argument("--edge-controlnet", help="Canny ControlNet folder (default: <diffusion>/controlnet_edge if present)")
     parser.add_argument("--depth-controlnet", help="depth ControlNet folder (default: <diffusion>/controlnet_depth if present)")
-    parser.add_argument("--lpips", help="LPIPS network for the LPIPS regulariser: the model manager's lpips-alex folder "
-                                        "or an exported .pt2 (without one the term is off, and the run says so)")
-    parser.add_argument("--depth-model", help="transformers depth-estimation folder (e.g. Depth Anything V2): the grid's depth "
-                                              "control the official way (network on the super-resolved render)")
+    add_recipe_model_arguments(parser)
     parser.add_argument("--preset", choices=RECIPES, help="training recipe: ours (default) or paper (every official "
                                                           "default: ᾱ indexing, LPIPS, 10k steps, random noise …)")
     parser.add_argument("--out", required=True, help="output folder (checkpoints, previews)")
