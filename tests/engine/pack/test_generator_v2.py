@@ -233,3 +233,33 @@ def test_mapping_learns_at_its_own_rate():
     synthesis_step = (params[synthesis_name] - before[synthesis_name]).detach().abs().max()
     assert float(mapping_step) == pytest.approx(100 * config.lr, rel=1e-3)
     assert float(synthesis_step) == pytest.approx(config.lr, rel=1e-3)
+
+
+def test_image_loss_l2_is_twice_the_squared_error_of_the_renders():
+    """``image_loss="l2"`` reaches both image terms (super-resolved and raw) of a render stage; the field
+    terms and the gradient term do not change."""
+    a, b = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5)
+    b[..., 0, 0] = -1.0  # one large error among small ones: L1 weighs it alike, L2 by its size
+    assert float(v2.IMAGE_LOSSES["l1"](a, b)) == pytest.approx((3 * 0.5 + 1.0) / 4)
+    assert float(v2.IMAGE_LOSSES["l2"](a, b)) == pytest.approx(2 * (3 * 0.25 + 1.0) / 4)
+    with pytest.raises(v2.ConfigError, match="image_loss"):
+        tiny_stage(image_loss="huber").validate()
+
+    config = tiny_stage(name="joint", render=True, density_points=64, colour_points=16)
+    G = v2.initial_generator(config, None)
+    G.eval()
+    batch = v2.make_batch(0, G, config)
+    c_cond = v2.conditioning_camera(G)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        l1 = v2.compute_losses(G, batch, c_cond, config)
+        torch.manual_seed(3)
+        l2 = v2.compute_losses(G, batch, c_cond, replace(config, image_loss="l2"))
+        torch.manual_seed(3)
+        ws = G.mapping(batch.z, c_cond.expand(batch.z.shape[0], -1))
+        out = G.render(ws, batch.c, v2.RenderOptions(background=batch.background, return_planes=True))
+    assert float(l1["image"]) == pytest.approx(float((out["image"] - batch.world["image"]).abs().mean()), rel=1e-5)
+    assert float(l2["image"]) == pytest.approx(float(2 * ((out["image"] - batch.world["image"]) ** 2).mean()), rel=1e-5)
+    assert float(l2["raw"]) == pytest.approx(float(2 * ((out["image_raw"] - batch.world_raw["image"]) ** 2).mean()), rel=1e-5)
+    for key in ("image_grad", "mask", "density", "colour", "colour_grad"):
+        assert float(l2[key]) == pytest.approx(float(l1[key]), rel=1e-5), key
