@@ -116,6 +116,12 @@ class StageConfig:
     # network, which in regression (unlike GAN training) learns the faces' colours faster: on 8 held-out heads
     # 80 steps from the field stage's step 2208 brought the surface-colour L1 to 0.077 against 0.084 without
     mapping_lr_scale: float = 1.0
+    # Adam's step on the synthesis network (w → tri-grid) relative to ``lr``. The renderer's shared parts
+    # (decoder, ToRGB, super-resolution) are not what caps the held-out score: a per-head tri-grid fitted
+    # through them (``bench/probe_generator_ceiling.py``) scores 1.1–1.3 dB above the synthesis network's. But
+    # stepping the synthesis network faster does not close that gap: 150 steps from joint3 at 5× scored 0.36 dB
+    # *below* 1× on 8 held-out heads (``bench/ab_generator_stage.py``), so every stage keeps 1.
+    synthesis_lr_scale: float = 1.0
     lr_final_fraction: float = 0.1  # linear decay to this fraction over the last 30 % of the steps
     betas: tuple[float, float] = (0.9, 0.99)
     target_resolution: int = 64  # world render that supplies surface points and colours (field stage)
@@ -417,12 +423,13 @@ def trainable(G: TriPlaneGenerator, config: StageConfig) -> dict[str, Tensor]:
 
 
 def make_optimizer(params: dict[str, Tensor], config: StageConfig) -> torch.optim.Adam:
-    """Adam over ``params``; the mapping network's group steps ``mapping_lr_scale`` × the others'."""
-    mapping = [p for n, p in params.items() if n.startswith("backbone.mapping.")]
-    rest = [p for n, p in params.items() if not n.startswith("backbone.mapping.")]
+    """Adam over ``params``; the mapping and synthesis networks' groups step ``mapping_lr_scale`` and
+    ``synthesis_lr_scale`` × the others'."""
+    prefixes = {"backbone.mapping.": config.mapping_lr_scale, "backbone.synthesis.": config.synthesis_lr_scale}
+    scaled = {prefix: [p for n, p in params.items() if n.startswith(prefix)] for prefix in prefixes}
+    rest = [p for n, p in params.items() if not n.startswith(tuple(prefixes))]
     groups = [{"params": rest, "lr_scale": 1.0}]
-    if mapping:
-        groups.append({"params": mapping, "lr_scale": config.mapping_lr_scale})
+    groups += [{"params": ps, "lr_scale": prefixes[prefix]} for prefix, ps in scaled.items() if ps]
     optimizer = torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
     set_learning_rate(optimizer, config.lr)
     return optimizer

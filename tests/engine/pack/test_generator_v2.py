@@ -210,29 +210,33 @@ def test_stage_can_start_from_a_given_step_of_another_stage(tmp_path):
         v2.initial_generator(replace(follow, init="field@3"), tmp_path)
 
 
-def test_mapping_learns_at_its_own_rate():
-    """With mapping_lr_scale, one Adam step moves the mapping's stored weights scale × as far (Adam's first
-    step is ±lr per element), and the schedule keeps the ratio."""
+def test_mapping_and_synthesis_learn_at_their_own_rates():
+    """With mapping_lr_scale and synthesis_lr_scale, one Adam step moves those networks' stored weights scale ×
+    as far as the shared parts' (Adam's first step is ±lr per element), and the schedule keeps the ratios."""
     G = v2.initial_generator(tiny_stage(), None)
-    config = tiny_stage(mapping_lr_scale=100.0)
+    config = tiny_stage(mapping_lr_scale=100.0, synthesis_lr_scale=5.0)
     params = v2.trainable(G, config)
     optimizer = v2.make_optimizer(params, config)
     lrs = sorted(group["lr"] for group in optimizer.param_groups)
-    assert lrs == pytest.approx([config.lr, 100 * config.lr])
+    assert lrs == pytest.approx([config.lr, 5 * config.lr, 100 * config.lr])
     v2.set_learning_rate(optimizer, config.learning_rate(config.steps - 1))
     lrs = sorted(group["lr"] for group in optimizer.param_groups)
-    assert lrs[1] == pytest.approx(100 * lrs[0]) and lrs[0] < config.lr
+    assert lrs[1] == pytest.approx(5 * lrs[0]) and lrs[2] == pytest.approx(100 * lrs[0]) and lrs[0] < config.lr
     before = {k: v.detach().clone() for k, v in params.items()}
     G.train()
     batch = v2.make_batch(0, G, config)
     v2.compute_losses(G, batch, v2.conditioning_camera(G), config)["total"].backward()
     v2.set_learning_rate(optimizer, config.lr)
     optimizer.step()
-    mapping_step = (params["backbone.mapping.fc0.weight"] - before["backbone.mapping.fc0.weight"]).detach().abs().max()
+
+    def largest_step(name: str) -> float:
+        return float((params[name] - before[name]).detach().abs().max())
+
     synthesis_name = next(k for k in params if k.startswith("backbone.synthesis.") and k.endswith("weight"))
-    synthesis_step = (params[synthesis_name] - before[synthesis_name]).detach().abs().max()
-    assert float(mapping_step) == pytest.approx(100 * config.lr, rel=1e-3)
-    assert float(synthesis_step) == pytest.approx(config.lr, rel=1e-3)
+    decoder_name = next(k for k in params if k.startswith("decoder.") and k.endswith("weight"))
+    assert largest_step("backbone.mapping.fc0.weight") == pytest.approx(100 * config.lr, rel=1e-3)
+    assert largest_step(synthesis_name) == pytest.approx(5 * config.lr, rel=1e-3)
+    assert largest_step(decoder_name) == pytest.approx(config.lr, rel=1e-3)
 
 
 def test_image_loss_l2_is_twice_the_squared_error_of_the_renders():
