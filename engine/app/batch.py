@@ -63,7 +63,7 @@ from ..heads.head_input import DEFAULT_MAX_TRIANGLES, HeadInputConfig
 from ..heads.mesh_field import DEFAULT_FIELD_STEPS
 from ..heads.provenance import Provenance, settings_fingerprint, sha256_file
 from ..heads.scans import VIEWS_MANIFEST, check_input_entry, input_kind, list_inputs
-from ..io.atomic import write_bytes, write_json, write_text
+from ..io.atomic import remove_stale_temporaries, write_bytes, write_json, write_text
 from ..io.untrusted import read_json
 from ..io.events import emit, log
 from ..mesh import Mesh
@@ -378,6 +378,7 @@ def run_batch(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # a run killed mid-write (SIGKILL, power cut) left them; this one resumes it
     consent_records = consent_records or ConsentRecords()
     fingerprint = batch_fingerprint(models)
     report = BatchReport(out_dir, [], consent, fingerprint)

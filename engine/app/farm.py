@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import CheckpointError, ConfigError, EngineError
 from ..heads.provenance import sha256_file
-from ..io.atomic import write_bytes
+from ..io.atomic import remove_stale_temporaries, write_bytes
 from ..io.events import emit, log
 from ..stylize.cancel import CancelToken
 from .batch import (BatchModels, BatchReport, BatchSettings, ConsentRequired, EventSink, ItemResult, StylizationCancelled,
@@ -345,6 +345,7 @@ def run_farm_batch(
     check_cluster_fits(ray, farm)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # a run killed mid-write (SIGKILL, power cut) left them; this one resumes it
     consent_records = consent_records or ConsentRecords()
     fingerprint = batch_fingerprint(models)
     report = BatchReport(out_dir, [], consent, fingerprint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,6 +38,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+# ``atomic_path``'s temporary names: "." + the destination's name + "." + mkstemp's 8 random characters + a
+# suffix (the destination's own, unless the caller chose another)
+_TEMPORARY = re.compile(r"^\.(?P<dest>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` (not its subfolders) when a process
+    died mid-write: a SIGKILL, a crash of the interpreter or a power cut skips the clean-up, and the dot-file
+    then stays beside the results for good. Only names of that exact form are touched, so call it where no
+    other process is writing into ``folder`` (a batch's output folder, which its one driver owns). Returns the
+    paths removed."""
+    removed = []
+    for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if path.is_file() and _TEMPORARY.match(path.name):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _umask() -> int:

@@ -175,6 +175,21 @@ def test_killed_run_resumes(scan_folder, tmp_path):
     assert len(list(out.glob("*.glb"))) == 5
 
 
+def test_a_rerun_clears_what_a_run_killed_mid_write_left(scan_folder, tmp_path):
+    """A SIGKILL inside an atomic write (the report is rewritten after every item) leaves its temporary dot-file;
+    test_killed_run_resumes meets it only when the kill lands mid-write, this makes it happen every time."""
+    from engine.io.atomic import atomic_path
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("report.json", "head0.glb", "head0.json"):
+        atomic_path(out / name).__enter__().write_bytes(b"half")  # killed: the context never exits
+    (out / ".notes").write_text("the artist's own dot-file")
+    report = run_batch(collect_inputs(scan_folder), out, stub_models(), consent=True, on_event=quiet)
+    assert report.counts()["done"] == 5
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".notes"]
+
+
 def test_refuses_without_consent(scan_folder, tmp_path):
     with pytest.raises(ConsentRequired, match="consent"):
         run_batch(collect_inputs(scan_folder), tmp_path / "out", stub_models(), consent=False, on_event=quiet)

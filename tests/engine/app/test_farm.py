@@ -99,9 +99,13 @@ def test_a_killed_worker_is_retried_and_a_rerun_redoes_nothing(ray_cluster, scan
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("head*")}
     before = len(calls(tmp_path))
+    from engine.io.atomic import atomic_path
+
+    atomic_path(out / "report.json").__enter__().write_bytes(b"half")  # a driver killed mid-write leaves this
 
     again = run_farm_batch(inputs, out, stub_models(), recipe, consent=True, farm=farm(), on_event=quiet)
     assert again.counts() == {"done": 0, "skipped": 5, "failed": 2, "cancelled": 0}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the rerun cleared it
     assert [name for name, _ in calls(tmp_path)[before:]] == ["broken.ply"]  # only the failure is tried again
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("head*")}
 
