@@ -357,6 +357,16 @@ def batch_fingerprint(models: BatchModels) -> str:
     return settings_fingerprint({"settings": models.settings, "models": models.model_sha256, "prompt": models.prompt, "method": models.method})
 
 
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """Create a batch's output folder, or ready one an earlier run left for this one to resume: delete the
+    temporary files a run killed mid-write (SIGKILL, power cut) left there. Local and farmed batches both start
+    here; the folder is the one driver's, so nothing else is writing into it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    return out_dir
+
+
 def run_batch(
     inputs: list[Path],
     out_dir: str | Path,
@@ -376,9 +386,7 @@ def run_batch(
             "a batch needs the subjects' consent: confirm it with --i-have-consent "
             "(Blender: tick 'I have the subjects' consent'); the confirmation is recorded in every output"
         )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)  # a run killed mid-write (SIGKILL, power cut) left them; this one resumes it
+    out_dir = prepare_out_dir(out_dir)
     consent_records = consent_records or ConsentRecords()
     fingerprint = batch_fingerprint(models)
     report = BatchReport(out_dir, [], consent, fingerprint)

@@ -49,11 +49,12 @@ from typing import Any, Callable, Iterator
 
 from ..errors import CheckpointError, ConfigError, EngineError
 from ..heads.provenance import sha256_file
-from ..io.atomic import remove_stale_temporaries, write_bytes
+from ..io.atomic import write_bytes
 from ..io.events import emit, log
 from ..stylize.cancel import CancelToken
 from .batch import (BatchModels, BatchReport, BatchSettings, ConsentRequired, EventSink, ItemResult, StylizationCancelled,
-                    _finished, _process, _purge, _recorded_consent, batch_fingerprint, item_kind, output_stems, source_hash)
+                    _finished, _process, _purge, _recorded_consent, batch_fingerprint, item_kind, output_stems,
+                    prepare_out_dir, source_hash)
 from .batch_report import write_batch_report_html
 from .consent import ConsentRecords, still_covers
 
@@ -343,9 +344,7 @@ def run_farm_batch(
         raise ConfigError("run_farm_batch needs a Ray connection (engine.app.farm.farm_session)")
     farm.validate()
     check_cluster_fits(ray, farm)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)  # a run killed mid-write (SIGKILL, power cut) left them; this one resumes it
+    out_dir = prepare_out_dir(out_dir)
     consent_records = consent_records or ConsentRecords()
     fingerprint = batch_fingerprint(models)
     report = BatchReport(out_dir, [], consent, fingerprint)
