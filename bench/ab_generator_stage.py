@@ -2,8 +2,9 @@
 
 Every arm starts from the latest checkpoint of ``--from`` (fresh Adam moments), runs ``--steps`` steps of
 ``--stage``'s recipe with the arm's overrides (``key=value`` of :class:`StageConfig`, parsed as JSON where they
-parse, so ``mapping_lr_scale=100``, ``image_loss=l2`` or ``batch=8 steps=40`` for equal wall time) on the same sample stream, and is scored by the training
-script's ``evaluate`` on the first ``--heads`` held-out heads × 6 views. The arms' checkpoints go to a scratch
+parse, so ``mapping_lr_scale=100``, ``image_loss=l2`` or ``batch=8 steps=40`` for equal wall time) on the same
+sample stream, and is scored by the training script's ``evaluate`` on the first ``--heads`` held-out heads × 6
+views. The arms' checkpoints go to a scratch
 folder (``--scratch``), never into the stage checkpoints. ::
 
     python bench/ab_generator_stage.py --from joint3 --stage joint3 --steps 150 \\
@@ -51,6 +52,15 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+SCORES = ("psnr", "psnr_raw", "psnr_eyes", "psnr_mouth", "mask_iou")
+
+
+def score_stage(stage: str, work: Path, heads: int) -> dict[str, float]:
+    """The training script's held-out means of ``stage``'s latest checkpoint in ``work``."""
+    mean = evaluate(finish_for_inference(load_stage_generator(stage, work)), heads=heads)["mean"]
+    return {k: round(mean[k], 3) for k in SCORES}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--from", dest="source", required=True, help="stage whose latest checkpoint every arm starts from")
@@ -66,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     scratch = a.scratch or Path(tempfile.mkdtemp(prefix="ab_generator_"))
     source = a.work / a.source
-    results = {}
-    with torch.no_grad():
-        base = evaluate(finish_for_inference(load_stage_generator(a.source, a.work)), heads=a.heads)["mean"]
-    results["start"] = {k: round(base[k], 3) for k in ("psnr", "psnr_raw", "psnr_eyes", "psnr_mouth", "mask_iou")}
+    results = {"start": score_stage(a.source, a.work, a.heads)}
     print(json.dumps({"arm": "start", **results["start"]}), flush=True)
     for name, *pairs in a.arm:
         work = scratch / name
@@ -83,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         run_stage(config, work, minutes=10**6, threads=a.threads)
         seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            m = evaluate(finish_for_inference(load_stage_generator(config.name, work)), heads=a.heads)["mean"]
-        results[name] = {**{k: round(m[k], 3) for k in results["start"]}, "seconds": round(seconds, 1),
-                         "overrides": pairs}
+        results[name] = {**score_stage(config.name, work, a.heads), "seconds": round(seconds, 1), "overrides": pairs}
         print(json.dumps({"arm": name, **results[name]}), flush=True)
     print(json.dumps(results, indent=1))
     return 0

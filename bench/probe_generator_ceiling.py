@@ -43,13 +43,16 @@ from scripts.pack.train_generator_v2 import (  # noqa: E402
     camera_config,
     conditioning_camera,
     finish_for_inference,
-    gradient_l1,
     identity_from_latent,
     load_stage_generator,
     psnr,
+    render_losses,
+    render_weights,
     sample_training_cameras,
     world_views,
 )
+
+RECIPE = STAGES["joint3"]  # the image losses and training cameras of the generator's last render stage
 
 ARMS = {
     "planes": (),
@@ -71,7 +74,7 @@ class ProbeConfig:
 def training_targets(G: TriPlaneGenerator, identity: torch.Tensor, config: ProbeConfig) -> dict:
     """``config.views`` random training cameras of one head and its world renders (white) at both sizes."""
     rng = torch.Generator().manual_seed(config.seed)
-    c = sample_training_cameras(config.views, rng, STAGES["joint3"], camera_config(G))  # type: ignore[arg-type]
+    c = sample_training_cameras(config.views, rng, RECIPE, camera_config(G))  # type: ignore[arg-type]
     world = world_views(identity.expand(config.views, -1), c, G.img_resolution, G)
     native = G.config.rendering.neural_rendering_resolution
     return {"c": c, "image": world["image"],
@@ -93,7 +96,7 @@ def score(G: TriPlaneGenerator, ws: torch.Tensor, planes: torch.Tensor, identity
 
 def fit_head(G: TriPlaneGenerator, ws: torch.Tensor, identity: torch.Tensor, groups: tuple[str, ...],
              targets: dict, config: ProbeConfig) -> tuple[torch.Tensor, TriPlaneGenerator]:
-    """Fit one head's tri-grid (and the named network groups) with joint3's image losses; returns both."""
+    """Fit one head's tri-grid (and the named network groups) with :data:`RECIPE`'s image losses; returns both."""
     import copy
 
     head = copy.deepcopy(G)
@@ -114,10 +117,9 @@ def fit_head(G: TriPlaneGenerator, ws: torch.Tensor, identity: torch.Tensor, gro
         c = targets["c"][pick]
         out = head.render(ws.expand(len(pick), -1, -1), c, RenderOptions(background="white"),
                           planes=planes.expand(len(pick), *planes.shape[1:]))
-        loss = (2 * ((out["image"] - targets["image"][pick]) ** 2).mean()
-                + gradient_l1(out["image"], targets["image"][pick])
-                + 2 * ((out["image_raw"] - targets["raw"][pick]) ** 2).mean()
-                + (out["image_mask"] - targets["mask"][pick]).abs().mean())
+        losses = render_losses(out, targets["image"][pick], {"image": targets["raw"][pick], "mask": targets["mask"][pick]},
+                               RECIPE)
+        loss = sum(weight * losses[k] for k, weight in render_weights(RECIPE).items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -384,6 +384,23 @@ def field_losses(G: TriPlaneGenerator, planes: Tensor, ws: Tensor, f: FieldTarge
     }
 
 
+def render_losses(out: dict, image: Tensor, raw_target: dict, config: StageConfig) -> dict[str, Tensor]:
+    """The render stages' image terms: ``out`` a :meth:`TriPlaneGenerator.render` result, ``image`` the world
+    render at the output size, ``raw_target`` its ``image`` and coverage ``mask`` at the neural size."""
+    image_error = IMAGE_LOSSES[config.image_loss]
+    return {
+        "image": image_error(out["image"], image),
+        "image_grad": gradient_l1(out["image"], image),
+        "raw": image_error(out["image_raw"], raw_target["image"]),
+        "mask": (out["image_mask"] - raw_target["mask"]).abs().mean(),
+    }
+
+
+def render_weights(config: StageConfig) -> dict[str, float]:
+    return {"image": config.weight_image, "image_grad": config.weight_image_grad,
+            "raw": config.weight_raw, "mask": config.weight_mask}
+
+
 def compute_losses(G: TriPlaneGenerator, batch: Batch, c_cond: Tensor, config: StageConfig) -> dict[str, Tensor]:
     ws = G.mapping(batch.z, c_cond.expand(batch.z.shape[0], -1))
     weights = {"density": config.weight_density, "colour": config.weight_colour,
@@ -395,16 +412,8 @@ def compute_losses(G: TriPlaneGenerator, batch: Batch, c_cond: Tensor, config: S
             weights = {k: v * config.weight_field for k, v in weights.items()}
         else:
             losses, weights = {}, {}
-        raw_target = batch.world_raw
-        image_error = IMAGE_LOSSES[config.image_loss]
-        losses.update({
-            "image": image_error(out["image"], batch.world["image"]),
-            "image_grad": gradient_l1(out["image"], batch.world["image"]),
-            "raw": image_error(out["image_raw"], raw_target["image"]),
-            "mask": (out["image_mask"] - raw_target["mask"]).abs().mean(),
-        })
-        weights.update({"image": config.weight_image, "image_grad": config.weight_image_grad,
-                        "raw": config.weight_raw, "mask": config.weight_mask})
+        losses.update(render_losses(out, batch.world["image"], batch.world_raw, config))
+        weights.update(render_weights(config))
     else:
         planes = G.synthesize_planes(ws)
         losses = field_losses(G, planes, ws, batch.field, config)

@@ -54,7 +54,8 @@ def test_a_fit_moves_the_heads_tri_grid_and_only_its_arms_networks(tiny_head, ar
     planes, head = ceiling.fit_head(G, ws, identity, ceiling.ARMS[arm], targets, config)
     with torch.no_grad():
         assert not torch.allclose(planes, G.synthesize_planes(ws))
-    moved = {name for name, p in head.named_parameters() if not torch.equal(p, dict(G.named_parameters())[name])}
+    original = dict(G.named_parameters())
+    moved = {name for name, p in head.named_parameters() if not torch.equal(p, original[name])}
     groups = {name.split(".")[0] for name in moved}
     assert groups == set(ceiling.ARMS[arm])  # the arm's networks all learn, nothing else does, and G is untouched
     assert all(not p.requires_grad for p in G.parameters())
